@@ -1,0 +1,61 @@
+"""The contract between the cost model (hardware/) and the engine (engine/).
+
+The engine knows nothing of GPUs, links or algorithms: it asks the cost model how long a compute
+task takes at full speed, and what a collective puts on which network resource. Resources are
+integer ids (a GPU's NVLink egress, a NIC's ingress, ...) with a capacity in bytes/second; the
+engine shares each resource's capacity among the collectives crossing it (flow-level model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from moesim.plan import Task
+from moesim.workload.ops import Op
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class CollectiveDemand:
+    """What one collective (over one or more sibling groups) needs from the network.
+
+    The collective takes ``latency_s`` (fixed, alpha terms) plus the time to move ``volume[i]``
+    bytes across resource ``resources[i]`` for every i, at the bandwidth the engine's flow model
+    grants. All members finish together. An empty demand (a group of one rank) takes only the latency.
+    """
+
+    latency_s: float
+    resources: np.ndarray  # int64 resource ids, unique
+    volume: np.ndarray     # float64 bytes per resource, > 0
+
+
+class CostModel(Protocol):
+    """What the engine needs from hardware + cost parameters."""
+
+    @property
+    def num_ranks(self) -> int: ...
+
+    @property
+    def capacities(self) -> np.ndarray:
+        """Bytes/second of every resource id (index = id); already scaled by bandwidth efficiency."""
+        ...
+
+    @property
+    def compute_slowdown(self) -> float:
+        """Interference: while communication of a GPU is in flight, its compute runs
+        ``1 + compute_slowdown`` times slower."""
+        ...
+
+    def resource_name(self, resource: int) -> str: ...
+
+    def compute_time(self, op: Op, task: Task, rank: int) -> float:
+        """Seconds ``task`` (a part of compute ``op``) takes on ``rank`` with no interference."""
+        ...
+
+    def collective_demand(self, op: Op, task: Task, groups: Sequence[int]) -> CollectiveDemand:
+        """Network demand of ``task`` (a part of collective ``op``) run by the groups
+        ``op.comm.groups[i] for i in groups`` at the same time (one coflow)."""
+        ...

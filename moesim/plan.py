@@ -1,0 +1,70 @@
+"""ExecutionPlan: what a schedule hands to the engine (and to the validation harness).
+
+The plan is SPMD, like the training program it describes: one program that every rank runs.
+It names the streams (CUDA streams on a GPU) and, for each, the ordered list of tasks it runs; a
+task is an op or one part of a partitioned op, with explicit dependencies on other tasks (the
+CUDA event model). A task starts when its stream has finished the task before it and every task
+it depends on has finished; a collective task additionally waits for every member of its group
+(the engine's rendezvous).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+
+from moesim.workload.ops import Op, OpGraph
+
+
+class StreamKind(str, Enum):
+    COMPUTE = "compute"  # kernels
+    COMM = "comm"        # MoE all-to-all
+    DP_COMM = "dp_comm"  # data-parallel gradient all-reduce buckets
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Task:
+    """One unit of work on one stream.
+
+    ``fraction`` is the share of the op's FLOPs and bytes this part carries (parts of one op sum to
+    1). ``traffic`` overrides the op's all-to-all byte matrix for this part (same shape), for
+    schedules whose parts are irregular (Lancet's capacity passing).
+    """
+
+    id: int
+    op: int
+    stream: StreamKind
+    deps: tuple[int, ...] = ()
+    part: int = 0
+    parts: int = 1
+    fraction: float = 1.0
+    traffic: np.ndarray | None = None
+
+    @property
+    def label(self) -> str:
+        return f"task {self.id}" if self.parts == 1 else f"task {self.id} (part {self.part + 1}/{self.parts})"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ExecutionPlan:
+    """Tasks indexed by id (``tasks[i].id == i``), and each stream's order as task ids."""
+
+    graph: OpGraph
+    schedule: str
+    tasks: tuple[Task, ...]
+    streams: Mapping[StreamKind, tuple[int, ...]]
+    knobs: Mapping[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        assert all(task.id == index for index, task in enumerate(self.tasks)), "task ids must be their index"
+        placed = sorted(tid for order in self.streams.values() for tid in order)
+        assert placed == list(range(len(self.tasks))), "every task must be on exactly one stream, once"
+
+    def op_of(self, task: Task) -> Op:
+        return self.graph.ops[task.op]
+
+    def stream_of(self, kind: StreamKind) -> Sequence[Task]:
+        return [self.tasks[tid] for tid in self.streams.get(kind, ())]

@@ -1,0 +1,161 @@
+"""The op graph of one training iteration: the vocabulary shared by builder, cost model and harness.
+
+An ``OpGraph`` is an SPMD program: every rank executes every op. Where ranks differ (uneven
+routing), the op says so per rank (``rank_scale`` for compute, ``CommSpec.traffic`` for
+all-to-all bytes); otherwise one number serves all ranks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+
+
+class OpKind(str, Enum):
+    MATMUL = "matmul"          # dims: m, n, k (and optional "batch" for batched matmuls)
+    ATTENTION = "attention"    # dims: b, heads, s, head_dim (scores, softmax, weighted sum)
+    LAYERNORM = "layernorm"    # dims: tokens, hidden
+    ELEMENTWISE = "elementwise"  # dims: numel (activation, residual add, scaling)
+    SOFTMAX = "softmax"        # dims: rows, cols
+    ROUTER = "router"          # dims: tokens, experts, top_k (softmax + top-k + capacity assignment)
+    PERMUTE = "permute"        # dims: tokens, hidden (scatter / gather of token rows)
+    EMBEDDING = "embedding"    # dims: tokens, hidden, vocab
+    LOSS = "loss"              # dims: tokens, vocab
+    OPTIMIZER = "optimizer"    # dims: params
+    ALL_TO_ALL = "all_to_all"
+    ALL_REDUCE = "all_reduce"
+    ALL_GATHER = "all_gather"
+    REDUCE_SCATTER = "reduce_scatter"
+
+    @property
+    def is_collective(self) -> bool:
+        return self in _COLLECTIVES
+
+
+_COLLECTIVES = frozenset({OpKind.ALL_TO_ALL, OpKind.ALL_REDUCE, OpKind.ALL_GATHER, OpKind.REDUCE_SCATTER})
+
+
+class Phase(str, Enum):
+    FORWARD = "forward"
+    BACKWARD_INPUT = "backward_input"    # dX: what backpropagation needs to continue
+    BACKWARD_WEIGHT = "backward_weight"  # dW: free to move until the gradient all-reduce needs it
+    GRAD_SYNC = "grad_sync"              # data-parallel gradient all-reduce buckets
+    OPTIMIZER = "optimizer"
+
+
+class Axis(str, Enum):
+    """Dimensions along which a schedule may split an op into parts."""
+
+    BATCH = "batch"
+    CAPACITY = "capacity"
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class CommSpec:
+    """What a collective moves.
+
+    ``groups`` are the disjoint groups of global ranks that each run this collective (for an
+    all-to-all, the expert-parallel groups; for a gradient all-reduce, the data-parallel groups
+    of those parameters). Every rank is in at most one group.
+
+    ``bytes`` is the per-rank payload: the buffer size for all-reduce / all-gather /
+    reduce-scatter, the total a rank sends (itself included) for all-to-all.
+
+    ``traffic`` (all-to-all only) has shape ``(len(groups), g, g)``: ``traffic[i, a, b]`` bytes go
+    from member ``a`` to member ``b`` of group ``i`` (diagonal = a rank's own tokens, no network).
+    """
+
+    groups: tuple[tuple[int, ...], ...]
+    bytes: float
+    traffic: np.ndarray | None = None
+
+    def group_of(self, rank: int) -> int:
+        for index, group in enumerate(self.groups):
+            if rank in group:
+                return index
+        raise KeyError(f"rank {rank} is in no group of this collective")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Op:
+    """One node of the iteration's DAG.
+
+    ``flops`` and ``mem_bytes`` (HBM bytes read + written, for the roofline) are per rank; where
+    ranks differ, rank ``r`` does ``flops * rank_scale[r]``. ``param_bytes`` is the size of the
+    gradient a dW op produces (0 elsewhere); gradient buckets are built from it. ``dims`` are the
+    named sizes the harness needs to run a real kernel of the same shape (see ``OpKind``).
+    """
+
+    id: int
+    name: str                  # unique, e.g. "L3.expert_fc1", "L3.expert_fc1.dx", "L3.expert_fc1.dw"
+    role: str                  # the block op's name from DESIGN.md, e.g. "expert_fc1", "dispatch"
+    kind: OpKind
+    phase: Phase
+    layer: int | None          # block index; None for ops outside the blocks (embed, optimizer, ...)
+    flops: float = 0.0
+    mem_bytes: float = 0.0
+    deps: tuple[int, ...] = ()
+    dims: Mapping[str, int] = field(default_factory=dict)
+    axes: frozenset[Axis] = frozenset()
+    comm: CommSpec | None = None
+    rank_scale: tuple[float, ...] | None = None
+    param_bytes: float = 0.0
+    expert: bool = False       # belongs to expert (not dense) parameters / compute
+
+    def flops_on(self, rank: int) -> float:
+        return self.flops * (self.rank_scale[rank] if self.rank_scale is not None else 1.0)
+
+    def mem_bytes_on(self, rank: int) -> float:
+        return self.mem_bytes * (self.rank_scale[rank] if self.rank_scale is not None else 1.0)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class OpGraph:
+    """A DAG of ops in a valid program order (every op's deps come before it)."""
+
+    ops: tuple[Op, ...]
+    num_ranks: int
+    num_layers: int
+    moe_layers: tuple[int, ...]
+    meta: Mapping[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for op in self.ops:
+            assert all(dep < op.id for dep in op.deps), f"{op.name} depends on a later op"
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    def by_name(self, name: str) -> Op:
+        for op in self.ops:
+            if op.name == name:
+                return op
+        raise KeyError(name)
+
+    def in_layer(self, layer: int) -> Sequence[Op]:
+        return [op for op in self.ops if op.layer == layer]
+
+    @property
+    def rank_symmetric(self) -> bool:
+        """True when every rank runs exactly the same work (uniform routing, one rank's numbers serve all)."""
+        for op in self.ops:
+            if op.rank_scale is not None and len(set(op.rank_scale)) > 1:
+                return False
+            if op.comm is not None and op.comm.traffic is not None:
+                rows = op.comm.traffic.sum(axis=2)
+                if not np.allclose(rows, rows.flat[0]) or not _circulant(op.comm.traffic):
+                    return False
+        return True
+
+
+def _circulant(traffic: np.ndarray) -> bool:
+    """Each group's matrix has one value off the diagonal and one on it (uniform all-to-all)."""
+    g = traffic.shape[1]
+    if g == 1:
+        return True
+    off = traffic[:, ~np.eye(g, dtype=bool)]
+    diag = traffic[:, np.eye(g, dtype=bool)]
+    return bool(np.allclose(off, off.flat[0]) and np.allclose(diag, diag.flat[0]))
