@@ -1,0 +1,150 @@
+"""RooflineCostModel: the CostModel the engine uses (moesim/hardware/interface.py).
+
+Compute: ``max(flops / (peak * eff(kind, size)), mem_bytes / (hbm * hbm_efficiency)) + launch``.
+Communication: alpha-beta per collective algorithm (``collectives.py``); the alpha is the returned
+latency, the beta is left to the engine's flow model sharing each resource's capacity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from moesim.errors import MoesimError
+from moesim.hardware import collectives
+from moesim.hardware.interface import CollectiveDemand
+from moesim.hardware.resources import ResourceMap
+from moesim.hardware.specs import ClusterSpec, DType
+from moesim.plan import Task
+from moesim.workload.ops import Op, OpKind
+
+_TENSOR_KINDS = frozenset({OpKind.MATMUL, OpKind.ATTENTION})
+_RING_TRAVERSALS = {OpKind.ALL_REDUCE: 2, OpKind.ALL_GATHER: 1, OpKind.REDUCE_SCATTER: 1}
+_CACHE_LIMIT = 1 << 16
+
+
+class RooflineCostModel:
+    """Costs of one cluster training in ``dtype``; build one per simulation.
+
+    Peaks: matmul and attention run at the dtype's dense peak (FP32 uses the FP32 peak even where
+    the part has TF32: PyTorch does not use TF32 for matmul by default); the other, memory-bound
+    kinds run on the vector units, so their FLOP roof is the FP32 peak (never above the dtype's).
+
+    Size term: a matmul or attention whose ideal time at peak is ``t = flops / peak`` reaches
+    efficiency ``eff_max * t / (t + t_half)``, so it takes ``(t + t_half) / eff_max``.
+    """
+
+    def __init__(self, cluster: ClusterSpec, dtype: DType) -> None:
+        gpu, params = cluster.node.gpu, cluster.cost
+        if dtype not in gpu.peak_tflops:
+            have = ", ".join(d.value for d in gpu.peak_tflops)
+            raise MoesimError(f"dtype: {gpu.name} has no {dtype.value} peak; it has {have}")
+        self._cluster = cluster
+        self._dtype = dtype
+        self._params = params
+        self._resources = ResourceMap.of(cluster)
+        self._tensor_peak = gpu.peak_flops(dtype)
+        vector_peak = gpu.peak_flops(DType.FP32) if DType.FP32 in gpu.peak_tflops else self._tensor_peak
+        self._vector_peak = min(self._tensor_peak, vector_peak)
+        self._hbm = gpu.hbm_bytes_per_s * params.hbm_efficiency
+        self._launch = params.launch_overhead_s
+        self._cache: dict[tuple[object, ...], tuple[Op, np.ndarray | None, CollectiveDemand]] = {}
+
+    @property
+    def cluster(self) -> ClusterSpec:
+        return self._cluster
+
+    @property
+    def dtype(self) -> DType:
+        return self._dtype
+
+    @property
+    def resources(self) -> ResourceMap:
+        return self._resources
+
+    @property
+    def num_ranks(self) -> int:
+        return self._resources.num_ranks
+
+    @property
+    def capacities(self) -> np.ndarray:
+        return self._resources.capacities
+
+    @property
+    def compute_slowdown(self) -> float:
+        return self._params.compute_slowdown_under_comm
+
+    def resource_name(self, resource: int) -> str:
+        return self._resources.name(resource)
+
+    def compute_time(self, op: Op, task: Task, rank: int) -> float:
+        """Seconds ``task`` (its ``fraction`` of compute ``op``) takes on ``rank`` with no interference."""
+        assert not op.kind.is_collective, f"{op.name} is a collective: cost it with collective_demand"
+        flops = op.flops_on(rank) * task.fraction
+        mem_bytes = op.mem_bytes_on(rank) * task.fraction
+        return max(self._flop_time(op.kind, flops), mem_bytes / self._hbm) + self._launch
+
+    def collective_demand(self, op: Op, task: Task, groups: Sequence[int]) -> CollectiveDemand:
+        """One coflow for ``op.comm.groups[i] for i in groups``; see ``collectives`` for each algorithm.
+
+        Cached per (op, fraction, groups, task traffic): ops and plans are immutable, and the cache
+        holds the op and traffic so their ids stay unique while cached.
+        """
+        assert op.kind.is_collective and op.comm is not None, f"{op.name} is not a collective"
+        key = (id(op), task.fraction, tuple(groups), None if task.traffic is None else id(task.traffic))
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit[2]
+        demand = self._demand(op, task, groups)
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[key] = (op, task.traffic, demand)
+        return demand
+
+    def collective_time(self, op: Op, task: Task, groups: Sequence[int] | None = None) -> float:
+        """Seconds the collective takes alone on an idle network: latency plus its bottleneck
+        resource's volume over capacity (what a list scheduler inside a policy may use)."""
+        assert op.comm is not None, f"{op.name} is not a collective"
+        chosen = range(len(op.comm.groups)) if groups is None else groups
+        demand = self.collective_demand(op, task, chosen)
+        if demand.resources.size == 0:
+            return demand.latency_s
+        return demand.latency_s + float(np.max(demand.volume / self.capacities[demand.resources]))
+
+    def _flop_time(self, kind: OpKind, flops: float) -> float:
+        if flops <= 0:
+            return 0.0
+        params = self._params
+        if kind is OpKind.MATMUL or kind is OpKind.ATTENTION:
+            eff_max = params.matmul_efficiency if kind is OpKind.MATMUL else params.attention_efficiency
+            return (flops / self._tensor_peak + params.matmul_half_efficiency_s) / eff_max
+        return flops / (self._vector_peak * params.other_compute_efficiency)
+
+    def _demand(self, op: Op, task: Task, groups: Sequence[int]) -> CollectiveDemand:
+        assert op.comm is not None
+        members = [op.comm.groups[i] for i in groups]
+        params, res = self._params, self._resources
+        if op.kind is OpKind.ALL_TO_ALL:
+            volume = collectives.linear_all_to_all(members, self._traffic(op, task, groups), res)
+            latency = collectives.all_to_all_latency(
+                members, res, params.collective_base_latency_s, params.all_to_all_peer_latency_s
+            )
+        else:
+            traversals = _RING_TRAVERSALS[op.kind]
+            volume = collectives.ring(members, op.comm.bytes * task.fraction, traversals, res)
+            latency = collectives.ring_latency(members, traversals, res, params.collective_base_latency_s)
+        used = np.flatnonzero(volume > 0)
+        return CollectiveDemand(latency_s=latency, resources=used.astype(np.int64), volume=volume[used])
+
+    @staticmethod
+    def _traffic(op: Op, task: Task, groups: Sequence[int]) -> list[np.ndarray]:
+        """Each group's byte matrix: the task's own, else the op's scaled by the task's fraction,
+        else uniform (every member sends ``bytes / g`` to each member, itself included)."""
+        assert op.comm is not None
+        if task.traffic is not None:
+            return [task.traffic[i] for i in groups]
+        if op.comm.traffic is not None:
+            return [op.comm.traffic[i] * task.fraction for i in groups]
+        sizes = [len(op.comm.groups[i]) for i in groups]
+        return [np.full((g, g), op.comm.bytes * task.fraction / g) for g in sizes]

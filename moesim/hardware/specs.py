@@ -1,0 +1,234 @@
+"""Hardware specs: GPU, intra-node fabric, network, cost parameters, node and cluster.
+
+Every spec is a frozen pydantic model with ``extra="forbid"``; numbers carry their unit in the
+field name and are converted to seconds, bytes and FLOP/s only through ``moesim.units``, in the
+properties below. A whole cluster is one model, so dotted overrides such as
+``{"node.network.nic_gbps": 200}`` work through ``moesim.overrides.apply_overrides``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from moesim import units
+from moesim.dtypes import DType
+
+
+class FabricTopology(StrEnum):
+    """How the GPUs of one node are wired to each other."""
+
+    NVSWITCH = "nvswitch"                          # every pair at full per-GPU bandwidth
+    HYBRID_CUBE_MESH = "hybrid_cube_mesh"          # DGX-1 / p3: two NVLink quads plus cross links, 8 GPUs
+    INFINITY_FABRIC_MESH = "infinity_fabric_mesh"  # MI300X: fully connected, one link per peer
+    PCIE = "pcie"
+    LOOPBACK = "loopback"                          # ranks of one CPU host exchanging through memory
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class GPUSpec(_Spec):
+    """One accelerator (or, with ``device: cpu``, one host rank of the gloo harness)."""
+
+    name: str
+    device: Literal["gpu", "cpu"] = "gpu"
+    peak_tflops: dict[DType, float] = Field(min_length=1)  # dense peaks, only the formats the part has
+    hbm_gib: float = Field(gt=0)
+    hbm_gb_per_s: float = Field(gt=0)
+    sm_count: int | None = Field(default=None, ge=1)
+
+    @field_validator("peak_tflops")
+    @classmethod
+    def _positive_peaks(cls, peaks: dict[DType, float]) -> dict[DType, float]:
+        for dtype, value in peaks.items():
+            if value <= 0:
+                raise ValueError(f"peak for {dtype.value} must be > 0, got {value}")
+        return peaks
+
+    @model_validator(mode="after")
+    def _gpu_has_sms(self) -> GPUSpec:
+        if self.device == "gpu" and self.sm_count is None:
+            raise ValueError("sm_count is required when device is gpu")
+        return self
+
+    def peak_flops(self, dtype: DType) -> float:
+        """Dense peak in FLOP/s; KeyError when the part has no peak for ``dtype``."""
+        return units.tflops(self.peak_tflops[dtype])
+
+    @property
+    def hbm_bytes(self) -> float:
+        return units.gib(self.hbm_gib)
+
+    @property
+    def hbm_bytes_per_s(self) -> float:
+        return units.gb_per_s(self.hbm_gb_per_s)
+
+
+class IntraNodeFabric(_Spec):
+    """GPU-to-GPU links inside a node: bandwidth per GPU per direction (half the bidirectional
+    figure vendors quote) and the per-hop latency of one pipelined transfer step."""
+
+    topology: FabricTopology
+    bandwidth_gb_per_s: float = Field(gt=0)
+    latency_us: float = Field(ge=0)
+
+    @property
+    def bandwidth_bytes_per_s(self) -> float:
+        return units.gb_per_s(self.bandwidth_gb_per_s)
+
+    @property
+    def latency_s(self) -> float:
+        return units.us(self.latency_us)
+
+
+class NetworkSpec(_Spec):
+    """Inter-node network: NICs of one node, their line rate, hop latency and fabric oversubscription."""
+
+    nics_per_node: int = Field(ge=1)
+    nic_gbps: float = Field(gt=0)             # line rate of one NIC, Gbit/s
+    latency_us: float = Field(ge=0)
+    oversubscription: float = Field(default=1.0, ge=1.0)  # divides the usable NIC bandwidth
+
+    @property
+    def nic_bytes_per_s(self) -> float:
+        """Line rate of one NIC in bytes/s, before efficiency and oversubscription."""
+        return units.gbit_per_s(self.nic_gbps)
+
+    @property
+    def latency_s(self) -> float:
+        return units.us(self.latency_us)
+
+
+class CostParams(_Spec):
+    """Every efficiency, latency and interference assumption of the cost model, in one place.
+
+    Defaults are stated assumptions with their source; node files may override any of them, and a
+    calibrated file (``hardware_specs/calibrated/``) replaces them with fitted values.
+    """
+
+    # Large cuBLAS/hipBLAS GEMMs reach ~70-80% of the dense peak; 0.75 with the size term below gives
+    # ~470 TFLOP/s for a bf16 2048^3 GEMM and ~690 for 4096^3 on H100 [unverified: recalled
+    # microbenchmarks; calibration replaces it].
+    matmul_efficiency: float = Field(default=0.75, gt=0, le=1)
+    # Size term: a matmul whose ideal (at-peak) time is t reaches matmul_efficiency * t / (t + t_half),
+    # i.e. it takes (t + t_half) / matmul_efficiency: small kernels cannot fill every SM (wave
+    # quantisation, prologue/epilogue). Expressed as time so one value fits GPUs of any speed [assumption].
+    matmul_half_efficiency_us: float = Field(default=10.0, ge=0)
+    # Unfused attention (bmm, softmax, bmm) runs well below GEMM efficiency; fused kernels reach
+    # ~50-70% on H100 [assumption]. The size term above applies to attention as well.
+    attention_efficiency: float = Field(default=0.5, gt=0, le=1)
+    # FLOP roof of the memory-bound kinds (layernorm, elementwise, softmax, router, permute, ...);
+    # they are almost always limited by HBM, so this rarely matters [assumption].
+    other_compute_efficiency: float = Field(default=0.5, gt=0, le=1)
+    # STREAM-like kernels reach 80-90% of HBM peak; PyTorch eager elementwise kernels the lower end
+    # [unverified].
+    hbm_efficiency: float = Field(default=0.8, gt=0, le=1)
+    # CUDA kernel launch latency is ~2-5 us; every task (every part of a partitioned op) pays it
+    # [unverified].
+    launch_overhead_us: float = Field(default=4.0, ge=0)
+    # NCCL reaches ~370 of 450 GB/s NVLink per direction on H100 (0.82) and 208-232 GB/s all-reduce
+    # bus bandwidth of 300 on A100 (0.69-0.77) (REFERENCE.md §3; nccl-tests #175 #178 #212).
+    intra_bandwidth_efficiency: float = Field(default=0.8, gt=0, le=1)
+    # HDR reaches ~24 of 25 GB/s, NDR ~48-49 of 50 (REFERENCE.md §3; nccl-tests #267 #130).
+    inter_bandwidth_efficiency: float = Field(default=0.96, gt=0, le=1)
+    # NCCL's own alpha for ring / Simple protocol (baseLat in src/graph/tuning.cc); the per-hop terms
+    # live in the fabric specs (hwLat NVLink 3.4, PCI 5.7, NET 9.6 us in the same table).
+    collective_base_latency_us: float = Field(default=8.4, ge=0)
+    # DeepEP low-latency dispatch grows 77 -> 194 us from EP8 to EP256: ~0.47 us per extra peer
+    # (REFERENCE.md §3).
+    all_to_all_peer_latency_us: float = Field(default=0.5, ge=0)
+    # Compute runs 1 + x times slower while the GPU communicates. DeepEP reserves 20 of 132 SMs (15%)
+    # and loses ~20% GEMM throughput (REFERENCE.md §3); NCCL's default 8-16 channels hold 7-15% of an
+    # A100's 108 SMs, plus HBM traffic, so ~10% [assumption, to be calibrated].
+    compute_slowdown_under_comm: float = Field(default=0.1, ge=0)
+
+    @property
+    def launch_overhead_s(self) -> float:
+        return units.us(self.launch_overhead_us)
+
+    @property
+    def matmul_half_efficiency_s(self) -> float:
+        return units.us(self.matmul_half_efficiency_us)
+
+    @property
+    def collective_base_latency_s(self) -> float:
+        return units.us(self.collective_base_latency_us)
+
+    @property
+    def all_to_all_peer_latency_s(self) -> float:
+        return units.us(self.all_to_all_peer_latency_us)
+
+
+class NodeSpec(_Spec):
+    """One node: its GPUs, how they are wired, its NICs and the cost parameters measured on it.
+
+    ``gpu`` may be given as a GPU preset name; it is resolved to the preset's spec on validation,
+    so ``{"node.gpu": "H100-SXM5-80GB"}`` swaps the GPU of a cluster.
+    """
+
+    name: str
+    gpu: GPUSpec
+    gpus_per_node: int = Field(ge=1)
+    intra: IntraNodeFabric
+    network: NetworkSpec
+    cost: CostParams = CostParams()
+
+    @field_validator("gpu", mode="before")
+    @classmethod
+    def _resolve_gpu_preset(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            from moesim.hardware.presets import gpu_preset_data  # presets import this module
+
+            return gpu_preset_data(value)
+        return value
+
+    @model_validator(mode="after")
+    def _topology_fits(self) -> NodeSpec:
+        if self.intra.topology is FabricTopology.HYBRID_CUBE_MESH and self.gpus_per_node != 8:
+            raise ValueError(f"hybrid_cube_mesh wires exactly 8 GPUs, gpus_per_node is {self.gpus_per_node}")
+        return self
+
+
+class ClusterSpec(_Spec):
+    """``num_nodes`` identical nodes. Ranks are numbered node-major: rank r is GPU
+    ``r % gpus_per_node`` of node ``r // gpus_per_node``."""
+
+    node: NodeSpec
+    num_nodes: int = Field(default=1, ge=1)
+
+    @property
+    def num_gpus(self) -> int:
+        return self.num_nodes * self.node.gpus_per_node
+
+    @property
+    def cost(self) -> CostParams:
+        return self.node.cost
+
+    def node_of(self, rank: int) -> int:
+        self._check_rank(rank)
+        return rank // self.node.gpus_per_node
+
+    def local_index(self, rank: int) -> int:
+        """Index of ``rank``'s GPU inside its node."""
+        self._check_rank(rank)
+        return rank % self.node.gpus_per_node
+
+    def nic_of(self, rank: int) -> int:
+        """The first (with fewer NICs than GPUs: the only) NIC of its node that ``rank`` uses:
+        GPU g uses NIC ``g * nics_per_node // gpus_per_node``."""
+        return self.nics_of(rank)[0]
+
+    def nics_of(self, rank: int) -> range:
+        """Every NIC index (within the node) that ``rank`` sends through. With more NICs than GPUs
+        (p5: 32 for 8) each GPU owns a contiguous share and spreads its traffic over it."""
+        g, gpus, nics = self.local_index(rank), self.node.gpus_per_node, self.node.network.nics_per_node
+        first = g * nics // gpus
+        return range(first, max((g + 1) * nics // gpus, first + 1))
+
+    def _check_rank(self, rank: int) -> None:
+        if not 0 <= rank < self.num_gpus:
+            raise IndexError(f"rank {rank} is outside 0..{self.num_gpus - 1}")

@@ -1,0 +1,150 @@
+"""RooflineCostModel compute times and capacities, checked against hand-computed numbers."""
+
+from __future__ import annotations
+
+import pytest
+
+from moesim.errors import MoesimError
+from moesim.hardware import CostModel, DType, RooflineCostModel, load_cluster
+from moesim.workload.ops import OpKind
+
+GB = 1e9
+US = 1e-6
+P4DE_EXACT = {  # turn off every default we do not want in a hand computation
+    "node.cost.matmul_efficiency": 0.8,
+    "node.cost.matmul_half_efficiency_us": 0.0,
+    "node.cost.hbm_efficiency": 0.9,
+    "node.cost.other_compute_efficiency": 0.5,
+    "node.cost.launch_overhead_us": 5.0,
+}
+
+
+def test_the_model_satisfies_the_engine_protocol(tiny_cluster) -> None:
+    model: CostModel = RooflineCostModel(tiny_cluster(), DType.FP32)
+    assert model.num_ranks == 4
+
+
+def test_large_matmul_on_a100_runs_at_its_fp16_peak_times_efficiency(compute_op, task) -> None:
+    model = RooflineCostModel(load_cluster("p4de.24xlarge", overrides=P4DE_EXACT), DType.FP16)
+    flops = 2 * 4096**3
+    op = compute_op(OpKind.MATMUL, flops=flops, mem_bytes=3 * 4096**2 * 2)
+    expected = flops / (312e12 * 0.8) + 5 * US  # A100 dense FP16 312 TFLOP/s; HBM term is far smaller
+    assert model.compute_time(op, task(), rank=0) == pytest.approx(expected)
+
+
+def test_fp32_matmul_uses_the_fp32_peak_not_tf32(compute_op, task) -> None:
+    model = RooflineCostModel(load_cluster("p4de.24xlarge", overrides=P4DE_EXACT), DType.FP32)
+    op = compute_op(OpKind.MATMUL, flops=1e12, mem_bytes=0)
+    assert model.compute_time(op, task(), rank=0) == pytest.approx(1e12 / (19.5e12 * 0.8) + 5 * US)
+
+
+def test_small_matmuls_pay_the_size_term(tiny_cluster, compute_op, task) -> None:
+    cluster = tiny_cluster(matmul_efficiency=0.5, matmul_half_efficiency_us=10.0)  # fp16 peak 100 TFLOP/s
+    model = RooflineCostModel(cluster, DType.FP16)
+    small = compute_op(OpKind.MATMUL, flops=1e9, mem_bytes=0)  # 10 us at peak: reaches half of 0.5
+    large = compute_op(OpKind.MATMUL, flops=1e12, mem_bytes=0)  # 10 ms at peak: ~0.5
+    assert model.compute_time(small, task(), 0) == pytest.approx(1e9 / (100e12 * 0.25))
+    assert model.compute_time(large, task(), 0) == pytest.approx((10e-3 + 10 * US) / 0.5)
+
+
+def test_elementwise_op_is_memory_bound(compute_op, task) -> None:
+    model = RooflineCostModel(load_cluster("p4de.24xlarge", overrides=P4DE_EXACT), DType.FP16)
+    numel = 100_000_000
+    op = compute_op(OpKind.ELEMENTWISE, flops=numel, mem_bytes=3 * 2 * numel)  # two reads, one write
+    hbm_time = 3 * 2 * numel / (2039 * GB * 0.9)  # A100 80GB: 2,039 GB/s
+    flop_time = numel / (19.5e12 * 0.5)  # vector (FP32) roof, ~10 us
+    assert hbm_time > flop_time
+    assert model.compute_time(op, task(), 0) == pytest.approx(hbm_time + 5 * US)
+
+
+def test_a_part_does_its_fraction_of_the_work_and_pays_a_whole_launch(tiny_cluster, compute_op, task) -> None:
+    model = RooflineCostModel(tiny_cluster(launch_overhead_us=4.0), DType.FP32)  # fp32 peak 10 TFLOP/s
+    op = compute_op(OpKind.MATMUL, flops=4e10, mem_bytes=0)
+    whole = model.compute_time(op, task(), 0)
+    quarter = model.compute_time(op, task(fraction=0.25), 0)
+    assert whole == pytest.approx(4e-3 + 4 * US)
+    assert quarter == pytest.approx(1e-3 + 4 * US)
+    assert 4 * quarter > whole  # partitioning costs extra launches
+
+
+def test_uneven_ranks_scale_their_work(tiny_cluster, compute_op, task) -> None:
+    model = RooflineCostModel(tiny_cluster(), DType.FP32)
+    op = compute_op(OpKind.MATMUL, flops=1e10, mem_bytes=0, rank_scale=(1.0, 2.0, 0.5, 0.0))
+    times = [model.compute_time(op, task(), r) for r in range(4)]
+    assert times == pytest.approx([1e-3, 2e-3, 0.5e-3, 0.0])
+
+
+def test_attention_uses_its_own_efficiency(tiny_cluster, compute_op, task) -> None:
+    model = RooflineCostModel(tiny_cluster(attention_efficiency=0.25), DType.FP16)
+    op = compute_op(OpKind.ATTENTION, flops=1e11, mem_bytes=0)
+    assert model.compute_time(op, task(), 0) == pytest.approx(1e11 / (100e12 * 0.25))
+
+
+def test_collectives_are_not_compute(tiny_cluster, comm_op, task) -> None:
+    model = RooflineCostModel(tiny_cluster(), DType.FP32)
+    with pytest.raises(AssertionError):
+        model.compute_time(comm_op(OpKind.ALL_REDUCE, ((0, 1),), 1e6), task(), 0)
+
+
+def test_a_dtype_the_gpu_lacks_is_a_user_error() -> None:
+    with pytest.raises(MoesimError, match="dtype: V100-SXM2-32GB has no bf16"):
+        RooflineCostModel(load_cluster("p3dn.24xlarge"), DType.BF16)
+
+
+def test_interference_comes_from_the_cost_params(tiny_cluster) -> None:
+    assert (
+        RooflineCostModel(tiny_cluster(compute_slowdown_under_comm=0.2), DType.FP32).compute_slowdown == 0.2
+    )
+
+
+def test_p3dn_capacities_share_one_100g_nic_per_node() -> None:
+    cluster = load_cluster(
+        "p3dn.24xlarge",
+        2,
+        {
+            "node.cost.intra_bandwidth_efficiency": 0.8,
+            "node.cost.inter_bandwidth_efficiency": 0.9,
+        },
+    )
+    model = RooflineCostModel(cluster, DType.FP32)
+    ranks, nics = 16, 2
+    assert model.capacities.shape == (2 * ranks + 2 * nics,)
+    assert model.capacities[: 2 * ranks] == pytest.approx(150 * GB * 0.8)  # NVLink2 300 bidirectional / 2
+    assert model.capacities[2 * ranks :] == pytest.approx(100e9 / 8 * 0.9)  # 12.5 GB/s line rate
+    assert [model.resource_name(i) for i in (0, 17, 32, 33, 34, 35)] == [
+        "rank0.intra_out",
+        "rank1.intra_in",
+        "node0.nic0.out",
+        "node1.nic0.out",
+        "node0.nic0.in",
+        "node1.nic0.in",
+    ]
+
+
+def test_p4de_capacities_have_four_100g_nics_per_node_and_oversubscription_divides_them() -> None:
+    cluster = load_cluster(
+        "p4de.24xlarge",
+        2,
+        {
+            "node.cost.intra_bandwidth_efficiency": 0.75,
+            "node.cost.inter_bandwidth_efficiency": 1.0,
+            "node.network.oversubscription": 2.0,
+        },
+    )
+    model = RooflineCostModel(cluster, DType.FP32)
+    assert model.capacities.shape == (2 * 16 + 2 * 8,)
+    assert model.capacities[:32] == pytest.approx(300 * GB * 0.75)
+    assert model.capacities[32:] == pytest.approx(12.5 * GB / 2)
+    assert model.resource_name(32 + 8 + 7) == "node1.nic3.in"
+    with pytest.raises(IndexError):
+        model.resource_name(48)
+
+
+def test_single_node_clusters_still_have_nic_resources(tiny_cluster) -> None:
+    model = RooflineCostModel(tiny_cluster(num_nodes=1), DType.FP32)
+    assert [model.resource_name(i) for i in range(4, 8)] == [
+        "node0.nic0.out",
+        "node0.nic1.out",
+        "node0.nic0.in",
+        "node0.nic1.in",
+    ]
