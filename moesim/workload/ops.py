@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 import numpy as np
 
 
-class OpKind(str, Enum):
+class OpKind(StrEnum):
     MATMUL = "matmul"          # dims: m, n, k (and optional "batch" for batched matmuls)
     ATTENTION = "attention"    # dims: b, heads, s, head_dim (scores, softmax, weighted sum)
     LAYERNORM = "layernorm"    # dims: tokens, hidden
@@ -38,7 +38,7 @@ class OpKind(str, Enum):
 _COLLECTIVES = frozenset({OpKind.ALL_TO_ALL, OpKind.ALL_REDUCE, OpKind.ALL_GATHER, OpKind.REDUCE_SCATTER})
 
 
-class Phase(str, Enum):
+class Phase(StrEnum):
     FORWARD = "forward"
     BACKWARD_INPUT = "backward_input"    # dX: what backpropagation needs to continue
     BACKWARD_WEIGHT = "backward_weight"  # dW: free to move until the gradient all-reduce needs it
@@ -46,7 +46,7 @@ class Phase(str, Enum):
     OPTIMIZER = "optimizer"
 
 
-class Axis(str, Enum):
+class Axis(StrEnum):
     """Dimensions along which a schedule may split an op into parts."""
 
     BATCH = "batch"

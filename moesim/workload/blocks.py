@@ -1,0 +1,257 @@
+"""Forward recipes: every op of one iteration's forward pass, with real shapes and data edges.
+
+The builder turns these ``ForwardNode``s into ``Op``s and derives the backward pass from their
+edges: ``inputs`` are the forward data dependencies, ``grad_inputs`` the subset that gradients flow
+back to (a permute needs the router's indices but passes no gradient to them).
+
+Cost conventions (per rank, T tokens, h hidden, b bytes per element):
+- matmul of ``rows`` x k by k x n: 2 * rows * n * k FLOP; bytes = inputs + weights + output.
+- attention: 2 * B * S^2 * H * (d_qk + d_v) FLOP (scores plus weighted sum, full square: the causal
+  half is not skipped); bytes = q, k, v read and output written (flash-style, no S^2 tensor).
+- memory-bound ops: bytes read + written, FLOP per element below (small by design).
+- router: its 2 * T * h * E gate matmul; softmax and top-k are neglected.
+- unpermute: 2 * T * top_k * h (scale each expert output by its gate, add into its token).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from moesim.workload.config import Activation, AttentionKind, GateKind, Workload
+from moesim.workload.moe import MoEPlan
+from moesim.workload.ops import Axis, CommSpec, OpKind
+
+LAYERNORM_FLOPS_PER_ELEMENT = 5  # mean, variance, normalise, scale, shift
+ADD_FLOPS_PER_ELEMENT = 1
+LOSS_FLOPS_PER_LOGIT = 4         # max, exp, sum, log-softmax pick
+UNPERMUTE_FLOPS_PER_ELEMENT = 2  # gate scale + accumulate
+
+TOKENWISE = frozenset({Axis.BATCH})
+CAPACITY_WISE = frozenset({Axis.BATCH, Axis.CAPACITY})
+
+
+def activation_flops(activation: Activation) -> int:
+    """FLOP per output element: GELU (tanh form) ~8, ReLU 1, SwiGLU silu + multiply ~5."""
+    match activation:
+        case Activation.GELU:
+            return 8
+        case Activation.RELU:
+            return 1
+        case Activation.SWIGLU:
+            return 5
+
+
+@dataclass(slots=True)
+class ForwardNode:
+    name: str
+    role: str
+    kind: OpKind
+    layer: int | None
+    flops: float
+    mem_bytes: float
+    dims: dict[str, int]
+    inputs: tuple[int, ...]
+    grad_inputs: tuple[int, ...]
+    axes: frozenset[Axis] = frozenset()
+    expert: bool = False
+    rank_scale: tuple[float, ...] | None = None
+    comm: CommSpec | None = None
+    comm_backward: CommSpec | None = None  # an all-to-all's backward moves the transposed traffic
+    params: tuple[tuple[str, int], ...] = field(default=())  # (parameter key, elements); shared keys = tied
+
+
+class ForwardRecipe:
+    """Emits the forward nodes of ``workload`` in program order (``build``)."""
+
+    def __init__(self, workload: Workload, plans: dict[int, MoEPlan]) -> None:
+        self.workload = workload
+        self.model = workload.model
+        self.plans = plans
+        self.tokens = workload.tokens_per_gpu
+        self.hidden = workload.model.hidden
+        self.bytes = workload.training.dtype.bytes
+        self.nodes: list[ForwardNode] = []
+
+    def build(self) -> list[ForwardNode]:
+        model = self.model
+        x = self.embed("embed")
+        for layer in range(model.num_layers):
+            x = self.block(layer, x, None)
+        if model.encoder_decoder:
+            memory = self.layernorm(None, "ln_f", x, name="encoder.ln_f")
+            x = self.embed("decoder_embed")
+            for layer in range(model.num_layers, model.total_layers):
+                x = self.block(layer, x, memory)
+        x = self.layernorm(None, "ln_f", x)
+        vocab_key = "embed.vocab" if model.tie_embeddings else "lm_head"
+        logits = self.matmul(None, "lm_head", (x,), self.tokens, model.vocab_size, self.hidden, vocab_key)
+        self.loss(logits)
+        return self.nodes
+
+    def block(self, layer: int, x: int, memory: int | None) -> int:
+        """One transformer block; ``memory`` is the encoder output for decoder blocks (cross-attention)."""
+        model = self.model
+        normed = self.layernorm(layer, "ln1", x)
+        attended = self.self_attention(layer, normed)
+        out = self.matmul(layer, "attn_out", (attended,), self.tokens, self.hidden,
+                          model.num_heads * model.v_head_dim)
+        residual = self.add(layer, "attn_residual", x, out)
+        if memory is not None:
+            residual = self.cross_attention(layer, residual, memory)
+        normed = self.layernorm(layer, "ln2", residual)
+        y = self.moe(layer, normed) if model.is_moe_block(layer) else self.mlp(layer, normed)
+        return self.add(layer, "residual", residual, y)
+
+    def self_attention(self, layer: int, x: int) -> int:
+        model, tokens, hidden = self.model, self.tokens, self.hidden
+        heads, dqk = model.num_heads, model.qk_head_dim
+        if model.attention is AttentionKind.STANDARD:
+            qkv = self.matmul(layer, "qkv", (x,), tokens, (heads + 2 * model.kv_heads) * dqk, hidden)
+            return self.attention(layer, "attention", (qkv,), model.kv_heads)
+        mla = model.mla
+        assert mla is not None
+        if mla.q_lora_rank is not None:
+            q_latent = self.matmul(layer, "q_down", (x,), tokens, mla.q_lora_rank, hidden)
+            q = self.matmul(layer, "q_up", (q_latent,), tokens, heads * dqk, mla.q_lora_rank)
+        else:
+            q = self.matmul(layer, "q_proj", (x,), tokens, heads * dqk, hidden)
+        latent_width = mla.kv_lora_rank + mla.qk_rope_head_dim
+        kv_latent = self.matmul(layer, "kv_down", (x,), tokens, latent_width, hidden)
+        kv = self.matmul(layer, "kv_up", (kv_latent,), tokens,
+                         heads * (mla.qk_nope_head_dim + mla.v_head_dim), mla.kv_lora_rank)
+        return self.attention(layer, "attention", (q, kv_latent, kv), heads)
+
+    def cross_attention(self, layer: int, residual: int, memory: int) -> int:
+        model, tokens, hidden = self.model, self.tokens, self.hidden
+        dqk = model.qk_head_dim
+        normed = self.layernorm(layer, "xattn_ln", residual)
+        q = self.matmul(layer, "xattn_q", (normed,), tokens, model.num_heads * dqk, hidden)
+        kv = self.matmul(layer, "xattn_kv", (memory,), tokens, 2 * model.kv_heads * dqk, hidden)
+        attended = self.attention(layer, "xattn", (q, kv), model.kv_heads)
+        out = self.matmul(layer, "xattn_out", (attended,), tokens, hidden, model.num_heads * model.v_head_dim)
+        return self.add(layer, "xattn_residual", residual, out)
+
+    def mlp(self, layer: int, x: int) -> int:
+        width = self.model.ffn_hidden
+        assert width is not None
+        return self.feed_forward(layer, "", x, width, self.model.activation)
+
+    def feed_forward(self, layer: int, prefix: str, x: int, width: int, activation: Activation) -> int:
+        tokens, hidden = self.tokens, self.hidden
+        up = self.matmul(layer, f"{prefix}fc1", (x,), tokens, width * (2 if activation.gated else 1), hidden)
+        act = self.activation(layer, f"{prefix}act", up, tokens * width, activation, TOKENWISE, False, None)
+        return self.matmul(layer, f"{prefix}fc2", (act,), tokens, hidden, width)
+
+    def moe(self, layer: int, x: int) -> int:
+        model, plan, tokens, hidden = self.model, self.plans[layer], self.tokens, self.hidden
+        experts, nbytes = self.workload.num_experts, self.bytes
+        gate_axes = TOKENWISE if self.workload.training.gate is GateKind.SWITCH else frozenset()
+        router = self.emit(layer, "router", OpKind.ROUTER, 2 * tokens * hidden * experts,
+                           (tokens * hidden + hidden * experts + tokens * experts) * nbytes,
+                           {"tokens": tokens, "experts": experts, "top_k": model.top_k, "hidden": hidden},
+                           (x,), (x,), gate_axes, params=((f"L{layer}.router", hidden * experts),))
+        slots = math.ceil(plan.sent_rows)
+        shuffle_bytes = (tokens + plan.sent_rows) * hidden * nbytes
+        shape = {"tokens": tokens, "hidden": hidden, "rows": slots}
+        permuted = self.emit(layer, "permute", OpKind.PERMUTE, 0.0, shuffle_bytes, dict(shape), (x, router),
+                             (x,), CAPACITY_WISE)
+        buffer = {"rows": slots, "hidden": hidden}
+        dispatched = self.emit(layer, "dispatch", OpKind.ALL_TO_ALL, 0.0, 0.0, dict(buffer), (permuted,),
+                               (permuted,), CAPACITY_WISE, comm=plan.dispatch, comm_backward=plan.combine)
+        shared = None
+        if model.num_shared_experts:
+            width = model.num_shared_experts * model.expert_ffn_hidden
+            shared = self.feed_forward(layer, "shared_", x, width, model.expert_activation)
+        expert_out = self.experts(layer, dispatched, plan)
+        combined = self.emit(layer, "combine", OpKind.ALL_TO_ALL, 0.0, 0.0, dict(buffer), (expert_out,),
+                             (expert_out,), CAPACITY_WISE, comm=plan.combine, comm_backward=plan.dispatch)
+        joined = (combined, router) if shared is None else (combined, router, shared)
+        gather_flops = UNPERMUTE_FLOPS_PER_ELEMENT * tokens * model.top_k * hidden
+        return self.emit(layer, "unpermute", OpKind.PERMUTE, gather_flops, shuffle_bytes, dict(shape), joined,
+                         joined, TOKENWISE)
+
+    def experts(self, layer: int, x: int, plan: MoEPlan) -> int:
+        """The rank's local experts as batched matmuls over ``plan.received_rows`` token rows (mean rank)."""
+        model, hidden, rows = self.model, self.hidden, plan.received_rows
+        width, activation = model.expert_ffn_hidden, model.expert_activation
+        local, scale = self.workload.experts_per_rank, plan.rank_scale
+        up = self.matmul(layer, "expert_fc1", (x,), rows, width * (2 if activation.gated else 1), hidden,
+                         batch=local, expert=True, rank_scale=scale, axes=CAPACITY_WISE)
+        act = self.activation(layer, "expert_act", up, rows * width, activation, CAPACITY_WISE, True, scale)
+        return self.matmul(layer, "expert_fc2", (act,), rows, hidden, width,
+                           batch=local, expert=True, rank_scale=scale, axes=CAPACITY_WISE)
+
+    # --- primitive ops -------------------------------------------------------------------------
+
+    def emit(self, layer: int | None, role: str, kind: OpKind, flops: float, mem_bytes: float,
+             dims: dict[str, int], inputs: tuple[int, ...], grad_inputs: tuple[int, ...],
+             axes: frozenset[Axis], *, name: str | None = None, expert: bool = False,
+             rank_scale: tuple[float, ...] | None = None, comm: CommSpec | None = None,
+             comm_backward: CommSpec | None = None,
+             params: tuple[tuple[str, int], ...] = ()) -> int:
+        if name is None:
+            name = role if layer is None else f"L{layer}.{role}"
+        self.nodes.append(ForwardNode(name, role, kind, layer, float(flops), float(mem_bytes), dims, inputs,
+                                      grad_inputs, axes, expert, rank_scale, comm, comm_backward, params))
+        return len(self.nodes) - 1
+
+    def matmul(self, layer: int | None, role: str, inputs: tuple[int, ...], rows: float, n: int, k: int,
+               key: str | None = None, *, batch: int = 1, expert: bool = False,
+               rank_scale: tuple[float, ...] | None = None, axes: frozenset[Axis] = TOKENWISE) -> int:
+        """``rows`` x k times k x n per weight; ``batch`` weights (local experts) share the rows evenly."""
+        name = role if layer is None else f"L{layer}.{role}"
+        dims = {"m": math.ceil(rows / batch), "n": n, "k": k}
+        if batch > 1:
+            dims["batch"] = batch
+        mem = (rows * k + batch * k * n + rows * n) * self.bytes
+        return self.emit(layer, role, OpKind.MATMUL, 2 * rows * n * k, mem, dims, inputs, inputs, axes,
+                         expert=expert, rank_scale=rank_scale, params=((key or name, batch * k * n),))
+
+    def attention(self, layer: int, role: str, inputs: tuple[int, ...], kv_heads: int) -> int:
+        model, batch, seq = self.model, self.workload.training.batch_per_gpu, self.workload.training.seq_len
+        heads, dqk, dv = model.num_heads, model.qk_head_dim, model.v_head_dim
+        flops = 2 * batch * seq * seq * heads * (dqk + dv)
+        mem = self.tokens * (heads * dqk + kv_heads * dqk + kv_heads * dv + heads * dv) * self.bytes
+        dims = {"b": batch, "heads": heads, "s": seq, "head_dim": dqk, "v_head_dim": dv, "kv_heads": kv_heads}
+        return self.emit(layer, role, OpKind.ATTENTION, flops, mem, dims, inputs, inputs, TOKENWISE)
+
+    def layernorm(self, layer: int | None, role: str, x: int, *, name: str | None = None) -> int:
+        numel, hidden = self.tokens * self.hidden, self.hidden
+        key = name or (role if layer is None else f"L{layer}.{role}")
+        flops = LAYERNORM_FLOPS_PER_ELEMENT * numel
+        return self.emit(layer, role, OpKind.LAYERNORM, flops, 2 * numel * self.bytes,
+                         {"tokens": self.tokens, "hidden": hidden}, (x,), (x,), TOKENWISE, name=name,
+                         params=((key, 2 * hidden),))
+
+    def add(self, layer: int, role: str, a: int, b: int) -> int:
+        numel = self.tokens * self.hidden
+        flops = ADD_FLOPS_PER_ELEMENT * numel
+        return self.emit(layer, role, OpKind.ELEMENTWISE, flops, 3 * numel * self.bytes, {"numel": numel},
+                         (a, b), (a, b), TOKENWISE)
+
+    def activation(self, layer: int, role: str, x: int, numel: float, activation: Activation,
+                   axes: frozenset[Axis], expert: bool, rank_scale: tuple[float, ...] | None) -> int:
+        read = numel * (2 if activation.gated else 1)
+        return self.emit(layer, role, OpKind.ELEMENTWISE, activation_flops(activation) * numel,
+                         (read + numel) * self.bytes, {"numel": math.ceil(numel)}, (x,), (x,), axes,
+                         expert=expert, rank_scale=rank_scale)
+
+    def embed(self, name: str) -> int:
+        """Token (and learned position) lookup; the decoder of an encoder-decoder shares the vocab table."""
+        model, numel = self.model, self.tokens * self.hidden
+        params = [("embed.vocab", model.vocab_size * self.hidden)]
+        position_add = 0
+        if model.learned_positions and name == "embed":
+            params.append(("embed.positions", model.learned_positions * self.hidden))
+            position_add = numel
+        mem = (2 * numel + position_add) * self.bytes
+        return self.emit(None, "embed", OpKind.EMBEDDING, position_add, mem,
+                         {"tokens": self.tokens, "hidden": self.hidden, "vocab": model.vocab_size}, (), (),
+                         TOKENWISE, name=name, params=tuple(params))
+
+    def loss(self, logits: int) -> int:
+        vocab = self.model.vocab_size
+        numel = self.tokens * vocab
+        return self.emit(None, "loss", OpKind.LOSS, LOSS_FLOPS_PER_LOGIT * numel, numel * self.bytes,
+                         {"tokens": self.tokens, "vocab": vocab}, (logits,), (logits,), TOKENWISE)

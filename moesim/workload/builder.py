@@ -1,0 +1,197 @@
+"""Build the OpGraph of one training iteration from a Workload.
+
+Steps: route tokens per MoE layer -> size each MoE layer (buffers, traffic) -> emit the forward ops
+-> derive the backward ops from the forward data edges -> bucket gradients DDP-style -> optimizer.
+
+Backward, in reverse program order: each op with differentiable inputs gets a dX op (``.dx``,
+depending on the dX ops of every op that consumed its output), and each op with weights gets a dW
+op right after it (``.dw``, with the same dependencies: its saved input exists since forward
+finished). Matmul dX and dW each cost the forward's 2mnk (shapes transposed accordingly); the
+router's dX and dW each cost its gate matmul; other ops' dX cost twice their forward FLOPs and
+bytes (attention: 2x forward, recomputation not counted). An all-to-all's backward is an
+all-to-all moving the transposed traffic.
+
+Gradients (in the training dtype, BF16 for FP8) fill buckets of ``grad_bucket_mb`` in the order
+their dW ops appear; a bucket is all-reduced once it reaches the cap (DDP's rule, so a bucket may
+exceed it by its last tensor), dense parameters over all ranks, expert parameters over their
+expert-data-parallel group; nothing is all-reduced across a group of one. A parameter shared by
+several ops (tied embeddings) is attributed to the last of their dW ops, when its gradient is final.
+Optimizer traffic: SGD with momentum reads weight, gradient, momentum and writes weight, momentum
+(5 accesses); Adam reads the gradient, reads and writes FP32 master weight, m and v (24 bytes), and
+writes the low-precision weight copy when training below FP32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from moesim.units import mb
+from moesim.workload.blocks import ForwardNode, ForwardRecipe
+from moesim.workload.config import OptimizerKind, Workload
+from moesim.workload.moe import moe_plans
+from moesim.workload.ops import CommSpec, Op, OpGraph, OpKind, Phase
+from moesim.workload.routing import LayerRouting, route
+
+LAYERNORM_DW_FLOPS_PER_ELEMENT = 2  # d(gamma), d(beta) multiply-accumulate
+SGD_FLOPS_PER_PARAM = 4             # m = mu m + g; w -= lr m
+ADAM_FLOPS_PER_PARAM = 12           # moments, bias correction, sqrt, divide, update
+
+
+def build_graph(workload: Workload) -> OpGraph:
+    """The iteration's DAG: forward, backward (dX / dW), gradient buckets, optimizer; ids = index."""
+    routing = route(workload)
+    nodes = ForwardRecipe(workload, moe_plans(workload, routing)).build()
+    ops = [_forward_op(index, node) for index, node in enumerate(nodes)]
+    sync = _GradSync(workload)
+    _add_backward(workload, nodes, ops, sync)
+    sync.flush(ops)
+    ops.append(_optimizer(workload, ops))
+    return OpGraph(ops=tuple(ops), num_ranks=workload.num_gpus, num_layers=workload.model.total_layers,
+                   moe_layers=workload.model.moe_layers, meta=_meta(workload, routing, nodes))
+
+
+def _forward_op(index: int, node: ForwardNode) -> Op:
+    return Op(id=index, name=node.name, role=node.role, kind=node.kind, phase=Phase.FORWARD, layer=node.layer,
+              flops=node.flops, mem_bytes=node.mem_bytes, deps=node.inputs, dims=node.dims, axes=node.axes,
+              comm=node.comm, rank_scale=node.rank_scale, expert=node.expert)
+
+
+def _add_backward(workload: Workload, nodes: list[ForwardNode], ops: list[Op], sync: _GradSync) -> None:
+    consumers: list[list[int]] = [[] for _ in nodes]
+    for index, node in enumerate(nodes):
+        for source in node.grad_inputs:
+            consumers[source].append(index)
+    owners = _param_owners(nodes)
+    grad_bytes = workload.training.dtype.grad_bytes
+    dx_of: dict[int, int] = {}
+    for index in reversed(range(len(nodes))):
+        node = nodes[index]
+        # the loss has no consumer: its gradient starts from its own forward output
+        deps = tuple(sorted(dx_of[c] for c in consumers[index])) or (index,)
+        if node.grad_inputs:
+            dx_of[index] = len(ops)
+            ops.append(_dx_op(len(ops), node, deps))
+        if node.params:
+            owned = sum(elems for key, elems in node.params if owners[key] == index)
+            numel = workload.tokens_per_gpu * workload.model.hidden
+            dw = _dw_op(len(ops), node, deps, owned * grad_bytes, numel)
+            ops.append(dw)
+            sync.add(dw, ops)
+
+
+def _param_owners(nodes: list[ForwardNode]) -> dict[str, int]:
+    """Parameter key -> forward index of its first user, whose dW comes last in backward."""
+    owners: dict[str, int] = {}
+    for index, node in enumerate(nodes):
+        for key, _ in node.params:
+            owners.setdefault(key, index)
+    return owners
+
+
+def _dx_op(op_id: int, node: ForwardNode, deps: tuple[int, ...]) -> Op:
+    dims, comm = node.dims, None
+    flops, mem = 2 * node.flops, 2 * node.mem_bytes
+    if node.kind is OpKind.MATMUL:
+        dims = {**node.dims, "n": node.dims["k"], "k": node.dims["n"]}
+        flops, mem = node.flops, node.mem_bytes
+    elif node.kind is OpKind.ROUTER:
+        flops, mem = node.flops, node.mem_bytes
+    elif node.kind is OpKind.ALL_TO_ALL:
+        comm = node.comm_backward
+    return Op(id=op_id, name=f"{node.name}.dx", role=node.role, kind=node.kind, phase=Phase.BACKWARD_INPUT,
+              layer=node.layer, flops=flops, mem_bytes=mem, deps=deps, dims=dims, axes=node.axes, comm=comm,
+              rank_scale=node.rank_scale, expert=node.expert)
+
+
+def _dw_op(op_id: int, node: ForwardNode, deps: tuple[int, ...], param_bytes: float, numel: int) -> Op:
+    dims, flops, mem = node.dims, node.flops, node.mem_bytes
+    if node.kind is OpKind.MATMUL:
+        dims = {**node.dims, "m": node.dims["k"], "k": node.dims["m"]}
+    elif node.kind is OpKind.LAYERNORM:
+        flops, mem = LAYERNORM_DW_FLOPS_PER_ELEMENT * numel, node.mem_bytes
+    elif node.kind is OpKind.EMBEDDING:
+        flops, mem = numel, node.mem_bytes  # scatter-add of the token gradients into the table
+    return Op(id=op_id, name=f"{node.name}.dw", role=node.role, kind=node.kind, phase=Phase.BACKWARD_WEIGHT,
+              layer=node.layer, flops=float(flops), mem_bytes=mem, deps=deps, dims=dims,
+              rank_scale=node.rank_scale, param_bytes=float(param_bytes), expert=node.expert)
+
+
+@dataclass
+class _Bucket:
+    members: list[int] = field(default_factory=list)
+    bytes: float = 0.0
+
+
+class _GradSync:
+    """DDP-style buckets, one stream of them for dense and one for expert parameters."""
+
+    def __init__(self, workload: Workload) -> None:
+        self.cap = mb(workload.training.grad_bucket_mb)
+        self.grad_bytes = workload.training.dtype.grad_bytes
+        self.groups = {False: (workload.dense_dp_group,), True: workload.expert_dp_groups}
+        self.open = {False: _Bucket(), True: _Bucket()}
+        self.count = {False: 0, True: 0}
+
+    def add(self, dw: Op, ops: list[Op]) -> None:
+        if dw.param_bytes <= 0 or len(self.groups[dw.expert][0]) == 1:
+            return
+        bucket = self.open[dw.expert]
+        bucket.members.append(dw.id)
+        bucket.bytes += dw.param_bytes
+        if bucket.bytes >= self.cap:
+            self._close(dw.expert, ops)
+
+    def flush(self, ops: list[Op]) -> None:
+        for expert in (False, True):
+            if self.open[expert].members:
+                self._close(expert, ops)
+
+    def _close(self, expert: bool, ops: list[Op]) -> None:
+        bucket, self.open[expert] = self.open[expert], _Bucket()
+        kind = "expert" if expert else "dense"
+        ops.append(Op(id=len(ops), name=f"grad_sync.{kind}.{self.count[expert]}", role="grad_sync",
+                      kind=OpKind.ALL_REDUCE, phase=Phase.GRAD_SYNC, layer=None, deps=tuple(bucket.members),
+                      dims={"numel": round(bucket.bytes / self.grad_bytes)},
+                      comm=CommSpec(groups=self.groups[expert], bytes=bucket.bytes), expert=expert))
+        self.count[expert] += 1
+
+
+def _optimizer(workload: Workload, ops: list[Op]) -> Op:
+    weight_ops = [op for op in ops if op.phase in (Phase.BACKWARD_WEIGHT, Phase.GRAD_SYNC)]
+    grad_bytes = workload.training.dtype.grad_bytes
+    params = sum(op.param_bytes for op in ops if op.phase is Phase.BACKWARD_WEIGHT) / grad_bytes
+    if workload.training.optimizer is OptimizerKind.SGD_MOMENTUM:
+        flops_per, bytes_per = SGD_FLOPS_PER_PARAM, 5 * grad_bytes
+    else:
+        flops_per, bytes_per = ADAM_FLOPS_PER_PARAM, 24 + grad_bytes + (grad_bytes if grad_bytes < 4 else 0)
+    return Op(id=len(ops), name="optimizer", role="optimizer", kind=OpKind.OPTIMIZER, phase=Phase.OPTIMIZER,
+              layer=None, flops=flops_per * params, mem_bytes=bytes_per * params,
+              deps=tuple(op.id for op in weight_ops), dims={"params": round(params)})
+
+
+def _meta(workload: Workload, routing: tuple[LayerRouting, ...],
+          nodes: list[ForwardNode]) -> dict[str, object]:
+    owners = _param_owners(nodes)
+    owned = [(n.expert, elems) for i, n in enumerate(nodes) for key, elems in n.params if owners[key] == i]
+    dense = sum(elems for is_expert, elems in owned if not is_expert)
+    expert = sum(elems for is_expert, elems in owned if is_expert)
+    grad_bytes = workload.training.dtype.grad_bytes
+    return {
+        "model": workload.model.name,
+        "preset": workload.preset,
+        "tokens_per_gpu": workload.tokens_per_gpu,
+        "capacity": workload.capacity,
+        "dtype": workload.training.dtype.value,
+        "num_experts": workload.num_experts,
+        "experts_per_rank": workload.experts_per_rank,
+        "ep_size": workload.ep_size,
+        "dp_size": workload.dp_size,
+        "expert_dp_size": workload.expert_dp_size,
+        "gate": workload.training.gate.value,
+        "optimizer": workload.training.optimizer.value,
+        "params": {"dense": dense, "expert_per_rank": expert},
+        "param_bytes": {"dense": dense * grad_bytes, "expert_per_rank": expert * grad_bytes},
+        "routing": routing,
+        "routing_counts": {r.layer: r.counts for r in routing},
+        "dropped_fraction": {r.layer: r.dropped_fraction for r in routing},
+    }
