@@ -1,0 +1,63 @@
+"""What each executed task did: FLOPs and bytes recorded on its span, and collective membership.
+
+Compute spans carry the op's per-rank FLOPs and HBM bytes times the task's fraction. Collective
+spans carry the bytes the rank sends to other ranks: an all-to-all's off-diagonal row sum, a ring
+all-reduce's ``2 (n-1)/n`` of the payload, an all-gather's or reduce-scatter's ``(n-1)/n``.
+"""
+
+from __future__ import annotations
+
+from moesim.plan import Task
+from moesim.workload.ops import Op, OpKind
+
+
+class Membership:
+    """Where each rank sits in each collective op: ``(group index, position in the group)``.
+
+    Built lazily per op and owned by one simulation (no shared cache).
+    """
+
+    def __init__(self) -> None:
+        self._by_op: dict[int, dict[int, tuple[int, int]]] = {}
+
+    def of(self, op: Op, rank: int) -> tuple[int, int] | None:
+        """``(group index, member index)`` of ``rank`` in collective ``op``, or None if in no group."""
+        places = self._by_op.get(op.id)
+        if places is None:
+            assert op.comm is not None, f"{op.name} is a collective without a CommSpec"
+            places = {
+                member: (index, position)
+                for index, group in enumerate(op.comm.groups)
+                for position, member in enumerate(group)
+            }
+            self._by_op[op.id] = places
+        return places.get(rank)
+
+
+def compute_flops(op: Op, task: Task, rank: int) -> float:
+    return op.flops_on(rank) * task.fraction
+
+
+def compute_bytes(op: Op, task: Task, rank: int) -> float:
+    return op.mem_bytes_on(rank) * task.fraction
+
+
+def sent_bytes(op: Op, task: Task, place: tuple[int, int] | None) -> float:
+    """Bytes the member at ``place`` sends to other ranks in collective ``task`` (0 outside any group)."""
+    if place is None:
+        return 0.0
+    assert op.comm is not None, f"{op.name} is a collective without a CommSpec"
+    group, member = place
+    size = len(op.comm.groups[group])
+    payload = op.comm.bytes * task.fraction
+    if op.kind is OpKind.ALL_TO_ALL:
+        if task.traffic is not None:
+            row = task.traffic[group, member]
+        elif op.comm.traffic is not None:
+            row = op.comm.traffic[group, member] * task.fraction
+        else:
+            return payload * (size - 1) / size
+        return float(row.sum() - row[member])
+    if op.kind is OpKind.ALL_REDUCE:
+        return 2.0 * (size - 1) / size * payload
+    return (size - 1) / size * payload

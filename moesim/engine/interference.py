@@ -1,0 +1,88 @@
+"""Compute/communication interference on one rank: a fluid model with exact piecewise rates.
+
+While any collective of the rank is in flight (any stream), every compute kernel of that rank
+progresses at ``1 / (1 + slowdown)`` of full speed; otherwise at full speed. Rates change exactly
+when the rank's in-flight collective count moves between zero and non-zero, and only the running
+compute kernels of that rank are rescheduled: each keeps one valid wake-up, invalidated by a
+version number when its rate changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import simpy
+
+
+class _Kernel:
+    __slots__ = ("work_left", "rate", "updated_at", "version", "done")
+
+    def __init__(self, work_left: float, rate: float, updated_at: float, done: simpy.Event) -> None:
+        self.work_left = work_left  # full-speed seconds still to do, as of ``updated_at``
+        self.rate = rate
+        self.updated_at = updated_at
+        self.version = 0
+        self.done = done
+
+
+class RankCompute:
+    """The compute units of one rank, slowed while that rank communicates.
+
+    Callers pair every ``comm_started`` with one later ``comm_ended``.
+    """
+
+    def __init__(self, env: simpy.Environment, slowdown: float) -> None:
+        self._env = env
+        self._slow_rate = 1.0 / (1.0 + slowdown)
+        self._interferes = slowdown != 0.0
+        self._comm_in_flight = 0
+        self._next_id = 0
+        self._running: dict[int, _Kernel] = {}
+
+    def run(self, seconds: float) -> simpy.Event:
+        """An event that succeeds when a kernel of ``seconds`` full-speed work started now is done."""
+        if not self._interferes:
+            return self._env.timeout(seconds)
+        done = self._env.event()
+        rate = self._slow_rate if self._comm_in_flight else 1.0
+        kernel = _Kernel(seconds, rate, self._env.now, done)
+        kernel_id = self._next_id
+        self._next_id += 1
+        self._running[kernel_id] = kernel
+        self._schedule(kernel_id, kernel)
+        return done
+
+    def comm_started(self) -> None:
+        self._comm_in_flight += 1
+        if self._comm_in_flight == 1:
+            self._set_rate(self._slow_rate)
+
+    def comm_ended(self) -> None:
+        assert self._comm_in_flight > 0, "comm_ended without comm_started"
+        self._comm_in_flight -= 1
+        if self._comm_in_flight == 0:
+            self._set_rate(1.0)
+
+    def _set_rate(self, rate: float) -> None:
+        if not self._interferes:
+            return
+        now = self._env.now
+        for kernel_id, kernel in self._running.items():
+            kernel.work_left = max(0.0, kernel.work_left - (now - kernel.updated_at) * kernel.rate)
+            kernel.updated_at = now
+            kernel.rate = rate
+            kernel.version += 1
+            self._schedule(kernel_id, kernel)
+
+    def _schedule(self, kernel_id: int, kernel: _Kernel) -> None:
+        wake = self._env.timeout(kernel.work_left / kernel.rate)
+        wake.callbacks.append(self._waker(kernel_id, kernel.version))
+
+    def _waker(self, kernel_id: int, version: int) -> Callable[[simpy.Event], None]:
+        def wake(_: simpy.Event) -> None:
+            kernel = self._running.get(kernel_id)
+            if kernel is not None and kernel.version == version:
+                del self._running[kernel_id]
+                kernel.done.succeed()
+
+        return wake

@@ -1,0 +1,180 @@
+"""Flow-level network: in-flight coflows share every resource's capacity max-min fairly.
+
+A coflow is one collective's transfer: ``volume[i]`` bytes across ``resources[i]`` for every i,
+finished when the last byte of every resource has moved. Its progress is one number, the fraction
+done; it advances at a rate ``p = lambda / D`` where ``D`` is its heaviest volume, so a coflow alone
+takes ``max_i volume[i] / capacity[i]``. Rates come from progressive filling: raise one common
+``lambda`` for all unfrozen coflows until some resource saturates, freeze the coflows crossing it,
+repeat with the rest.
+
+Rates change only when a coflow starts or ends, and only inside the connected component (coflows
+linked through shared resources) of that coflow, so only that component is recomputed and only
+coflows whose rate changed are rescheduled. Each coflow
+has at most one valid wake-up pending, at its predicted finish; a rate change invalidates the old
+one through a version number, so time moves only by SimPy events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import simpy
+
+from moesim.errors import MoesimError
+
+# Resources whose level lies within this relative distance of the minimum saturate together,
+# so coflows with equal shares freeze in the same round whatever the rounding.
+_SATURATION_RTOL = 1e-12
+
+
+def max_min_rates(
+    resources: Sequence[np.ndarray], volumes: Sequence[np.ndarray], capacities: np.ndarray
+) -> np.ndarray:
+    """Progress rates (fraction of the transfer per second) of coflows sharing ``capacities``.
+
+    Coflow ``c`` moves ``volumes[c][i]`` bytes across resource ``resources[c][i]``; every volume is
+    > 0 and every capacity used is > 0 (the caller guarantees both). The result is max-min fair in
+    ``lambda = p * D``: no coflow can go faster without slowing one whose ``lambda`` is not larger.
+    """
+    count = len(resources)
+    heaviest = np.array([volume.max() for volume in volumes])
+    used, column = np.unique(np.concatenate(resources), return_inverse=True)
+    rows = np.repeat(np.arange(count), [len(res) for res in resources])
+    weight = np.zeros((count, len(used)))
+    weight[rows, column] = np.concatenate(volumes) / heaviest[rows]
+    free = capacities[used].astype(np.float64)
+    level = np.zeros(count)
+    unfrozen = np.ones(count, dtype=bool)
+    while unfrozen.any():
+        load = weight[unfrozen].sum(axis=0)
+        crossed = load > 0
+        limit = np.full(len(used), np.inf)
+        limit[crossed] = free[crossed] / load[crossed]
+        lam = limit.min()
+        saturated = crossed & (limit <= lam * (1 + _SATURATION_RTOL))
+        freezing = unfrozen & (weight[:, saturated] > 0).any(axis=1)
+        level[freezing] = lam
+        free -= lam * weight[freezing].sum(axis=0)
+        unfrozen &= ~freezing
+    return level / heaviest
+
+
+class Coflow:
+    """One collective's transfer in flight; ``on_done`` is called once, when it completes."""
+
+    __slots__ = ("seq", "resources", "volume", "solo_rate", "remaining", "rate", "updated_at", "version",
+                 "on_done")
+
+    def __init__(self, seq: int, resources: np.ndarray, volume: np.ndarray, solo_rate: float,
+                 on_done: Callable[[], None]) -> None:
+        self.seq = seq
+        self.resources = resources
+        self.volume = volume
+        self.solo_rate = solo_rate
+        self.remaining = 1.0  # fraction of the transfer still to move, as of ``updated_at``
+        self.rate = 0.0
+        self.updated_at = 0.0
+        self.version = 0
+        self.on_done = on_done
+
+
+class FlowNetwork:
+    """The shared network of one simulation: resource capacities and the coflows crossing them."""
+
+    def __init__(self, env: simpy.Environment, capacities: np.ndarray) -> None:
+        self._env = env
+        self._capacities = np.asarray(capacities, dtype=np.float64)
+        self._next_seq = 0
+        self._active: dict[int, Coflow] = {}  # by seq, so in start order
+
+    def transfer(self, resources: np.ndarray, volume: np.ndarray, on_done: Callable[[], None]) -> None:
+        """Start moving ``volume[i]`` bytes across ``resources[i]`` now; call ``on_done`` when all moved.
+
+        Zero volumes are dropped; with nothing left to move ``on_done`` is called at once.
+        """
+        resources = np.asarray(resources, dtype=np.int64)
+        volume = np.asarray(volume, dtype=np.float64)
+        moving = volume > 0
+        resources, volume = resources[moving], volume[moving]
+        if len(resources) == 0:
+            on_done()
+            return
+        self._check(resources)
+        solo_rate = float(1.0 / (volume / self._capacities[resources]).max())
+        coflow = Coflow(self._next_seq, resources, volume, solo_rate, on_done)
+        self._next_seq += 1
+        coflow.updated_at = self._env.now
+        self._active[coflow.seq] = coflow
+        self._reallocate(self._component(resources))
+
+    def _check(self, resources: np.ndarray) -> None:
+        bad = resources[(resources < 0) | (resources >= len(self._capacities))]
+        if len(bad):
+            raise MoesimError(
+                f"collective demand: resource id {int(bad[0])} is not one of the cost model's "
+                f"{len(self._capacities)} resources (0..{len(self._capacities) - 1})"
+            )
+        dead = resources[self._capacities[resources] <= 0]
+        if len(dead):
+            raise MoesimError(
+                f"capacities[{int(dead[0])}]: a resource a collective crosses must have capacity > 0 bytes/s"
+            )
+
+    def _component(self, start: np.ndarray) -> list[Coflow]:
+        """In-flight coflows linked to ``start`` resources through shared resources, in start order."""
+        pending = list(self._active.values())
+        if len(pending) <= 1:  # a lone coflow's rate is its solo rate, linked to ``start`` or not
+            return pending
+        # Coflows may cross thousands of resources but few run at once: sweep the coflows with
+        # vectorised membership tests rather than walking resource by resource.
+        reached = np.zeros(len(self._capacities), dtype=bool)
+        reached[start] = True
+        found: list[Coflow] = []
+        grew = True
+        while grew:
+            grew = False
+            rest = []
+            for coflow in pending:
+                if reached[coflow.resources].any():
+                    reached[coflow.resources] = True
+                    found.append(coflow)
+                    grew = True
+                else:
+                    rest.append(coflow)
+            pending = rest
+        return sorted(found, key=lambda coflow: coflow.seq)
+
+    def _reallocate(self, component: list[Coflow]) -> None:
+        if not component:
+            return
+        if len(component) == 1:
+            rates = [component[0].solo_rate]
+        else:
+            rates = max_min_rates(
+                [c.resources for c in component], [c.volume for c in component], self._capacities
+            ).tolist()
+        now = self._env.now
+        for coflow, rate in zip(component, rates, strict=True):
+            if rate == coflow.rate:
+                continue
+            coflow.remaining = max(0.0, coflow.remaining - (now - coflow.updated_at) * coflow.rate)
+            coflow.updated_at = now
+            coflow.rate = rate
+            coflow.version += 1
+            wake = self._env.timeout(coflow.remaining / rate)
+            wake.callbacks.append(self._waker(coflow, coflow.version))
+
+    def _waker(self, coflow: Coflow, version: int) -> Callable[[simpy.Event], None]:
+        def wake(_: simpy.Event) -> None:
+            if coflow.version == version:
+                self._finish(coflow)
+
+        return wake
+
+    def _finish(self, coflow: Coflow) -> None:
+        coflow.remaining = 0.0
+        coflow.version += 1
+        del self._active[coflow.seq]
+        self._reallocate(self._component(coflow.resources))
+        coflow.on_done()
