@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 import numpy as np
 
 from moesim.workload.ops import Op, OpGraph
 
 
-class StreamKind(str, Enum):
+class StreamKind(StrEnum):
     COMPUTE = "compute"  # kernels
     COMM = "comm"        # MoE all-to-all
     DP_COMM = "dp_comm"  # data-parallel gradient all-reduce buckets

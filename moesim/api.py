@@ -1,0 +1,171 @@
+"""The Python API notebooks use: ``simulate`` one schedule, ``compare`` several.
+
+    result = moesim.simulate(model="gpt2-s-moe", hardware="p3dn.24xlarge", nodes=2,
+                             schedule="sequential", **{"training.batch_per_gpu": 8})
+    result.metrics.iteration_time_s; result.to_dataframe(); result.write_chrome_trace("t.json")
+
+Overrides are dotted keys scoped ``model.``, ``training.``, ``hardware.``, ``cost.`` or ``schedule.``
+(the same as the CLI's ``--set``); ``training__batch_per_gpu=8`` is accepted as a keyword spelling.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from moesim.analysis.chrome_trace import write_chrome_trace
+from moesim.analysis.metrics import Metrics, compute_metrics
+from moesim.engine import simulate_plan
+from moesim.errors import MoesimError
+from moesim.hardware.cost import RooflineCostModel
+from moesim.hardware.presets import load_cluster
+from moesim.hardware.specs import ClusterSpec
+from moesim.overrides import split_scopes
+from moesim.plan import ExecutionPlan
+from moesim.schedules import get_schedule, registered
+from moesim.timeline import Timeline
+from moesim.workload.builder import build_graph
+from moesim.workload.config import Workload
+from moesim.workload.ops import OpGraph
+from moesim.workload.presets import load_workload
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+SCOPES = ("model", "training", "hardware", "cost", "schedule")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Scenario:
+    """Everything but the schedule: the cluster, the workload and its op graph, the cost model."""
+
+    model: str
+    hardware: str
+    nodes: int
+    cluster: ClusterSpec
+    workload: Workload
+    graph: OpGraph
+    cost: RooflineCostModel
+    schedule_settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class SimulationResult:
+    scenario: Scenario
+    plan: ExecutionPlan
+    timeline: Timeline
+    metrics: Metrics
+
+    @property
+    def schedule(self) -> str:
+        return self.plan.schedule
+
+    @property
+    def knobs(self) -> Mapping[str, object]:
+        return self.plan.knobs
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object `moesim run --json` prints."""
+        graph_meta = self.scenario.graph.meta
+        return {
+            "schedule": self.schedule,
+            "model": self.scenario.model,
+            "hardware": self.scenario.hardware,
+            "nodes": self.scenario.nodes,
+            **self.metrics.to_dict(),
+            "ep_size": graph_meta.get("ep_size"),
+            "knobs": dict(self.knobs),
+        }
+
+    def to_dataframe(self) -> pd.DataFrame:
+        from moesim.analysis.tables import to_dataframe
+
+        return to_dataframe(self.timeline)
+
+    def write_chrome_trace(self, path: str | Path) -> Path:
+        return write_chrome_trace(self.timeline, path)
+
+    def plot_timeline(self, **kwargs: Any) -> Figure:
+        from moesim.analysis.gantt import plot_timeline
+
+        kwargs.setdefault("title", f"{self.schedule}: {self.scenario.model} on {self.scenario.nodes} x "
+                                   f"{self.scenario.hardware}")
+        return plot_timeline(self.timeline, **kwargs)
+
+
+def scenario(
+    model: str | Path = "gpt2-s-moe",
+    hardware: str | Path = "p3dn.24xlarge",
+    nodes: int = 1,
+    overrides: Mapping[str, Any] | None = None,
+) -> Scenario:
+    """Load and validate the inputs once; schedules can then be planned against the result."""
+    scoped = split_scopes(normalise_overrides(overrides or {}), SCOPES)
+    hardware_updates = {**scoped["hardware"], **{f"node.cost.{k}": v for k, v in scoped["cost"].items()}}
+    cluster = load_cluster(hardware, nodes, hardware_updates)
+    workload_updates = {f"{scope}.{key}": value for scope in ("model", "training")
+                        for key, value in scoped[scope].items()}
+    workload = load_workload(model, num_gpus=cluster.num_gpus, gpu=cluster.node.gpu.name,
+                             overrides=workload_updates)
+    graph = build_graph(workload)
+    cost = RooflineCostModel(cluster, workload.training.dtype)
+    return Scenario(str(model), str(hardware), nodes, cluster, workload, graph, cost, scoped["schedule"])
+
+
+def simulate(
+    model: str | Path = "gpt2-s-moe",
+    hardware: str | Path = "p3dn.24xlarge",
+    nodes: int = 1,
+    schedule: str = "sequential",
+    **overrides: Any,
+) -> SimulationResult:
+    """Plan ``schedule`` for the model on ``nodes`` x ``hardware`` and simulate one iteration."""
+    return run_schedule(scenario(model, hardware, nodes, overrides), schedule)
+
+
+def run_schedule(scn: Scenario, schedule: str) -> SimulationResult:
+    policy = get_schedule(schedule)
+    config = policy.make_config(scn.schedule_settings)
+    plan = policy.plan(scn.graph, scn.cost, config)
+    timeline = simulate_plan(plan, scn.cost)
+    return SimulationResult(scn, plan, timeline, compute_metrics(timeline))
+
+
+def compare(
+    model: str | Path = "gpt2-s-moe",
+    hardware: str | Path = "p3dn.24xlarge",
+    nodes: int = 1,
+    schedules: Sequence[str] | None = None,
+    **overrides: Any,
+) -> list[SimulationResult]:
+    """Simulate each schedule (default: every registered one) on the same inputs.
+
+    ``schedule.*`` settings go only to the schedules whose config knows them.
+    """
+    names = list(schedules) if schedules else list(registered())
+    for name in names:
+        get_schedule(name)
+    scn = scenario(model, hardware, nodes, overrides)
+    results = []
+    for name in names:
+        known = get_schedule(name).config.model_fields
+        settings = {k: v for k, v in scn.schedule_settings.items() if k.split(".")[0] in known}
+        results.append(run_schedule(_with_settings(scn, settings), name))
+    return results
+
+
+def _with_settings(scn: Scenario, settings: Mapping[str, Any]) -> Scenario:
+    return Scenario(scn.model, scn.hardware, scn.nodes, scn.cluster, scn.workload, scn.graph, scn.cost, settings)
+
+
+def normalise_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Accept ``training__batch_per_gpu`` as a spelling of ``training.batch_per_gpu``."""
+    normalised = {}
+    for key, value in overrides.items():
+        if not isinstance(key, str) or not key:
+            raise MoesimError(f"override {key!r}: keys are dotted names such as training.batch_per_gpu")
+        normalised[key.replace("__", ".")] = value
+    return normalised

@@ -1,0 +1,220 @@
+"""`moesim ...`: parse, call the library, print or write. Bad input: one line on stderr, exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from moesim.errors import DeadlockError, MoesimError
+
+EXIT_BAD_INPUT = 2
+
+DEFAULT_MODEL = "gpt2-s-moe"
+DEFAULT_HARDWARE = "p3dn.24xlarge"
+DEFAULT_NODES = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise MoesimError(f"{self.prog}: {message}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        return int(args.handler(args))
+    except (MoesimError, DeadlockError) as err:
+        print(f"moesim: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="moesim", description="Simulate MoE training schedules on GPU clusters.")
+    commands = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    listing = commands.add_parser("list", help="presets and schedules")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=cmd_list)
+
+    run = commands.add_parser("run", help="simulate one schedule")
+    _scenario_options(run)
+    run.add_argument("--schedule", default="sequential")
+    run.add_argument("--trace", type=Path, help="write a Chrome/Perfetto trace (JSON) here")
+    run.add_argument("--plot", type=Path, help="write a Gantt chart (PNG) here")
+    run.add_argument("--layers", help="with --plot: layer range A-B to show, e.g. 2-3")
+    run.set_defaults(handler=cmd_run)
+
+    compare = commands.add_parser("compare", help="simulate several schedules on the same inputs")
+    _scenario_options(compare)
+    compare.add_argument("--schedules", help="comma-separated names (default: every registered schedule)")
+    compare.add_argument("--plot", type=Path, help="write the schedules' Gantt charts (PNG) here")
+    compare.add_argument("--layers", help="with --plot: layer range A-B to show, e.g. 2-3")
+    compare.set_defaults(handler=cmd_compare)
+
+    parser.set_defaults(handler=lambda _args: cmd_compare(compare.parse_args([])))
+    return parser
+
+
+def _scenario_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--model", default=DEFAULT_MODEL, help="model preset name or YAML path")
+    sub.add_argument("--hardware", default=DEFAULT_HARDWARE, help="node preset name or YAML path")
+    sub.add_argument("--nodes", type=int, default=DEFAULT_NODES)
+    sub.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                     help="override, e.g. training.batch_per_gpu=8, cost.compute_slowdown_under_comm=0")
+    sub.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from moesim.hardware.presets import list_gpu_presets, list_node_presets
+    from moesim.schedules import registered
+    from moesim.workload.presets import list_model_presets
+
+    schedules = {name: s.description for name, s in registered().items()}
+    listing: dict[str, object] = {
+        "models": list(list_model_presets()),
+        "hardware": list(list_node_presets()),
+        "gpus": list(list_gpu_presets()),
+        "schedules": schedules,
+    }
+    if args.json:
+        print(json.dumps(listing, indent=2))
+        return 0
+    print("models:    " + ", ".join(list_model_presets()))
+    print("hardware:  " + ", ".join(list_node_presets()) + "   (--nodes N makes a cluster of N nodes)")
+    print("gpus:      " + ", ".join(list_gpu_presets()))
+    print("schedules:")
+    for name, description in schedules.items():
+        print(f"  {name:<12} {description}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from moesim.api import run_schedule, scenario
+    from moesim.overrides import parse_assignments
+
+    layers = _layer_range(args.layers)
+    _check_writable(args.trace, "--trace")
+    _check_writable(args.plot, "--plot")
+    result = run_schedule(scenario(args.model, args.hardware, args.nodes, parse_assignments(args.settings)),
+                          args.schedule)
+    if args.trace:
+        _write_atomically(args.trace, result.write_chrome_trace)
+    if args.plot:
+        _write_atomically(args.plot, lambda path: result.plot_timeline(layers=layers, path=path))
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        _print_run(result)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from moesim.analysis.gantt import plot_timelines
+    from moesim.api import compare
+    from moesim.overrides import parse_assignments
+
+    layers = _layer_range(args.layers)
+    _check_writable(args.plot, "--plot")
+    names = [n.strip() for n in args.schedules.split(",") if n.strip()] if args.schedules else None
+    results = compare(args.model, args.hardware, args.nodes, names, **parse_assignments(args.settings))
+    if args.plot:
+        timelines = {r.schedule: r.timeline for r in results}
+        _write_atomically(args.plot, lambda path: plot_timelines(timelines, layers=layers, path=path))
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+    else:
+        _print_compare(results)
+    return 0
+
+
+def _print_run(result: Any) -> None:
+    from moesim.analysis.tables import metrics_table
+
+    print(_headline(result))
+    print(metrics_table([_row(result, baseline=None)], _COLUMNS))
+
+
+def _print_compare(results: list[Any]) -> None:
+    from moesim.analysis.tables import metrics_table
+
+    baseline = next((r for r in results if r.schedule == "sequential"), None)
+    print(_headline(results[0]))
+    print(metrics_table([_row(r, baseline) for r in results], _COLUMNS))
+
+
+def _headline(result: Any) -> str:
+    meta = result.scenario.graph.meta
+    return (f"{result.scenario.model} on {result.scenario.nodes} x {result.scenario.hardware} "
+            f"({result.metrics.num_gpus} GPUs, EP={meta.get('ep_size')}, "
+            f"{meta.get('tokens_per_gpu')} tokens/GPU)")
+
+
+_COLUMNS = [
+    ("schedule", "schedule"),
+    ("iteration_ms", "iteration ms"),
+    ("speedup", "vs sequential"),
+    ("compute_ms", "compute ms"),
+    ("a2a_ms", "all-to-all ms"),
+    ("a2a_share", "a2a share"),
+    ("exposed_ms", "exposed comm ms"),
+    ("exposed_share", "exposed share"),
+    ("overlap", "overlap"),
+    ("knobs", "knobs"),
+]
+
+
+def _row(result: Any, baseline: Any | None) -> dict[str, object]:
+    m = result.metrics
+    speedup = baseline.metrics.iteration_time_s / m.iteration_time_s if baseline is not None else None
+    return {
+        "schedule": result.schedule,
+        "iteration_ms": f"{m.iteration_time_s * 1e3:.2f}",
+        "speedup": f"{speedup:.2f}x" if speedup is not None else "-",
+        "compute_ms": f"{m.compute_busy_s * 1e3:.2f}",
+        "a2a_ms": f"{m.a2a_time_s * 1e3:.2f}",
+        "a2a_share": f"{m.a2a_share:.1%}",
+        "exposed_ms": f"{m.exposed_comm_s * 1e3:.2f}",
+        "exposed_share": f"{m.exposed_comm_share:.1%}",
+        "overlap": f"{m.overlap_ratio:.1%}",
+        "knobs": ", ".join(f"{k}={v}" for k, v in result.knobs.items()) or "-",
+    }
+
+
+def _layer_range(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    first, sep, last = text.partition("-")
+    try:
+        low, high = int(first), int(last if sep else first)
+    except ValueError:
+        raise MoesimError(f"--layers {text!r}: expected A-B with layer indices, e.g. 2-3") from None
+    if low < 0 or high < low:
+        raise MoesimError(f"--layers {text!r}: need 0 <= A <= B")
+    return low, high
+
+
+def _check_writable(path: Path | None, option: str) -> None:
+    if path is not None and not path.parent.resolve().is_dir():
+        raise MoesimError(f"{option} {path}: directory {path.parent} does not exist")
+
+
+def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """Write through a temporary file in the same directory, so a failure leaves nothing half-written."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent.resolve(), prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
