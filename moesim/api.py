@@ -11,7 +11,7 @@ Overrides are dotted keys scoped ``model.``, ``training.``, ``hardware.``, ``cos
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +22,7 @@ from moesim.errors import MoesimError
 from moesim.hardware.cost import RooflineCostModel
 from moesim.hardware.presets import load_cluster
 from moesim.hardware.specs import ClusterSpec
-from moesim.overrides import split_scopes
+from moesim.overrides import apply_overrides, split_scopes
 from moesim.plan import ExecutionPlan
 from moesim.schedules import get_schedule, registered
 from moesim.timeline import Timeline
@@ -104,8 +104,12 @@ def scenario(
 ) -> Scenario:
     """Load and validate the inputs once; schedules can then be planned against the result."""
     scoped = split_scopes(normalise_overrides(overrides or {}), SCOPES)
-    hardware_updates = {**scoped["hardware"], **{f"node.cost.{k}": v for k, v in scoped["cost"].items()}}
-    cluster = load_cluster(hardware, nodes, hardware_updates)
+    if "num_nodes" in scoped["hardware"]:
+        raise MoesimError("hardware.num_nodes: set the node count with --nodes (nodes= in Python)")
+    cluster = load_cluster(hardware, nodes, scoped["hardware"], where="hardware.")
+    if scoped["cost"]:
+        cost_params = apply_overrides(cluster.node.cost, scoped["cost"], where="cost.")
+        cluster = cluster.model_copy(update={"node": cluster.node.model_copy(update={"cost": cost_params})})
     workload_updates = {f"{scope}.{key}": value for scope in ("model", "training")
                         for key, value in scoped[scope].items()}
     workload = load_workload(model, num_gpus=cluster.num_gpus, gpu=cluster.node.gpu.name,
@@ -149,16 +153,15 @@ def compare(
     for name in names:
         get_schedule(name)
     scn = scenario(model, hardware, nodes, overrides)
+    knobs = {name: get_schedule(name).config.model_fields for name in names}
+    for key in scn.schedule_settings:
+        if not any(key.split(".")[0] in fields for fields in knobs.values()):
+            raise MoesimError(f"unknown setting 'schedule.{key}': no schedule among {', '.join(names)} has it")
     results = []
     for name in names:
-        known = get_schedule(name).config.model_fields
-        settings = {k: v for k, v in scn.schedule_settings.items() if k.split(".")[0] in known}
-        results.append(run_schedule(_with_settings(scn, settings), name))
+        settings = {k: v for k, v in scn.schedule_settings.items() if k.split(".")[0] in knobs[name]}
+        results.append(run_schedule(replace(scn, schedule_settings=settings), name))
     return results
-
-
-def _with_settings(scn: Scenario, settings: Mapping[str, Any]) -> Scenario:
-    return Scenario(scn.model, scn.hardware, scn.nodes, scn.cluster, scn.workload, scn.graph, scn.cost, settings)
 
 
 def normalise_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:

@@ -208,8 +208,11 @@ def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
     """Write through a temporary file in the same directory, so a failure leaves nothing half-written."""
     fd, tmp = tempfile.mkstemp(dir=path.parent.resolve(), prefix=f".{path.name}.", suffix=path.suffix)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it the usual mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

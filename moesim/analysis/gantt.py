@@ -70,17 +70,35 @@ def category(span: Span) -> Category:
     return _COMPUTE_PHASES.get(span.phase, Category.OTHER)
 
 
-def layer_window(timeline: Timeline, ranks: Sequence[int], layers: tuple[int, int]) -> tuple[float, float]:
-    """(start, end) in seconds of the spans of ``ranks`` whose layer is in ``layers`` (inclusive)."""
+Window = tuple[str, tuple[float, float]]  # a panel's label and its (start, end) in seconds
+
+_PASSES = (
+    ("forward", frozenset({Phase.FORWARD})),
+    ("backward", frozenset({Phase.BACKWARD_INPUT, Phase.BACKWARD_WEIGHT})),
+)
+
+
+def layer_windows(timeline: Timeline, ranks: Sequence[int], layers: tuple[int, int]) -> list[Window]:
+    """The forward and the backward time window of layers ``a..b`` (inclusive) on ``ranks``.
+
+    A layer's forward and backward run far apart in an iteration, so each pass gets its own window;
+    a pass with no span in the range is left out.
+    """
     low, high = layers
     if low > high:
         raise MoesimError(f"layers=({low}, {high}): the first layer must not exceed the last")
     chosen = [s for s in timeline.spans
               if s.rank in ranks and s.layer is not None and low <= s.layer <= high]
-    if not chosen:
+    windows = []
+    for label, phases in _PASSES:
+        in_pass = [s for s in chosen if s.phase in phases]
+        if in_pass:
+            windows.append((f"{label}, layers {low}..{high}",
+                            (min(s.start for s in in_pass), max(s.end for s in in_pass))))
+    if not windows:
         raise MoesimError(f"layers=({low}, {high}): no span of rank(s) {', '.join(map(str, ranks))} "
                           f"has a layer in {low}..{high}")
-    return min(s.start for s in chosen), max(s.end for s in chosen)
+    return windows
 
 
 def plot_timeline(
@@ -94,18 +112,31 @@ def plot_timeline(
 ) -> Figure:
     """Gantt chart of ``ranks`` (default: the first simulated rank; at most ``MAX_RANKS``).
 
-    ``layers=(a, b)`` zooms to the time window of layers a..b and shows every span in it. Draws
-    into ``ax`` when given (and returns its figure); writes the figure to ``path`` when given
-    (PNG unless the suffix names another format matplotlib writes).
+    ``layers=(a, b)`` shows the forward and the backward window of layers a..b side by side, on one
+    time scale, with every span inside them. Draws into ``ax`` when given (one window only: the whole
+    iteration; returns ax's figure); writes the figure to ``path`` when given (PNG unless the suffix
+    names another format matplotlib writes).
     """
     chosen = _check_ranks(timeline, ranks)
-    window = layer_window(timeline, chosen, layers) if layers is not None else _full_window(timeline, chosen)
-    if ax is None:
-        ax = _new_figure(rows=len(_rows(timeline, chosen)), panels=1).add_subplot(1, 1, 1)
-    drawn = _draw(ax, timeline, chosen, window, window[1] - window[0])
-    ax.set_title(title if title is not None else _default_title(timeline, layers))
-    _add_legend(ax, drawn)
-    figure = _root_figure(ax)
+    windows = _windows(timeline, chosen, layers)
+    if ax is not None:
+        if len(windows) > 1:
+            raise MoesimError("ax: a layer range draws a forward and a backward panel; omit ax or layers")
+        drawn = _draw(ax, timeline, chosen, windows[0][1], _span(windows[0]))
+        ax.set_title(title if title is not None else _default_title(timeline, layers))
+        _add_legend(ax, drawn)
+        figure = _root_figure(ax)
+    else:
+        figure = _new_figure(rows=len(_rows(timeline, chosen)), panels=1)
+        grid = figure.add_gridspec(1, len(windows), width_ratios=[_span(w) or 1.0 for w in windows])
+        drawn = set()
+        for column, window in enumerate(windows):
+            cell = figure.add_subplot(grid[0, column])
+            drawn |= _draw(cell, timeline, chosen, window[1], _span(window), labels=column == 0)
+            if len(windows) > 1:
+                cell.set_title(window[0], loc="left", fontsize="medium")
+        figure.suptitle(title if title is not None else _default_title(timeline, layers))
+        _add_legend(figure.axes[-1], drawn)
     _save(figure, path)
     return figure
 
@@ -116,28 +147,47 @@ def plot_timelines(
     layers: tuple[int, int] | None = None,
     path: str | Path | None = None,
 ) -> Figure:
-    """One Gantt per timeline (its first simulated rank), stacked, for comparing schedules.
+    """One row of Gantt panels per timeline (its first simulated rank), for comparing schedules.
 
-    Each panel starts at its own window start; all share one time scale (the longest window), so
-    bar lengths compare across panels.
+    With ``layers`` each row has a forward and a backward panel. Each panel starts at its own window
+    start; panels of one column share a time scale (that column's longest window), so bar lengths
+    compare across schedules.
     """
     if not timelines:
         raise MoesimError("timelines: need at least one timeline to plot")
     chosen = {label: _check_ranks(t, None) for label, t in timelines.items()}
-    windows = {label: layer_window(t, chosen[label], layers) if layers is not None
-               else _full_window(t, chosen[label]) for label, t in timelines.items()}
-    width = max(hi - lo for lo, hi in windows.values())
+    windows = {label: dict(_windows(t, chosen[label], layers)) for label, t in timelines.items()}
+    columns = list(dict.fromkeys(name for per in windows.values() for name in per))
+    widths = [max(per[name][1] - per[name][0] for per in windows.values() if name in per) for name in columns]
     heights = [max(len(_rows(t, chosen[label])), 1) for label, t in timelines.items()]
     figure = _new_figure(rows=sum(heights), panels=len(timelines))
-    grid = figure.add_gridspec(len(timelines), 1, height_ratios=heights)
+    grid = figure.add_gridspec(len(timelines), len(columns), height_ratios=heights,
+                               width_ratios=[w or 1.0 for w in widths])
     drawn: set[Category] = set()
-    for index, (label, timeline) in enumerate(timelines.items()):
-        ax = figure.add_subplot(grid[index, 0])
-        drawn |= _draw(ax, timeline, chosen[label], windows[label], width)
-        ax.set_title(label, loc="left", fontsize="medium")
-    _add_legend(figure.axes[0], drawn)
+    for row, (label, timeline) in enumerate(timelines.items()):
+        for column, name in enumerate(columns):
+            cell = figure.add_subplot(grid[row, column])
+            window = windows[label].get(name)
+            if window is None:
+                cell.set_axis_off()
+                continue
+            drawn |= _draw(cell, timeline, chosen[label], window, widths[column], labels=column == 0)
+            heading = label if len(columns) == 1 else f"{label}: {name}"
+            cell.set_title(heading, loc="left", fontsize="medium")
+    _add_legend(figure.axes[len(columns) - 1], drawn)
     _save(figure, path)
     return figure
+
+
+def _windows(timeline: Timeline, ranks: Sequence[int], layers: tuple[int, int] | None) -> list[Window]:
+    if layers is None:
+        return [("iteration", _full_window(timeline, ranks))]
+    return layer_windows(timeline, ranks, layers)
+
+
+def _span(window: Window) -> float:
+    low, high = window[1]
+    return high - low
 
 
 def _check_ranks(timeline: Timeline, ranks: Sequence[int] | None) -> list[int]:
@@ -167,7 +217,7 @@ def _rows(timeline: Timeline, ranks: Sequence[int]) -> list[tuple[int, StreamKin
 
 
 def _draw(ax: Axes, timeline: Timeline, ranks: Sequence[int], window: tuple[float, float],
-          width: float) -> set[Category]:
+          width: float, *, labels: bool = True) -> set[Category]:
     """Bars of the spans that overlap ``window``, x axis in ms from ``window[0]`` over ``width``
     seconds (at least the window); returns the categories drawn."""
     low, high = window
@@ -181,7 +231,7 @@ def _draw(ax: Axes, timeline: Timeline, ranks: Sequence[int], window: tuple[floa
     for (row, cat), ranges in sorted(bars.items(), key=lambda item: (item[0][0], item[0][1].value)):
         ax.broken_barh(ranges, (row - _BAR_HEIGHT / 2, _BAR_HEIGHT), facecolors=COLOURS[cat],
                        edgecolor="white", linewidth=0.3)
-    ax.set_yticks(range(len(rows)), [f"rank {rank} · {stream.value}" for rank, stream in rows])
+    ax.set_yticks(range(len(rows)), [f"rank {rank} · {stream.value}" for rank, stream in rows] if labels else [])
     ax.set_ylim(len(rows) - 0.5, -0.5)
     shown_ms = max(width, high - low) / MS
     ax.set_xlim(low / MS, low / MS + (shown_ms if shown_ms > 0 else 1.0))

@@ -59,14 +59,26 @@ def test_several_ranks_get_their_own_rows(layered):
     assert bar_count(ax) == 10
 
 
-def test_layer_filter_zooms_to_the_layers_window_and_shows_every_span_in_it(layered):
-    ax = plot_timeline(layered, layers=(1, 1)).axes[0]
-    assert ax.get_xlim() == pytest.approx((1.0, 3.0))
-    # inside [1, 3] ms: layer 1's compute, its all-to-all, and the layer-less all-reduce [2, 4];
-    # layer 0 ends and layer 2 begins exactly at the edges, so they are not shown.
-    assert bar_count(ax) == 3
-    ax = plot_timeline(layered, layers=(0, 1)).axes[0]
-    assert ax.get_xlim() == pytest.approx((0.0, 3.0))
+def test_layer_filter_shows_the_forward_and_backward_windows_side_by_side(layered):
+    forward, backward = plot_timeline(layered, layers=(1, 1)).axes
+    # layer 1: its all-to-all [1.5, 2.5] is forward, its compute [1, 3] is backward dX
+    assert forward.get_title(loc="left") == "forward, layers 1..1"
+    assert forward.get_xlim() == pytest.approx((1.5, 2.5))
+    # inside [1.5, 2.5] ms: the all-to-all, layer 1's compute, the layer-less all-reduce [2, 4]
+    assert bar_count(forward) == 3
+    assert backward.get_title(loc="left") == "backward, layers 1..1"
+    assert backward.get_xlim() == pytest.approx((1.0, 3.0))
+    # inside [1, 3] ms: the same three; layer 0 ends and layer 2 begins exactly at the edges
+    assert bar_count(backward) == 3
+    (only,) = plot_timeline(layered, layers=(2, 2)).axes[:1]
+    assert only.get_xlim() == pytest.approx((3.0, 6.0))  # layer 2 has only a backward span
+
+
+def test_a_layer_range_cannot_go_into_a_single_given_axes(layered):
+    from matplotlib.figure import Figure
+
+    with pytest.raises(MoesimError, match="ax"):
+        plot_timeline(layered, layers=(1, 1), ax=Figure().subplots())
 
 
 def test_an_empty_or_reversed_layer_range_is_an_error(layered):
@@ -108,15 +120,18 @@ def test_categories_follow_kind_and_phase(make_span):
     assert category(make_span(0, A, 0, 1, kind=OpKind.ALL_GATHER)) is Category.OTHER
 
 
-def test_comparison_stacks_one_panel_per_timeline_on_one_scale(layered, make_span, make_timeline, tmp_path):
-    short = make_timeline([make_span(0, C, 10 * MS, 12 * MS, layer=1)])
+def test_comparison_stacks_one_row_per_timeline_on_one_scale(layered, make_span, make_timeline, tmp_path):
+    short = make_timeline([make_span(0, C, 10 * MS, 12 * MS, layer=1, phase=Phase.BACKWARD_INPUT)])
     target = tmp_path / "compare.png"
     figure = plot_timelines({"long": layered, "short": short}, layers=(1, 1), path=target)
-    first, second = figure.axes
-    assert (first.get_title(loc="left"), second.get_title(loc="left")) == ("long", "short")
-    # each panel starts at its own window; both show 2 ms (the longer window), so bars compare
-    assert first.get_xlim() == pytest.approx((1.0, 3.0))
-    assert second.get_xlim() == pytest.approx((10.0, 12.0))
+    long_fwd, long_bwd, short_fwd, short_bwd = figure.axes
+    assert long_fwd.get_title(loc="left") == "long: forward, layers 1..1"
+    assert short_bwd.get_title(loc="left") == "short: backward, layers 1..1"
+    assert not short_fwd.axison  # "short" has no forward span in layer 1
+    # each panel starts at its own window; a column shares its longest window (2 ms), so bars compare
+    assert long_bwd.get_xlim() == pytest.approx((1.0, 3.0))
+    assert short_bwd.get_xlim() == pytest.approx((10.0, 12.0))
+    assert long_fwd.get_xlim() == pytest.approx((1.5, 2.5))
     assert target.read_bytes()[:8] == PNG_SIGNATURE
     with pytest.raises(MoesimError, match="layers"):
         plot_timelines({"long": layered, "short": short}, layers=(2, 2))

