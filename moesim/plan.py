@@ -16,7 +16,15 @@ from enum import StrEnum
 
 import numpy as np
 
-from moesim.workload.ops import Op, OpGraph
+from moesim.workload.ops import Op, OpGraph, uniform_traffic
+
+
+class A2AAlgorithm(StrEnum):
+    """How an all-to-all moves its bytes (REFERENCE.md §3, Tutel App. A)."""
+
+    LINEAR = "linear"      # every rank sends straight to every peer
+    HIERARCHICAL = "2dh"   # Tutel's 2DH: intra-node exchange to the peer of the right local index, then
+                           # an inter-node exchange among ranks of the same local index
 
 
 class StreamKind(StrEnum):
@@ -30,8 +38,10 @@ class Task:
     """One unit of work on one stream.
 
     ``fraction`` is the share of the op's FLOPs and bytes this part carries (parts of one op sum to
-    1). ``traffic`` overrides the op's all-to-all byte matrix for this part (same shape), for
-    schedules whose parts are irregular (Lancet's capacity passing).
+    1); ``rank_fraction`` overrides it per rank where parts are uneven across ranks (irregular
+    partitions of skewed routing; each rank's parts sum to 1). ``traffic`` overrides the op's
+    all-to-all byte matrix for this part (same shape), for schedules whose parts are irregular
+    (Lancet's capacity passing). ``algorithm`` chooses how an all-to-all moves its bytes.
     """
 
     id: int
@@ -42,6 +52,11 @@ class Task:
     parts: int = 1
     fraction: float = 1.0
     traffic: np.ndarray | None = None
+    rank_fraction: tuple[float, ...] | None = None
+    algorithm: A2AAlgorithm = A2AAlgorithm.LINEAR
+
+    def fraction_on(self, rank: int) -> float:
+        return self.fraction if self.rank_fraction is None else self.rank_fraction[rank]
 
     @property
     def label(self) -> str:
@@ -62,6 +77,18 @@ class ExecutionPlan:
         assert all(task.id == index for index, task in enumerate(self.tasks)), "task ids must be their index"
         placed = sorted(tid for order in self.streams.values() for tid in order)
         assert placed == list(range(len(self.tasks))), "every task must be on exactly one stream, once"
+
+    @property
+    def rank_symmetric(self) -> bool:
+        """Every rank does the same work: the graph is symmetric and no part is uneven across ranks."""
+        if not self.graph.rank_symmetric:
+            return False
+        for task in self.tasks:
+            if task.rank_fraction is not None and len(set(task.rank_fraction)) > 1:
+                return False
+            if task.traffic is not None and not uniform_traffic(task.traffic):
+                return False
+        return True
 
     def op_of(self, task: Task) -> Op:
         return self.graph.ops[task.op]

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from collections import deque
 
-import numpy as np
-
 from moesim.hardware.interface import CostModel
 from moesim.plan import ExecutionPlan, Task
 
@@ -21,10 +19,7 @@ def uncontended_duration(plan: ExecutionPlan, cost: CostModel, task: Task, rank:
     if not op.kind.is_collective:
         return cost.compute_time(op, task, rank)
     assert op.comm is not None
-    demand = cost.collective_demand(op, task, [op.comm.group_of(rank)])
-    if len(demand.resources) == 0:
-        return demand.latency_s
-    return demand.latency_s + float(np.max(demand.volume / cost.capacities[demand.resources]))
+    return cost.collective_demand(op, task, [op.comm.group_of(rank)]).uncontended_s(cost.capacities)
 
 
 def critical_path_lower_bound(plan: ExecutionPlan, cost: CostModel, rank: int = 0) -> float:

@@ -35,11 +35,11 @@ class Membership:
 
 
 def compute_flops(op: Op, task: Task, rank: int) -> float:
-    return op.flops_on(rank) * task.fraction
+    return op.flops_on(rank) * task.fraction_on(rank)
 
 
 def compute_bytes(op: Op, task: Task, rank: int) -> float:
-    return op.mem_bytes_on(rank) * task.fraction
+    return op.mem_bytes_on(rank) * task.fraction_on(rank)
 
 
 def sent_bytes(op: Op, task: Task, place: tuple[int, int] | None) -> float:

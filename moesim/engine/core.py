@@ -20,7 +20,7 @@ from moesim.engine.checks import check_plan
 from moesim.engine.deadlock import Blocked, deadlock_error
 from moesim.engine.interference import RankCompute
 from moesim.engine.network import FlowNetwork
-from moesim.hardware.interface import CostModel
+from moesim.hardware.interface import CollectiveDemand, CostModel
 from moesim.plan import ExecutionPlan, StreamKind, Task
 from moesim.timeline import Span, Timeline
 from moesim.workload.ops import Op
@@ -31,14 +31,14 @@ _STREAMS = tuple(StreamKind)  # span order among tasks starting together: comput
 def simulate_plan(plan: ExecutionPlan, cost: CostModel, *, symmetric: bool | None = None) -> Timeline:
     """Play ``plan`` with the times and network demands of ``cost``; return the predicted timeline.
 
-    ``symmetric=None`` simulates rank 0 alone when ``plan.graph.rank_symmetric``; ``True`` forces
+    ``symmetric=None`` simulates rank 0 alone when ``plan.rank_symmetric``; ``True`` forces
     that (the caller vouches every rank runs the same work), ``False`` simulates every rank. Raises
     MoesimError for a plan the engine cannot play (unknown dependency ids, ...) and DeadlockError
     when tasks remain that can never start. Same inputs give the same timeline, bit for bit.
     """
     check_plan(plan, cost)
     if symmetric is None:
-        symmetric = plan.graph.rank_symmetric
+        symmetric = plan.rank_symmetric
     play = _Play(plan, cost, symmetric)
     play.run()
     return play.timeline()
@@ -182,13 +182,22 @@ class _Play:
                 self.compute[member].comm_ended()
             done.succeed()
 
-        def transfer(_: object = None) -> None:
-            self.network.transfer(demand.resources, demand.volume, finish)
+        def run_stage(stage: CollectiveDemand) -> None:
+            def after() -> None:
+                if stage.then is None:
+                    finish()
+                else:
+                    run_stage(stage.then)
 
-        if demand.latency_s > 0:
-            self.env.timeout(demand.latency_s).callbacks.append(transfer)
-        else:
-            transfer()
+            def transfer(_: object = None) -> None:
+                self.network.transfer(stage.resources, stage.volume, after)
+
+            if stage.latency_s > 0:
+                self.env.timeout(stage.latency_s).callbacks.append(transfer)
+            else:
+                transfer()
+
+        run_stage(demand)
 
     def _blocked(self) -> list[Blocked]:
         # In an SPMD plan every rank reaches a collective or none does, so plan cycles show up as

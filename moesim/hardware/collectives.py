@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from moesim.errors import MoesimError
 from moesim.hardware.resources import ResourceMap
 
 Members = Sequence[Sequence[int]]
@@ -42,6 +43,61 @@ def linear_all_to_all(members: Members, traffic: Sequence[np.ndarray], res: Reso
         if res.relays is not None:
             _add_relayed(ranks, local, res, intra_out, intra_in)
     return res.assemble(intra_out, intra_in, res.nic_load(cross_out), res.nic_load(cross_in))
+
+
+def hierarchical_stages(
+    members: Members, traffic: Sequence[np.ndarray], res: ResourceMap
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Tutel's 2DH all-to-all as two flat all-to-alls: (stage-1 matrices, stage-2 matrices) per group.
+
+    Within a node the members are numbered by rank (their position p). Stage 1, inside each node:
+    a member sends its bytes for a peer on the same node straight to it, and its bytes for a peer at
+    position p on another node to the member at position p of its own node. Stage 2, between nodes:
+    the member at position p forwards what it gathered to the members at position p of the other
+    nodes, in one larger message per node instead of one small one per rank. Inter-node bytes are the
+    same as the flat algorithm's; what changes is the number of peers each stage talks to (latency)
+    and an extra intra-node pass. Every node of a group must hold the same number of its members.
+    """
+    first, second = [], []
+    for group, matrix in zip(members, traffic, strict=True):
+        ranks = np.asarray(group, dtype=np.int64)
+        nodes = res.node[ranks]
+        node_ids, node_of = np.unique(nodes, return_inverse=True)
+        per_node = np.bincount(node_of)
+        if np.any(per_node != per_node[0]):
+            raise MoesimError(f"schedule.a2a=2dh: a group has {sorted(set(per_node.tolist()))} ranks on its "
+                              "nodes; 2DH needs the same number on every node (choose training.ep_size so)")
+        order = np.lexsort((ranks, node_of))
+        position = np.empty(len(ranks), dtype=np.int64)
+        position[order] = np.arange(len(ranks)) % per_node[0]
+        member_at = np.empty((len(node_ids), per_node[0]), dtype=np.int64)
+        member_at[node_of, position] = np.arange(len(ranks))
+        src, dst = np.meshgrid(np.arange(len(ranks)), np.arange(len(ranks)), indexing="ij")
+        remote = node_of[src] != node_of[dst]
+        relay = np.where(remote, member_at[node_of[src], position[dst]], dst)
+        stage1, stage2 = np.zeros_like(matrix, dtype=np.float64), np.zeros_like(matrix, dtype=np.float64)
+        np.add.at(stage1, (src, relay), matrix)
+        np.add.at(stage2, (relay[remote], dst[remote]), matrix[remote])
+        first.append(stage1)
+        second.append(stage2)
+    return first, second
+
+
+def hierarchical_latencies(
+    members: Members, res: ResourceMap, base_s: float, per_peer_s: float
+) -> tuple[float, float]:
+    """Alphas of 2DH's two stages: intra-node with the node's members, inter-node with one peer per
+    other node; each ``base + hop + per_peer * peers`` for the slowest group."""
+    intra = inter = 0.0
+    for group in members:
+        nodes = res.node[np.asarray(group, dtype=np.int64)]
+        spanned = len(np.unique(nodes))
+        local = len(group) // spanned
+        if local > 1:
+            intra = max(intra, base_s + res.intra_latency_s + per_peer_s * (local - 1))
+        if spanned > 1:
+            inter = max(inter, base_s + res.inter_latency_s + per_peer_s * (spanned - 1))
+    return intra, inter
 
 
 def ring(members: Members, payload: float, traversals: int, res: ResourceMap) -> np.ndarray:

@@ -8,6 +8,7 @@ latency, the beta is left to the engine's flow model sharing each resource's cap
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -16,7 +17,7 @@ from moesim.hardware import collectives
 from moesim.hardware.interface import CollectiveDemand
 from moesim.hardware.resources import ResourceMap
 from moesim.hardware.specs import ClusterSpec, DType
-from moesim.plan import Task
+from moesim.plan import A2AAlgorithm, Task
 from moesim.workload.ops import Op, OpKind
 
 _TENSOR_KINDS = frozenset({OpKind.MATMUL, OpKind.ATTENTION})
@@ -81,8 +82,8 @@ class RooflineCostModel:
     def compute_time(self, op: Op, task: Task, rank: int) -> float:
         """Seconds ``task`` (its ``fraction`` of compute ``op``) takes on ``rank`` with no interference."""
         assert not op.kind.is_collective, f"{op.name} is a collective: cost it with collective_demand"
-        flops = op.flops_on(rank) * task.fraction
-        mem_bytes = op.mem_bytes_on(rank) * task.fraction
+        flops = op.flops_on(rank) * task.fraction_on(rank)
+        mem_bytes = op.mem_bytes_on(rank) * task.fraction_on(rank)
         return max(self._flop_time(op.kind, flops), mem_bytes / self._hbm) + self._launch
 
     def collective_demand(self, op: Op, task: Task, groups: Sequence[int]) -> CollectiveDemand:
@@ -92,7 +93,8 @@ class RooflineCostModel:
         holds the op and traffic so their ids stay unique while cached.
         """
         assert op.kind.is_collective and op.comm is not None, f"{op.name} is not a collective"
-        key = (id(op), task.fraction, tuple(groups), None if task.traffic is None else id(task.traffic))
+        key = (id(op), task.fraction, tuple(groups), None if task.traffic is None else id(task.traffic),
+               task.algorithm)
         hit = self._cache.get(key)
         if hit is not None:
             return hit[2]
@@ -107,10 +109,7 @@ class RooflineCostModel:
         resource's volume over capacity (what a list scheduler inside a policy may use)."""
         assert op.comm is not None, f"{op.name} is not a collective"
         chosen = range(len(op.comm.groups)) if groups is None else groups
-        demand = self.collective_demand(op, task, chosen)
-        if demand.resources.size == 0:
-            return demand.latency_s
-        return demand.latency_s + float(np.max(demand.volume / self.capacities[demand.resources]))
+        return self.collective_demand(op, task, chosen).uncontended_s(self.capacities)
 
     def _flop_time(self, kind: OpKind, flops: float) -> float:
         if flops <= 0:
@@ -125,6 +124,13 @@ class RooflineCostModel:
         assert op.comm is not None
         members = [op.comm.groups[i] for i in groups]
         params, res = self._params, self._resources
+        if op.kind is OpKind.ALL_TO_ALL and task.algorithm is A2AAlgorithm.HIERARCHICAL:
+            first, second = collectives.hierarchical_stages(members, self._traffic(op, task, groups), res)
+            intra, inter = collectives.hierarchical_latencies(
+                members, res, params.collective_base_latency_s, params.all_to_all_peer_latency_s
+            )
+            inter_stage = _demand_of(collectives.linear_all_to_all(members, second, res), inter)
+            return replace(_demand_of(collectives.linear_all_to_all(members, first, res), intra), then=inter_stage)
         if op.kind is OpKind.ALL_TO_ALL:
             volume = collectives.linear_all_to_all(members, self._traffic(op, task, groups), res)
             latency = collectives.all_to_all_latency(
@@ -134,8 +140,7 @@ class RooflineCostModel:
             traversals = _RING_TRAVERSALS[op.kind]
             volume = collectives.ring(members, op.comm.bytes * task.fraction, traversals, res)
             latency = collectives.ring_latency(members, traversals, res, params.collective_base_latency_s)
-        used = np.flatnonzero(volume > 0)
-        return CollectiveDemand(latency_s=latency, resources=used.astype(np.int64), volume=volume[used])
+        return _demand_of(volume, latency)
 
     @staticmethod
     def _traffic(op: Op, task: Task, groups: Sequence[int]) -> list[np.ndarray]:
@@ -148,3 +153,9 @@ class RooflineCostModel:
             return [op.comm.traffic[i] * task.fraction for i in groups]
         sizes = [len(op.comm.groups[i]) for i in groups]
         return [np.full((g, g), op.comm.bytes * task.fraction / g) for g in sizes]
+
+
+def _demand_of(volume: np.ndarray, latency_s: float) -> CollectiveDemand:
+    """A one-stage demand from a per-resource volume vector (only the resources it loads)."""
+    used = np.flatnonzero(volume > 0)
+    return CollectiveDemand(latency_s=latency_s, resources=used.astype(np.int64), volume=volume[used])

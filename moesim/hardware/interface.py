@@ -24,12 +24,32 @@ class CollectiveDemand:
 
     The collective takes ``latency_s`` (fixed, alpha terms) plus the time to move ``volume[i]``
     bytes across resource ``resources[i]`` for every i, at the bandwidth the engine's flow model
-    grants. All members finish together. An empty demand (a group of one rank) takes only the latency.
+    grants; then, if ``then`` is set, that next stage the same way (hierarchical algorithms run
+    their phases one after another). All members finish together. An empty demand (a group of one
+    rank) takes only the latency.
     """
 
     latency_s: float
     resources: np.ndarray  # int64 resource ids, unique
     volume: np.ndarray     # float64 bytes per resource, > 0
+    then: CollectiveDemand | None = None
+
+    def stages(self) -> list[CollectiveDemand]:
+        stages: list[CollectiveDemand] = []
+        stage: CollectiveDemand | None = self
+        while stage is not None:
+            stages.append(stage)
+            stage = stage.then
+        return stages
+
+    def uncontended_s(self, capacities: np.ndarray) -> float:
+        """Seconds on an idle network: each stage's latency plus its bottleneck volume / capacity."""
+        total = 0.0
+        for stage in self.stages():
+            total += stage.latency_s
+            if stage.resources.size:
+                total += float(np.max(stage.volume / capacities[stage.resources]))
+        return total
 
 
 class CostModel(Protocol):

@@ -34,6 +34,7 @@ class FakeCost:
         self.compute_slowdown = slowdown
         self.seconds: dict[str, float | tuple[float, ...]] = {}
         self.demands: dict[str, tuple[float, list[dict[int, float]]]] = {}
+        self.next_stage: dict[str, tuple[float, dict[int, float]]] = {}  # name -> a second stage
         self.calls: list[tuple[str, tuple[int, ...]]] = []
 
     def resource_name(self, resource: int) -> str:
@@ -51,12 +52,17 @@ class FakeCost:
         for group in groups:
             for resource, volume in (per_group[group] if per_group else {}).items():
                 merged[resource] = merged.get(resource, 0.0) + volume * task.fraction
-        ids = sorted(merged)
-        return CollectiveDemand(
-            latency_s=latency,
-            resources=np.array(ids, dtype=np.int64),
-            volume=np.array([merged[i] for i in ids], dtype=np.float64),
-        )
+        then = None
+        if op.name in self.next_stage:
+            then_latency, then_volume = self.next_stage[op.name]
+            then = _demand(then_latency, then_volume, None)
+        return _demand(latency, merged, then)
+
+
+def _demand(latency: float, volume: Mapping[int, float], then: CollectiveDemand | None) -> CollectiveDemand:
+    ids = sorted(volume)
+    return CollectiveDemand(latency_s=latency, resources=np.array(ids, dtype=np.int64),
+                            volume=np.array([volume[i] for i in ids], dtype=np.float64), then=then)
 
 
 class Story:
