@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from moesim.plan import ExecutionPlan, StreamKind, Task
+from moesim.plan import A2AAlgorithm, ExecutionPlan, StreamKind, Task
 from moesim.workload.ops import Op, OpGraph, OpKind
 
 
@@ -17,6 +18,15 @@ def default_stream(op: Op) -> StreamKind:
     if op.kind.is_collective:
         return StreamKind.DP_COMM
     return StreamKind.COMPUTE
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """The share of an op one part carries (see ``Task``)."""
+
+    fraction: float
+    rank_fraction: tuple[float, ...] | None = None
+    traffic: np.ndarray | None = None
 
 
 class PlanBuilder:
@@ -43,18 +53,66 @@ class PlanBuilder:
         parts: int = 1,
         fraction: float = 1.0,
         traffic: np.ndarray | None = None,
+        rank_fraction: tuple[float, ...] | None = None,
+        algorithm: A2AAlgorithm = A2AAlgorithm.LINEAR,
     ) -> int:
         task_id = len(self._tasks)
         kind = stream if stream is not None else default_stream(op)
         unique_deps = tuple(sorted(set(deps)))
-        self._tasks.append(Task(task_id, op.id, kind, unique_deps, part, parts, fraction, traffic))
+        self._tasks.append(
+            Task(task_id, op.id, kind, unique_deps, part, parts, fraction, traffic, rank_fraction, algorithm)
+        )
         self._streams[kind].append(task_id)
         self._parts.setdefault(op.id, []).append(task_id)
         return task_id
 
-    def add_whole(self, op: Op, *, stream: StreamKind | None = None, extra_deps: Iterable[int] = ()) -> int:
+    def add_whole(
+        self,
+        op: Op,
+        *,
+        stream: StreamKind | None = None,
+        extra_deps: Iterable[int] = (),
+        algorithm: A2AAlgorithm = A2AAlgorithm.LINEAR,
+    ) -> int:
         """Add ``op`` unpartitioned, depending on all parts of each op it depends on."""
-        return self.add(op, stream=stream, deps=[*self.deps_of(op), *extra_deps])
+        return self.add(op, stream=stream, deps=[*self.deps_of(op), *extra_deps], algorithm=algorithm)
+
+    def add_region(
+        self,
+        order: Sequence[tuple[Op, int]],
+        parts: int,
+        part_of: Callable[[Op, int], Part],
+        *,
+        extra_deps: Mapping[tuple[int, int], Iterable[int]] | None = None,
+        algorithm: A2AAlgorithm = A2AAlgorithm.LINEAR,
+    ) -> dict[tuple[int, int], int]:
+        """Add a region of ops split into ``parts`` parts, in ``order`` (pairs of op and part index).
+
+        Part p of an op depends on part p of each op it depends on inside the region, and on every
+        part of each dependency outside it; an op outside the region that depends on a region op
+        later waits for all its parts (``done``). ``order`` fixes each stream's order, so the caller
+        decides the pipelining (Tutel's chunks, Lancet's stage-major order). Returns the task id of
+        each (op id, part).
+        """
+        inside = {op.id for op, _ in order}
+        placed: dict[tuple[int, int], int] = {}
+        extra = extra_deps or {}
+        for op, index in order:
+            deps: list[int] = list(extra.get((op.id, index), ()))
+            for dep in op.deps:
+                if dep in inside:
+                    assert (dep, index) in placed, f"{op.name} part {index} comes before a part it depends on"
+                    deps.append(placed[dep, index])
+                else:
+                    deps.extend(self.done(dep))
+            spec = part_of(op, index)
+            placed[op.id, index] = self.add(
+                op, deps=deps, part=index, parts=parts,
+                fraction=spec.fraction, traffic=spec.traffic, rank_fraction=spec.rank_fraction,
+                algorithm=algorithm,
+            )
+        assert len(placed) == len(inside) * parts, "every op of a region needs each of its parts once"
+        return placed
 
     def deps_of(self, op: Op) -> list[int]:
         return [task for dep in op.deps for task in self.done(dep)]

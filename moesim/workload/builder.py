@@ -111,8 +111,9 @@ def _dw_op(op_id: int, node: ForwardNode, deps: tuple[int, ...], param_bytes: fl
         flops, mem = LAYERNORM_DW_FLOPS_PER_ELEMENT * numel, node.mem_bytes
     elif node.kind is OpKind.EMBEDDING:
         flops, mem = numel, node.mem_bytes  # scatter-add of the token gradients into the table
+    # A weight gradient is a sum over tokens, so it splits along the forward op's axes (parts accumulate).
     return Op(id=op_id, name=f"{node.name}.dw", role=node.role, kind=node.kind, phase=Phase.BACKWARD_WEIGHT,
-              layer=node.layer, flops=float(flops), mem_bytes=mem, deps=deps, dims=dims,
+              layer=node.layer, flops=float(flops), mem_bytes=mem, deps=deps, dims=dims, axes=node.axes,
               rank_scale=node.rank_scale, param_bytes=float(param_bytes), expert=node.expert)
 
 
@@ -180,6 +181,9 @@ def _meta(workload: Workload, routing: tuple[LayerRouting, ...],
         "model": workload.model.name,
         "preset": workload.preset,
         "tokens_per_gpu": workload.tokens_per_gpu,
+        "batch_per_gpu": workload.training.batch_per_gpu,
+        "seq_len": workload.training.seq_len,
+        "hidden": workload.model.hidden,
         "capacity": workload.capacity,
         "dtype": workload.training.dtype.value,
         "num_experts": workload.num_experts,
