@@ -67,6 +67,11 @@ class SimulationResult:
     def knobs(self) -> Mapping[str, object]:
         return self.plan.knobs
 
+    @property
+    def knob_summary(self) -> str:
+        """The knobs in one short line, as the schedule summarises them."""
+        return get_schedule(self.schedule).summarize(self.knobs)
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON object `moesim run --json` prints."""
         graph_meta = self.scenario.graph.meta

@@ -127,7 +127,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         timelines = {r.schedule: r.timeline for r in results}
         _write_atomically(args.plot, lambda path: plot_timelines(timelines, layers=layers, path=path))
     if args.json:
-        print(json.dumps([r.to_dict() for r in results], indent=2))
+        print(json.dumps([{**r.to_dict(), **row.to_dict()} for r, row in zip(results, _comparison(results),
+                                                                             strict=True)], indent=2))
     else:
         _print_compare(results)
     return 0
@@ -135,17 +136,27 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def _print_run(result: Any) -> None:
     from moesim.analysis.tables import metrics_table
+    from moesim.schedules import get_schedule
 
     print(_headline(result))
-    print(metrics_table([_row(result, baseline=None)], _COLUMNS))
+    print(metrics_table([_row(result.schedule, result.metrics, result.knob_summary)], _RUN_COLUMNS))
+    for table in get_schedule(result.schedule).tables(result.knobs):
+        print(f"\n{table.title}")
+        print(metrics_table(table.rows, table.columns))
 
 
 def _print_compare(results: list[Any]) -> None:
     from moesim.analysis.tables import metrics_table
 
-    baseline = next((r for r in results if r.schedule == "sequential"), None)
     print(_headline(results[0]))
-    print(metrics_table([_row(r, baseline) for r in results], _COLUMNS))
+    rows = [{**_row(r.schedule, r.metrics, r.knobs), **_ratios(r)} for r in _comparison(results)]
+    print(metrics_table(rows, _COMPARE_COLUMNS))
+
+
+def _comparison(results: list[Any]) -> list[Any]:
+    from moesim.analysis.comparison import compare_metrics
+
+    return compare_metrics([(r.schedule, r.metrics, r.knob_summary) for r in results])
 
 
 def _headline(result: Any) -> str:
@@ -155,10 +166,9 @@ def _headline(result: Any) -> str:
             f"{meta.get('tokens_per_gpu')} tokens/GPU)")
 
 
-_COLUMNS = [
+_RUN_COLUMNS = [
     ("schedule", "schedule"),
     ("iteration_ms", "iteration ms"),
-    ("speedup", "vs sequential"),
     ("compute_ms", "compute ms"),
     ("a2a_ms", "all-to-all ms"),
     ("a2a_share", "a2a share"),
@@ -168,21 +178,38 @@ _COLUMNS = [
     ("knobs", "knobs"),
 ]
 
+_COMPARE_COLUMNS = [
+    ("schedule", "schedule"),
+    ("iteration_ms", "iteration ms"),
+    ("speedup", "vs sequential"),
+    ("compute_ms", "compute ms"),
+    ("a2a_ms", "all-to-all ms"),
+    ("exposed_ms", "exposed comm ms"),
+    ("exposed_vs_tutel", "exposed vs tutel"),
+    ("overlap", "overlap"),
+    ("knobs", "knobs"),
+]
 
-def _row(result: Any, baseline: Any | None) -> dict[str, object]:
-    m = result.metrics
-    speedup = baseline.metrics.iteration_time_s / m.iteration_time_s if baseline is not None else None
+
+def _row(schedule: str, m: Any, knobs: str) -> dict[str, object]:
     return {
-        "schedule": result.schedule,
+        "schedule": schedule,
         "iteration_ms": f"{m.iteration_time_s * 1e3:.2f}",
-        "speedup": f"{speedup:.2f}x" if speedup is not None else "-",
         "compute_ms": f"{m.compute_busy_s * 1e3:.2f}",
         "a2a_ms": f"{m.a2a_time_s * 1e3:.2f}",
         "a2a_share": f"{m.a2a_share:.1%}",
         "exposed_ms": f"{m.exposed_comm_s * 1e3:.2f}",
         "exposed_share": f"{m.exposed_comm_share:.1%}",
         "overlap": f"{m.overlap_ratio:.1%}",
-        "knobs": ", ".join(f"{k}={v}" for k, v in result.knobs.items()) or "-",
+        "knobs": knobs,
+    }
+
+
+def _ratios(row: Any) -> dict[str, object]:
+    speedup, reduction = row.speedup_vs_sequential, row.exposed_comm_reduction_vs_tutel
+    return {
+        "speedup": f"{speedup:.2f}x" if speedup is not None else "-",
+        "exposed_vs_tutel": f"{0.0 - reduction:+.1%}" if reduction is not None else "-",
     }
 
 

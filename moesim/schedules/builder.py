@@ -59,6 +59,8 @@ class PlanBuilder:
         task_id = len(self._tasks)
         kind = stream if stream is not None else default_stream(op)
         unique_deps = tuple(sorted(set(deps)))
+        if op.kind is not OpKind.ALL_TO_ALL:
+            algorithm = A2AAlgorithm.LINEAR  # the choice concerns all-to-alls only
         self._tasks.append(
             Task(task_id, op.id, kind, unique_deps, part, parts, fraction, traffic, rank_fraction, algorithm)
         )

@@ -34,13 +34,38 @@ PlanFn = Callable[[OpGraph, CostModel, Any], ExecutionPlan]
 
 
 @dataclass(frozen=True, slots=True)
+class KnobTable:
+    """A table of a plan's decisions for people: a title, rows, and (key, header) columns."""
+
+    title: str
+    rows: list[dict[str, object]]
+    columns: list[tuple[str, str]]
+
+
+def no_tables(knobs: Mapping[str, object]) -> list[KnobTable]:
+    return []
+
+
+def plain_summary(knobs: Mapping[str, object]) -> str:
+    """``k=v, ...`` of the scalar knobs: what a table has room for."""
+    return ", ".join(f"{k}={v}" for k, v in knobs.items() if isinstance(v, str | int | float | bool)) or "-"
+
+
+@dataclass(frozen=True, slots=True)
 class Schedule:
-    """A policy: its name, a one-line description, its knobs and the function that plans."""
+    """A policy: its name, a one-line description, its knobs and the function that plans.
+
+    ``summarize`` turns a plan's knobs into one short line for tables, ``tables`` into detail tables
+    (`moesim run` prints them); ``order`` places the policy in listings (baseline first).
+    """
 
     name: str
     description: str
     config: type[ScheduleConfig]
     plan: PlanFn
+    summarize: Callable[[Mapping[str, object]], str] = plain_summary
+    tables: Callable[[Mapping[str, object]], list[KnobTable]] = no_tables
+    order: int = 100
 
     def make_config(self, settings: Mapping[str, Any] | None = None) -> ScheduleConfig:
         try:
@@ -51,7 +76,7 @@ class Schedule:
 
 @cache
 def registered() -> Mapping[str, Schedule]:
-    """Every schedule in moesim.schedules, by name, in name order."""
+    """Every schedule in moesim.schedules, by name, in listing order."""
     package = importlib.import_module("moesim.schedules")
     found: dict[str, Schedule] = {}
     for module_info in pkgutil.iter_modules(package.__path__):
@@ -60,7 +85,7 @@ def registered() -> Mapping[str, Schedule]:
         if isinstance(schedule, Schedule):
             assert schedule.name not in found, f"two schedules named {schedule.name}"
             found[schedule.name] = schedule
-    return MappingProxyType(dict(sorted(found.items())))
+    return MappingProxyType(dict(sorted(found.items(), key=lambda item: (item[1].order, item[0]))))
 
 
 def get_schedule(name: str) -> Schedule:

@@ -42,4 +42,5 @@ SCHEDULE = Schedule(
     description="DeepSpeed-MoE order: all-to-alls block compute, nothing overlaps them",
     config=SequentialConfig,
     plan=plan,
+    order=0,
 )

@@ -1,0 +1,203 @@
+"""`tutel`: Tutel's adaptive pipelining of each MoE layer (Tutel paper, App. A; REFERENCE.md §2).
+
+Each MoE layer's dispatch all-to-all, expert compute and combine all-to-all are split into ``degree``
+chunks along the capacity dimension. The all-to-alls run on the comm stream and the experts on the
+compute stream, so chunk c's experts overlap chunk c+1's dispatch and chunk c-1's combine. The
+backward pass is autograd over the chunked forward: the same split between ``combine.dx`` and
+``dispatch.dx``. Everything else (router, permute, shared experts, attention ...) stays whole, in
+program order; gradient all-reduce buckets run on their own stream as in every schedule.
+
+``degree="auto"`` plans every degree in {1, 2, 4, 8} the capacity allows, simulates each with the
+engine and keeps the fastest (ties go to the smaller degree), as Tutel searches its overlap degree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from moesim.engine import simulate_plan
+from moesim.errors import MoesimError
+from moesim.hardware.interface import CostModel
+from moesim.plan import A2AAlgorithm, ExecutionPlan
+from moesim.schedules.builder import Part, PlanBuilder
+from moesim.schedules.registry import KnobTable, Schedule, ScheduleConfig
+from moesim.workload.ops import Axis, Op, OpGraph, OpKind, Phase
+
+DEGREES = (1, 2, 4, 8)
+_BACKWARD = frozenset({Phase.BACKWARD_INPUT, Phase.BACKWARD_WEIGHT})
+
+
+class TutelConfig(ScheduleConfig):
+    """``degree``: chunks per MoE layer, or ``"auto"`` to search {1, 2, 4, 8}. ``a2a``: how every MoE
+    all-to-all moves its bytes (linear, or Tutel's hierarchical 2DH); the gradient all-reduce is
+    unaffected."""
+
+    degree: Literal[1, 2, 4, 8, "auto"] = "auto"
+    a2a: A2AAlgorithm = A2AAlgorithm.LINEAR
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    """One pipelined span: the first all-to-all, the ops between that depend on it, the second one."""
+
+    first: Op
+    middle: tuple[Op, ...]
+    second: Op
+
+    @property
+    def ops(self) -> tuple[Op, ...]:
+        return (self.first, *self.middle, self.second)
+
+    def issue_order(self, degree: int) -> list[tuple[Op, int]]:
+        """Every chunk of the first all-to-all, then per chunk its middle ops and the second all-to-all:
+        the comm stream reads d1 .. dd c1 .. cd and the compute stream e1 .. ed."""
+        order = [(self.first, chunk) for chunk in range(degree)]
+        for chunk in range(degree):
+            order.extend((op, chunk) for op in (*self.middle, self.second))
+        return order
+
+
+def plan(graph: OpGraph, cost: CostModel, config: TutelConfig) -> ExecutionPlan:
+    """Plan ``graph`` with ``config.degree`` chunks per MoE region, or search the degree.
+
+    Raises MoesimError when an explicit degree exceeds the capacity (token slots per expert), and
+    propagates the cost model's MoesimError when 2DH cannot run on the expert-parallel groups.
+    """
+    regions = find_regions(graph)
+    capacity = _capacity(graph)
+    knobs: dict[str, object] = {"a2a": config.a2a.value}
+    if config.degree != "auto":
+        degree = _checked_degree(config.degree, capacity)
+        return build_plan(graph, regions, degree, capacity, config.a2a, {"degree": degree, **knobs})
+    candidates = [degree for degree in DEGREES if capacity is None or degree <= capacity]
+    plans = {degree: build_plan(graph, regions, degree, capacity, config.a2a, {"degree": degree, **knobs})
+             for degree in candidates}
+    seconds = {degree: simulate_plan(candidate, cost).makespan for degree, candidate in plans.items()}
+    best = min(candidates, key=lambda degree: (seconds[degree], degree))
+    search = {str(degree): time for degree, time in seconds.items()}
+    return replace(plans[best], knobs={"degree": best, **knobs, "degree_search": search})
+
+
+def find_regions(graph: OpGraph) -> list[Region]:
+    """The pipelined regions of ``graph``, in program order.
+
+    For each MoE layer and each pass (forward, backward), the layer's all-to-alls of that pass are
+    taken in pairs in program order; a region is a pair plus the ops of that layer and pass between
+    them that depend, directly or not, on the first. Ops between that do not (shared experts) are not
+    part of it. A region with an op that cannot be split along the capacity axis is left whole.
+    """
+    regions = []
+    for layer in graph.moe_layers:
+        for phases in (frozenset({Phase.FORWARD}), _BACKWARD):
+            a2a = [op for op in graph.in_layer(layer) if op.kind is OpKind.ALL_TO_ALL and op.phase in phases]
+            for first, second in zip(a2a[0::2], a2a[1::2], strict=False):
+                region = _region_between(graph, first, second, phases)
+                if region is not None:
+                    regions.append(region)
+    return sorted(regions, key=lambda region: region.first.id)
+
+
+def build_plan(
+    graph: OpGraph,
+    regions: Sequence[Region],
+    degree: int,
+    capacity: int | None,
+    a2a: A2AAlgorithm,
+    knobs: dict[str, object],
+) -> ExecutionPlan:
+    """The plan for one degree; ``degree`` must already be allowed by ``capacity``.
+
+    Ops outside regions are added whole in program order. A region is issued when program order
+    reaches its second all-to-all; ops in its span that do not depend on it (shared experts) go
+    before it, so they can fill the first dispatch chunk's time, and ops that do go after it.
+    """
+    builder = PlanBuilder(graph, SCHEDULE.name)
+    fractions = chunk_fractions(capacity, degree)
+    starting = {region.first.id: region for region in regions}
+    open_region: Region | None = None
+    waiting: set[int] = set()  # the open region's ops and the held ops that depend on them
+    held: list[Op] = []
+    for op in graph.ops:
+        if open_region is None and op.id in starting:
+            open_region = starting[op.id]
+            waiting = {member.id for member in open_region.ops}
+        elif open_region is not None and op is open_region.second:
+            builder.add_region(open_region.issue_order(degree), degree,
+                               lambda _op, chunk: Part(fractions[chunk]), algorithm=a2a)
+            for later in held:
+                _add_whole(builder, later, a2a)
+            open_region, waiting, held = None, set(), []
+        elif op.id in waiting:
+            continue  # issued with its region
+        elif any(dep in waiting for dep in op.deps):
+            held.append(op)
+            waiting.add(op.id)
+        else:
+            _add_whole(builder, op, a2a)
+    assert open_region is None, "a region's second all-to-all was never reached"
+    return builder.build(knobs)
+
+
+def chunk_fractions(capacity: int | None, degree: int) -> tuple[float, ...]:
+    """Each chunk's share: ``capacity`` token slots split into ``degree`` near-equal whole numbers
+    (the larger chunks first), each divided by ``capacity``; ``1 / degree`` each when dropless
+    (``capacity`` None), where no fixed slot count exists to split."""
+    if capacity is None:
+        return (1.0 / degree,) * degree
+    assert 1 <= degree <= capacity, "the degree must not exceed the capacity"
+    base, extra = divmod(capacity, degree)
+    return tuple((base + (1 if chunk < extra else 0)) / capacity for chunk in range(degree))
+
+
+def _region_between(graph: OpGraph, first: Op, second: Op, phases: frozenset[Phase]) -> Region | None:
+    reached = {first.id}
+    middle = []
+    for op in graph.ops[first.id + 1:second.id]:
+        if op.layer == first.layer and op.phase in phases and any(dep in reached for dep in op.deps):
+            reached.add(op.id)
+            middle.append(op)
+    assert any(dep in reached for dep in second.deps), f"{second.name} does not depend on {first.name}"
+    ops = (first, *middle, second)
+    if any(Axis.CAPACITY not in op.axes for op in ops):
+        return None
+    return Region(first, tuple(middle), second)
+
+
+def _add_whole(builder: PlanBuilder, op: Op, a2a: A2AAlgorithm) -> None:
+    builder.add_whole(op, algorithm=a2a if op.kind is OpKind.ALL_TO_ALL else A2AAlgorithm.LINEAR)
+
+
+def _capacity(graph: OpGraph) -> int | None:
+    capacity = graph.meta.get("capacity")
+    return capacity if isinstance(capacity, int) else None
+
+
+def _checked_degree(degree: int, capacity: int | None) -> int:
+    if capacity is not None and degree > capacity:
+        allowed = ", ".join(str(d) for d in DEGREES if d <= capacity)
+        raise MoesimError(f"schedule.degree: {degree} chunks exceed the capacity of {capacity} token slots "
+                          f"per expert; choose one of {allowed} or auto")
+    return degree
+
+
+def tables(knobs: Mapping[str, object]) -> list[KnobTable]:
+    """The degree search, when the degree was searched."""
+    search = knobs.get("degree_search")
+    if not isinstance(search, Mapping):
+        return []
+    rows = [{"degree": degree, "iteration_ms": f"{seconds * 1e3:.2f}",
+             "chosen": "<-" if int(degree) == knobs.get("degree") else ""} for degree, seconds in search.items()]
+    return [KnobTable("Tutel degree search (each degree simulated by the engine)", rows,
+                      [("degree", "degree"), ("iteration_ms", "iteration ms"), ("chosen", "chosen")])]
+
+
+SCHEDULE = Schedule(
+    name="tutel",
+    description="Tutel: dispatch, experts and combine pipelined in chunks along the capacity (degree searched)",
+    config=TutelConfig,
+    plan=plan,
+    tables=tables,
+    order=1,
+)
