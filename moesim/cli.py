@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     _scenario_options(compare)
     compare.add_argument("--schedules", help="comma-separated names (default: every registered schedule)")
     compare.add_argument("--plot", type=Path, help="write the schedules' Gantt charts (PNG) here")
-    compare.add_argument("--layers", help="with --plot: layer range A-B to show, e.g. 2-3")
+    compare.add_argument("--layers", help="with --plot: layer range A-B to show (default: the middle MoE block)")
     compare.set_defaults(handler=cmd_compare)
 
     parser.set_defaults(handler=lambda _args: cmd_compare(compare.parse_args([])))
@@ -125,7 +125,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     results = compare(args.model, args.hardware, args.nodes, names, **parse_assignments(args.settings))
     if args.plot:
         timelines = {r.schedule: r.timeline for r in results}
-        _write_atomically(args.plot, lambda path: plot_timelines(timelines, layers=layers, path=path))
+        shown = layers if layers is not None else _one_moe_block(results[0].scenario.graph)
+        _write_atomically(args.plot, lambda path: plot_timelines(timelines, layers=shown, path=path))
     if args.json:
         print(json.dumps([{**r.to_dict(), **row.to_dict()} for r, row in zip(results, _comparison(results),
                                                                              strict=True)], indent=2))
@@ -211,6 +212,12 @@ def _ratios(row: Any) -> dict[str, object]:
         "speedup": f"{speedup:.2f}x" if speedup is not None else "-",
         "exposed_vs_tutel": f"{0.0 - reduction:+.1%}" if reduction is not None else "-",
     }
+
+
+def _one_moe_block(graph: Any) -> tuple[int, int]:
+    """The middle MoE block: where a comparison of overlap is easiest to see."""
+    middle = graph.moe_layers[len(graph.moe_layers) // 2]
+    return middle, middle
 
 
 def _layer_range(text: str | None) -> tuple[int, int] | None:

@@ -39,9 +39,11 @@ class Task:
 
     ``fraction`` is the share of the op's FLOPs and bytes this part carries (parts of one op sum to
     1); ``rank_fraction`` overrides it per rank where parts are uneven across ranks (irregular
-    partitions of skewed routing; each rank's parts sum to 1). ``traffic`` overrides the op's
-    all-to-all byte matrix for this part (same shape), for schedules whose parts are irregular
-    (Lancet's capacity passing). ``algorithm`` chooses how an all-to-all moves its bytes.
+    partitions of skewed routing). A rank's parts sum to 1, except for Lancet's partitioned expert
+    ops, whose all-to-all-v parts carry only kept tokens: with capacity slack they sum to less.
+    ``traffic`` overrides the op's all-to-all byte matrix for this part (same shape), for schedules
+    whose parts are irregular (Lancet's capacity passing). ``algorithm`` chooses how an all-to-all
+    moves its bytes.
     """
 
     id: int
