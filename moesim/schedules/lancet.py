@@ -15,7 +15,8 @@ The plan that results is judged, like every plan, by the full engine.
 Where we differ from the paper and its code, and why:
 - Gradient all-reduce stays DDP-style on its own stream in every schedule (DESIGN.md), so Lancet's
   packing of all-reduces into gaps between all-to-alls is not modelled; schedules differ only in the
-  all-to-alls and the compute around them.
+  all-to-alls and the compute around them. Like DDP (which rebuilds its buckets in the order
+  gradients became ready), the buckets are re-formed in the order the moved dW ops produce them.
 - Only backward ops are dW candidates (the code's reachability test would also move forward ops such
   as shared experts); forward overlap is the partition pass's job.
 - The DP tries every allowed k and keeps the best (the code stops at the first k that does not
@@ -38,6 +39,7 @@ from moesim.schedules.builder import Part, PlanBuilder, default_stream
 from moesim.schedules.lancet_dw import DWPlacement, place_weight_gradients, program_order
 from moesim.schedules.lancet_partition import PartitionedRange, PartitionPlan, plan_partitions
 from moesim.schedules.registry import KnobTable, Schedule, ScheduleConfig
+from moesim.workload.buckets import rebucket
 from moesim.workload.ops import Op, OpGraph
 
 
@@ -48,8 +50,13 @@ class LancetConfig(ScheduleConfig):
 
 
 def plan(graph: OpGraph, cost: CostModel, config: LancetConfig) -> ExecutionPlan:
-    placement = _place_dw(graph, cost) if config.dw_scheduling else None
-    order = program_order(graph, placement) if placement is not None else list(range(len(graph.ops)))
+    placement = None
+    order = list(range(len(graph.ops)))
+    if config.dw_scheduling:
+        # Moving dW ops changes the order gradients become ready, and DDP fills its buckets in that order.
+        graph, _ = rebucket(graph, program_order(graph, _place_dw(graph, cost)))
+        placement = _place_dw(graph, cost)
+        order = program_order(graph, placement)
     partitions = plan_partitions(graph, cost, max_parts=config.max_partitions) if config.partition else None
 
     builder = PlanBuilder(graph, SCHEDULE.name)
