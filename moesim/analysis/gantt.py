@@ -72,17 +72,20 @@ def category(span: Span) -> Category:
 
 Window = tuple[str, tuple[float, float]]  # a panel's label and its (start, end) in seconds
 
+# The backward window follows the input-gradient chain (dX ops and the backward all-to-alls): weight
+# gradients may run far from their layer (Lancet moves them), and are drawn wherever they fall.
 _PASSES = (
     ("forward", frozenset({Phase.FORWARD})),
-    ("backward", frozenset({Phase.BACKWARD_INPUT, Phase.BACKWARD_WEIGHT})),
+    ("backward", frozenset({Phase.BACKWARD_INPUT})),
 )
 
 
 def layer_windows(timeline: Timeline, ranks: Sequence[int], layers: tuple[int, int]) -> list[Window]:
     """The forward and the backward time window of layers ``a..b`` (inclusive) on ``ranks``.
 
-    A layer's forward and backward run far apart in an iteration, so each pass gets its own window;
-    a pass with no span in the range is left out.
+    A layer's forward and backward run far apart in an iteration, so each pass gets its own window
+    (backward: from the layers' first to last dX or backward all-to-all); a pass with no span in the
+    range is left out.
     """
     low, high = layers
     if low > high:
@@ -173,7 +176,7 @@ def plot_timelines(
                 continue
             drawn |= _draw(cell, timeline, chosen[label], window, widths[column], labels=column == 0)
             heading = label if len(columns) == 1 else f"{label}: {name}"
-            cell.set_title(heading, loc="left", fontsize="medium")
+            cell.set_title(heading, loc="left", fontsize="small")
     _add_legend(figure.axes[len(columns) - 1], drawn)
     _save(figure, path)
     return figure
