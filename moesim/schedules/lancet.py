@@ -18,12 +18,21 @@ Where we differ from the paper and its code, and why:
   all-to-alls and the compute around them. Like DDP (which rebuilds its buckets in the order
   gradients became ready), the buckets are re-formed in the order the moved dW ops produce them.
 - Only backward ops are dW candidates (the code's reachability test would also move forward ops such
-  as shared experts); forward overlap is the partition pass's job.
+  as shared experts); forward overlap is the partition pass's job. A candidate moves only inside
+  its window (after every fixed op it depends on, before every fixed op that depends on it), which
+  keeps the moved program a valid order in any DAG; on our graphs it gives the code's answer.
+- Op times come from our cost model (compute with no interference, all-to-alls alone on the
+  network), not from profiling one GPU and interpolating nccl-tests curves.
 - The DP tries every allowed k and keeps the best (the code stops at the first k that does not
-  improve), making it exact for its own cost function.
-- Per-part all-to-alls use the real token counts of capacity passing, not the code's uniform C/k.
-- Partition counts must divide the per-GPU batch (the code also splits the sequence for Switch
-  gates); with a batch of 1 nothing is partitioned.
+  improve), making it exact for its own cost function; k is at most ``max_partitions`` (8) and
+  divides the per-GPU batch (the code also splits the sequence for Switch gates): with a batch of
+  1, as in our Mixtral/DeepSeek/Qwen presets, nothing is partitioned.
+- In the list scheduler a resource with no ready part keeps its part pointer (the code advances it
+  by one); all completions at an instant are applied before any choice, so ties are deterministic.
+- Per-part all-to-alls use the real token counts of capacity passing (an all-to-all-v), not the
+  code's uniform C/k, so with capacity slack Lancet's partitioned MoE moves fewer bytes than the
+  padded unpartitioned one. A batch-prioritized gate ranks the whole batch, so its parts split the
+  kept tokens evenly instead of passing capacity.
 """
 
 from __future__ import annotations
