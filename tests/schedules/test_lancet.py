@@ -1,0 +1,90 @@
+"""The lancet policy end to end: its knobs, its ablations, and its gate rule."""
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from moesim.api import run_schedule, scenario
+from moesim.cli import main
+from moesim.errors import MoesimError
+from moesim.schedules import get_schedule
+
+SMALL = {"model.num_layers": 4}
+
+
+@pytest.fixture(scope="module")
+def scn():
+    return scenario("gpt2-s-moe", "p3dn.24xlarge", 2, SMALL)
+
+
+def with_settings(scn, **settings):
+    return replace(scn, schedule_settings=settings)
+
+
+def test_with_both_passes_off_lancet_is_tutel_without_chunks(scn):
+    # No dW moves, no partitions: program order with all-to-alls on their own stream, i.e. Tutel at degree 1.
+    bare = run_schedule(with_settings(scn, dw_scheduling=False, partition=False), "lancet")
+    tutel = run_schedule(with_settings(scn, degree=1), "tutel")
+    assert bare.metrics.iteration_time_s == pytest.approx(tutel.metrics.iteration_time_s, rel=1e-12)
+
+
+def test_ranges_hold_their_moe_layer_and_k_divides_the_batch(scn):
+    result = run_schedule(scn, "lancet")
+    graph, ranges = result.plan.graph, result.knobs["ranges"]
+    assert ranges, "gpt2-s-moe on p3dn has all-to-all worth hiding"
+    batch = graph.meta["batch_per_gpu"]
+    for entry in ranges:
+        assert 2 <= entry["k"] <= 8 and batch % entry["k"] == 0
+        first, last = graph.by_name(entry["first"]).id, graph.by_name(entry["last"]).id
+        layer = entry["layer"]
+        assert first <= graph.by_name(f"L{layer}.dispatch").id < graph.by_name(f"L{layer}.combine").id <= last
+        parts = [t for t in result.plan.tasks if first <= t.op <= last]
+        assert {t.parts for t in parts} == {entry["k"]}
+
+
+def test_dw_placement_moves_only_backward_ops_behind_backward_all_to_alls(scn):
+    result = run_schedule(scn, "lancet")
+    graph = result.plan.graph
+    placements = result.knobs["dw_placement"]
+    assert placements
+    for entry in placements:
+        assert graph.by_name(entry["all_to_all"]).phase.value == "backward_input"
+        assert all(graph.by_name(name).phase.value.startswith("backward") for name in entry["placed"])
+        assert entry["covered_s"] > 0
+
+
+def test_ablations_switch_their_pass_off(scn):
+    dw_only = run_schedule(with_settings(scn, partition=False), "lancet")
+    part_only = run_schedule(with_settings(scn, dw_scheduling=False), "lancet")
+    assert "ranges" not in dw_only.knobs and dw_only.knobs["dw_placement"]
+    assert "dw_placement" not in part_only.knobs and part_only.knobs["ranges"]
+    assert all(t.parts == 1 for t in dw_only.plan.tasks)
+
+
+def test_batch_prioritized_gate_never_partitions_the_router():
+    scn = scenario("gpt2-s-moe", "p3dn.24xlarge", 2, {**SMALL, "training.gate": "batch_prioritized"})
+    result = run_schedule(scn, "lancet")
+    routers = {op.id for op in result.plan.graph.ops if op.role == "router"}
+    assert all(t.parts == 1 for t in result.plan.tasks if t.op in routers)
+    assert result.knobs["ranges"], "ranges may still start at the permute"
+
+
+def test_batch_of_one_partitions_nothing():
+    scn = scenario("mixtral-8x7b", "p4de.24xlarge", 1, {"model.num_layers": 2})
+    assert run_schedule(scn, "lancet").knobs["ranges"] == []
+
+
+def test_bad_knob_values_are_rejected():
+    with pytest.raises(MoesimError, match="schedule.max_partitions"):
+        get_schedule("lancet").make_config({"max_partitions": 16})
+
+
+def test_knobs_reach_json_and_the_human_tables(capsys):
+    argv = ["run", "--schedule", "lancet", "--nodes", "2", "--set", "model.num_layers=4"]
+    assert main([*argv, "--json"]) == 0
+    knobs = json.loads(capsys.readouterr().out)["knobs"]
+    assert knobs["ranges"] and knobs["dw_placement"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "forward partitions" in out and "backward dW placement" in out
