@@ -57,6 +57,29 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--layers", help="with --plot: layer range A-B to show (default: the middle MoE block)")
     compare.set_defaults(handler=cmd_compare)
 
+    calibrate = commands.add_parser("calibrate", help="microbenchmark this machine and fit the cost model")
+    calibrate.add_argument("--name", default="cpu-local", help="name of the calibrated spec (default cpu-local)")
+    calibrate.add_argument("--base", default="cpu-loopback", help="spec whose structure the fit fills in")
+    calibrate.add_argument("--nproc", type=int, default=2, help="ranks on this machine (default 2)")
+    calibrate.add_argument("--out-dir", type=Path, default=None,
+                           help="where to write <name>.yaml (default ./hardware_specs/calibrated)")
+    calibrate.add_argument("--quick", action="store_true", help="smaller sweeps (about 30 s)")
+    calibrate.add_argument("--json", action="store_true")
+    calibrate.set_defaults(handler=cmd_calibrate)
+
+    validate = commands.add_parser("validate", help="predict and measure whole iterations on this machine")
+    validate.add_argument("--hardware", default="cpu-local", help="calibrated spec (see moesim calibrate)")
+    validate.add_argument("--calibrate", action="store_true", help="calibrate --hardware first")
+    validate.add_argument("--models", default="tiny-moe-a,tiny-moe-b", help="comma-separated workloads")
+    validate.add_argument("--nproc", type=int, default=2)
+    validate.add_argument("--warmup", type=int, default=2)
+    validate.add_argument("--iterations", type=int, default=5)
+    validate.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                          help="model./training. overrides for every workload")
+    validate.add_argument("--traces", type=Path, help="write predicted and measured Chrome traces here")
+    validate.add_argument("--json", action="store_true")
+    validate.set_defaults(handler=cmd_validate)
+
     parser.set_defaults(handler=lambda _args: cmd_compare(compare.parse_args([])))
     return parser
 
@@ -133,6 +156,71 @@ def cmd_compare(args: argparse.Namespace) -> int:
     else:
         _print_compare(results)
     return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from moesim.hardware.presets import user_calibrated_dir
+
+    calibrate = _validation("calibrate").calibrate
+    out_dir = args.out_dir or user_calibrated_dir()
+    print(f"calibrating {args.nproc} ranks on this machine (microbenchmarks only) ...", file=sys.stderr)
+    result = calibrate(args.name, base=args.base, nproc=args.nproc, out_dir=out_dir, quick=args.quick)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(result.summary())
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from moesim.overrides import parse_assignments
+
+    if args.traces is not None and not args.traces.parent.resolve().is_dir():
+        raise MoesimError(f"--traces {args.traces}: directory {args.traces.parent} does not exist")
+    if args.calibrate:
+        cmd_calibrate(argparse.Namespace(name=args.hardware, base="cpu-loopback", nproc=args.nproc, out_dir=None,
+                                         quick=False, json=False))
+    report_module = _validation("report")
+    workloads = [m.strip() for m in args.models.split(",") if m.strip()]
+    print(f"validating {', '.join(workloads)} on {args.nproc} ranks with {args.hardware} ...", file=sys.stderr)
+    report = report_module.validate(args.hardware, workloads=workloads, nproc=args.nproc, warmup=args.warmup,
+                                    iterations=args.iterations, overrides=parse_assignments(args.settings),
+                                    trace_dir=args.traces)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        _print_validation(report)
+    return 0
+
+
+def _validation(module: str) -> Any:
+    """A harness module; it needs torch (the validation extra)."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"moesim.validation.{module}")
+    except ModuleNotFoundError as err:
+        if err.name == "torch":
+            raise MoesimError("this command needs torch: pip install 'moesim[validation]'") from None
+        raise
+
+
+def _print_validation(report: Any) -> None:
+    from moesim.analysis.tables import metrics_table
+
+    rows = [{"workload": r.workload, "schedule": r.variant, "predicted": f"{r.predicted_s * 1e3:.1f}",
+             "measured": f"{r.measured_s * 1e3:.1f}", "spread": f"±{r.measured_spread_s * 1e3:.1f}",
+             "error": f"{r.error:+.1%}"} for r in report.rows]
+    print(f"validation on {report.hardware}: {report.environment.get('world_size')} ranks, "
+          f"{report.environment.get('backend')}, torch {report.environment.get('torch')}")
+    print(metrics_table(rows, [("workload", "workload"), ("schedule", "schedule"), ("predicted", "predicted ms"),
+                               ("measured", "measured ms"), ("spread", "measured spread"), ("error", "error")]))
+    print(f"\nMAPE {report.mape:.1%}")
+    for ranking in report.rankings:
+        verdict = "matches" if ranking.match else (
+            "differs only within measurement noise" if ranking.match_beyond_noise else "differs")
+        print(f"{ranking.workload}: predicted {' < '.join(ranking.predicted)}; "
+              f"measured {' < '.join(ranking.measured)} — ranking {verdict}")
 
 
 def _print_run(result: Any) -> None:

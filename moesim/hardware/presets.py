@@ -2,7 +2,9 @@
 
 Layout: ``gpus/<name>.yaml`` (a GPUSpec), ``nodes/<name>.yaml`` (a NodeSpec whose ``gpu`` names a GPU
 preset or is an inline mapping) and ``calibrated/<name>.yaml`` (a NodeSpec written by calibration).
-A node name resolves in ``nodes/`` first, then in ``calibrated/``. Every problem a user can cause
+A node name resolves in ``nodes/`` first, then in ``calibrated/``, then in
+``./hardware_specs/calibrated/`` of the working directory (where `moesim calibrate` writes when the
+package is installed elsewhere). Every problem a user can cause
 raises MoesimError with a one-line message naming the field or listing what is available.
 """
 
@@ -35,7 +37,8 @@ def list_gpu_presets() -> list[str]:
 
 def list_node_presets() -> list[str]:
     """Names of the node presets (hand-written and calibrated), sorted."""
-    return sorted({name for folder in _NODE_FOLDERS for name in _names(folder)})
+    packaged = {name for folder in _NODE_FOLDERS for name in _names(folder)}
+    return sorted(packaged | set(_entries(user_calibrated_dir())))
 
 
 def load_gpu(name: str) -> GPUSpec:
@@ -84,6 +87,9 @@ def _locate_node(hardware: str | Path) -> tuple[Traversable, str]:
         entry = _specs_root().joinpath(folder, hardware + _SUFFIX)
         if entry.is_file():
             return entry, f"{folder}/{hardware}{_SUFFIX}"
+    user = user_calibrated_dir() / (hardware + _SUFFIX)
+    if user.is_file():
+        return user, str(user)
     available = ", ".join(list_node_presets())
     if hardware in list_gpu_presets():
         raise MoesimError(f"hardware: {hardware!r} is a GPU preset, name a node preset: {available}")
@@ -108,8 +114,16 @@ def _validate(model: type[_M], data: dict[str, Any], *, source: str) -> _M:
         raise MoesimError(one_line(err, prefix=f"{source}: ")) from None
 
 
+def user_calibrated_dir() -> Path:
+    """Where calibrations of this working directory live: ``./hardware_specs/calibrated``."""
+    return Path.cwd() / "hardware_specs" / "calibrated"
+
+
 def _names(folder: str) -> list[str]:
-    directory = _specs_root().joinpath(folder)
+    return _entries(_specs_root().joinpath(folder))
+
+
+def _entries(directory: Traversable) -> list[str]:
     if not directory.is_dir():
         return []
     return sorted(e.name[: -len(_SUFFIX)] for e in directory.iterdir() if e.name.endswith(_SUFFIX))

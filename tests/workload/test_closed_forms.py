@@ -29,6 +29,7 @@ CASES = [
     ("gpt2-l-moe", 8), ("gpt2-l-moe", 16), ("gpt2-l-moe", 64),
     ("gpt-moe-1.3b-128e", 8), ("switch-base-128", 8), ("mixtral-8x7b", 8),
     ("deepseek-v2-lite", 8), ("deepseek-v3", 8), ("qwen3-235b-a22b", 8),
+    ("tiny-moe-a", 2), ("tiny-moe-b", 2),
 ]
 
 

@@ -12,7 +12,7 @@ from moesim.workload import list_model_presets, load_workload
 from moesim.workload.config import BatchVariant, DType
 
 PRESETS = ["deepseek-v2-lite", "deepseek-v3", "gpt-moe-1.3b-128e", "gpt2-l-moe", "gpt2-s-moe", "mixtral-8x7b",
-           "qwen3-235b-a22b", "switch-base-128"]
+           "qwen3-235b-a22b", "switch-base-128", "tiny-moe-a", "tiny-moe-b"]
 
 
 def test_list_model_presets() -> None:

@@ -1,0 +1,114 @@
+"""Fit steps for communication: collective latency terms and fabric bandwidth, and the compute slowdown
+while communicating.
+
+The model fitted is ``RooflineCostModel``'s on one host: a collective takes its alpha (a sum of
+``collective_base_latency``, the fabric's per-hop ``intra.latency`` and ``all_to_all_peer_latency``
+terms, with the coefficients ``moesim.hardware.collectives`` gives them) plus its bottleneck volume
+over the per-rank bandwidth ``intra.bandwidth * intra_bandwidth_efficiency``. The coefficients and
+volumes are taken from those functions themselves, so the fit and the engine cannot disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+
+from moesim import units
+from moesim.calibration.device import Device, fitted, kept, rate_step
+from moesim.calibration.lsq import relative_nnls
+from moesim.calibration.measurements import CollectiveSample, InterferenceSample, Measurements, Sweep
+from moesim.calibration.predict import cluster_for, collective_groups
+from moesim.calibration.report import Step
+from moesim.hardware import collectives
+from moesim.hardware.resources import ResourceMap
+from moesim.hardware.specs import NodeSpec
+from moesim.workload.ops import OpKind
+
+ALL_REDUCE_TRAVERSALS = 2  # as RooflineCostModel costs an all-reduce: a reduce-scatter and an all-gather ring
+_BASE, _HOP, _PEER, _INVERSE_BANDWIDTH = range(4)
+_LATENCY_PATHS = {_BASE: "cost.collective_base_latency_us", _HOP: "intra.latency_us",
+                  _PEER: "cost.all_to_all_peer_latency_us"}
+_BANDWIDTH_PATH, _EFFICIENCY_PATH = "intra.bandwidth_gb_per_s", "cost.intra_bandwidth_efficiency"
+_SWEEP_OF = {OpKind.ALL_TO_ALL: Sweep.ALL_TO_ALL, OpKind.ALL_REDUCE: Sweep.ALL_REDUCE}
+
+
+def fit_collectives(node: NodeSpec, measurements: Measurements, device: Device) -> Step:
+    """Latency terms and bandwidth from the all-to-all and all-reduce sweeps, jointly (they share the
+    base latency and the bandwidth). Terms the sweeps cannot separate keep the base values: with one
+    group size the per-peer term adds to the others in a constant way, so it is kept."""
+    samples = measurements.collectives
+    env = measurements.environment
+    if not samples or env.ranks_per_host < env.world_size:
+        reason = "no collective samples" if not samples else "the run spanned hosts; the fit models one host"
+        return _keep_all(node, reason)
+    res = ResourceMap.of(cluster_for(node, env.world_size))
+    design = np.array([_row(res, node, sample, env.world_size) for sample in samples])
+    fallback = np.array([node.cost.collective_base_latency_s, node.intra.latency_s, node.cost.all_to_all_peer_latency_s,
+                         1 / node.cost.intra_bandwidth_efficiency])
+    fit = relative_nnls(design, np.array([s.seconds for s in samples]), fallback=fallback,
+                        priority=[_INVERSE_BANDWIDTH, _BASE, _HOP, _PEER])
+    sweeps = tuple(sorted({_SWEEP_OF[s.kind] for s in samples}))
+    if fit.identified[_INVERSE_BANDWIDTH] and fit.values[_INVERSE_BANDWIDTH] > 0:
+        raw = {_BANDWIDTH_PATH: node.intra.bandwidth_gb_per_s}
+        step = rate_step(device, 1 / fit.values[_INVERSE_BANDWIDTH], raw=raw, efficiency=_EFFICIENCY_PATH,
+                         sweeps=sweeps)
+    else:
+        reason = "collective time did not grow with size"
+        step = Step(kept=(kept(_BANDWIDTH_PATH, node.intra.bandwidth_gb_per_s, reason),
+                          kept(_EFFICIENCY_PATH, node.cost.intra_bandwidth_efficiency, reason)))
+    sizes = sorted({s.group_size for s in samples})
+    for column, path in _LATENCY_PATHS.items():
+        if fit.identified[column]:
+            value = units.to_us(fit.values[column])
+            entry = fitted(path, value, sweeps, "at its bound 0" if value == 0 else "")
+            step = step.plus(Step(updates={path: entry.value}, fitted=(entry,)))
+        else:
+            reason = (f"not separable from the other latency terms by these sweeps (group sizes {sizes}, "
+                      f"{' and '.join(s.value for s in sweeps)})")
+            step = step.plus(Step(kept=(kept(path, _latencies_us(node)[path], reason),)))
+    return step
+
+
+def fit_interference(node: NodeSpec, samples: Sequence[InterferenceSample]) -> Step:
+    """``compute_slowdown_under_comm``: the engine stretches compute by ``1 + s`` while a collective is
+    in flight, so ``1 + s`` is fitted to the measured ratios (relative least squares, closed form)."""
+    path = "cost.compute_slowdown_under_comm"
+    if not samples:
+        return Step(kept=(kept(path, node.cost.compute_slowdown_under_comm, "no interference samples"),))
+    ratio = np.array([s.ratio for s in samples])
+    slowdown = float(np.sum(1 / ratio) / np.sum(1 / ratio**2)) - 1.0
+    note = "at its bound 0: compute ran no slower while communicating" if slowdown <= 0 else ""
+    entry = fitted(path, max(0.0, slowdown), (Sweep.INTERFERENCE,), note)
+    return Step(updates={path: entry.value}, fitted=(entry,))
+
+
+def _row(res: ResourceMap, node: NodeSpec, sample: CollectiveSample, world_size: int) -> list[float]:
+    """Design row: the coefficients of base, hop and per-peer latency, and the bottleneck volume over
+    the raw per-rank bandwidth (multiplying ``1 / efficiency``)."""
+    members = collective_groups(sample.group_size, world_size)
+    unit_hop, no_hop = replace(res, intra_latency_s=1.0), replace(res, intra_latency_s=0.0)
+    if sample.kind is OpKind.ALL_TO_ALL:
+        g = sample.group_size
+        traffic = [np.full((g, g), sample.bytes_per_rank / g) for _ in members]
+        volume = collectives.linear_all_to_all(members, traffic, res)
+        base, hop, peer = (collectives.all_to_all_latency(members, no_hop, 1.0, 0.0),
+                           collectives.all_to_all_latency(members, unit_hop, 0.0, 0.0),
+                           collectives.all_to_all_latency(members, no_hop, 0.0, 1.0))
+    else:
+        volume = collectives.ring(members, sample.bytes_per_rank, ALL_REDUCE_TRAVERSALS, res)
+        base, hop, peer = (collectives.ring_latency(members, ALL_REDUCE_TRAVERSALS, no_hop, 1.0),
+                           collectives.ring_latency(members, ALL_REDUCE_TRAVERSALS, unit_hop, 0.0), 0.0)
+    return [base, hop, peer, float(np.max(volume)) / node.intra.bandwidth_bytes_per_s]
+
+
+def _latencies_us(node: NodeSpec) -> dict[str, float]:
+    return {_LATENCY_PATHS[_BASE]: node.cost.collective_base_latency_us, _LATENCY_PATHS[_HOP]: node.intra.latency_us,
+            _LATENCY_PATHS[_PEER]: node.cost.all_to_all_peer_latency_us}
+
+
+def _keep_all(node: NodeSpec, reason: str) -> Step:
+    values = {**_latencies_us(node), _BANDWIDTH_PATH: node.intra.bandwidth_gb_per_s,
+              _EFFICIENCY_PATH: node.cost.intra_bandwidth_efficiency}
+    return Step(kept=tuple(kept(path, value, reason) for path, value in values.items()))

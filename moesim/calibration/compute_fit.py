@@ -1,0 +1,148 @@
+"""Fit steps for compute: memory bandwidth and launch overhead, matmul rate and size term, attention
+and memory-bound-kind efficiencies. Each step takes the node as fitted so far and returns a Step.
+
+The model fitted is ``RooflineCostModel``'s (moesim/hardware/cost.py), per kind:
+``max((flops / peak + t_half) / eff, bytes / (hbm * hbm_eff)) + launch`` for matmul and attention,
+``max(flops / (vector_peak * other_eff), bytes / (hbm * hbm_eff)) + launch`` for the other kinds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from moesim import units
+from moesim.calibration.device import Device, fitted, kept, rate_step
+from moesim.calibration.lsq import minimise_scalar, relative_nnls, relative_rms
+from moesim.calibration.measurements import (
+    AttentionSample,
+    ElementwiseSample,
+    LayernormSample,
+    MatmulSample,
+    Sweep,
+)
+from moesim.calibration.predict import ComputeSample, predict_compute
+from moesim.calibration.report import Step
+from moesim.hardware.specs import NodeSpec
+
+_LOWEST_EFFICIENCY = 1e-3
+_MAX_REGIME_PASSES = 10
+
+
+def fit_memory(node: NodeSpec, samples: Sequence[ElementwiseSample], device: Device) -> Step:
+    """Bandwidth and launch overhead from the add sweep: ``bytes / (hbm * hbm_eff) + launch``.
+
+    An add moves 12 bytes (FP32) per FLOP, so it sits on the memory roof on any device whose vector
+    rate exceeds a twelfth of its bandwidth in bytes: the FLOP roof is left out of this fit.
+    """
+    launch_path, launch_base = "cost.launch_overhead_us", node.cost.launch_overhead_us
+    bw_path, eff_path = "gpu.hbm_gb_per_s", "cost.hbm_efficiency"
+    if not samples:
+        return _keep_memory(node, "no elementwise samples").plus(
+            Step(kept=(kept(launch_path, launch_base, "no elementwise samples"),)))
+    x = np.array([s.mem_bytes for s in samples]) / node.gpu.hbm_bytes_per_s
+    fit = relative_nnls(np.column_stack([x, np.ones_like(x)]), _seconds(samples),
+                        fallback=np.array([1 / node.cost.hbm_efficiency, node.cost.launch_overhead_s]), priority=[0, 1])
+    (slope, launch), (slope_known, launch_known) = fit.values, fit.identified
+    sweeps = (Sweep.ELEMENTWISE,)
+    if slope_known and slope > 0:
+        step = rate_step(device, 1 / slope, raw={bw_path: node.gpu.hbm_gb_per_s}, efficiency=eff_path, sweeps=sweeps)
+    else:
+        step = _keep_memory(node, "elementwise time did not grow with size")
+    if not launch_known:
+        return step.plus(Step(kept=(kept(launch_path, launch_base, "elementwise sizes too few to separate it"),)))
+    launch_entry = fitted(launch_path, units.to_us(launch), sweeps)
+    return step.plus(Step(updates={launch_path: launch_entry.value}, fitted=(launch_entry,)))
+
+
+def fit_matmul(node: NodeSpec, samples: Sequence[MatmulSample], device: Device) -> Step:
+    """Rate and size term: ``(flops / peak + t_half) / eff + launch`` over the compute-bound samples.
+
+    Linear in ``a = 1 / eff`` and ``c = t_half / eff``. Samples on the memory roof (under the bandwidth
+    fitted before) are left out, and the split is redone until it stops changing.
+    """
+    eff_path, half_path = "cost.matmul_efficiency", "cost.matmul_half_efficiency_us"
+    peaks = {s.dtype: node.gpu.peak_tflops[s.dtype] for s in samples}
+    x = np.array([s.flops / node.gpu.peak_flops(s.dtype) for s in samples])
+    measured, launch = _seconds(samples), node.cost.launch_overhead_s
+    memory = np.array([s.mem_bytes for s in samples]) / (node.gpu.hbm_bytes_per_s * node.cost.hbm_efficiency)
+    fallback = np.array([1 / node.cost.matmul_efficiency,
+                         node.cost.matmul_half_efficiency_s / node.cost.matmul_efficiency])
+    use = np.ones(len(samples), dtype=bool)
+    values, identified = fallback, np.zeros(2, dtype=bool)
+    for _ in range(_MAX_REGIME_PASSES):
+        if np.count_nonzero(use) < 2:
+            identified = np.zeros(2, dtype=bool)
+            break
+        fit = relative_nnls(np.column_stack([x[use], np.ones(np.count_nonzero(use))]), measured[use],
+                            fallback=fallback, priority=[0, 1], offset=launch)
+        values, identified = fit.values, fit.identified
+        compute_bound = x * values[0] + values[1] >= memory
+        if np.array_equal(compute_bound, use):
+            break
+        use = compute_bound
+    (slope, intercept), sweeps = values, (Sweep.MATMUL,)
+    if not (identified[0] and slope > 0):
+        reason = "no compute-bound matmul samples" if samples else "no matmul samples"
+        return Step(kept=(kept(eff_path, node.cost.matmul_efficiency, reason),
+                          kept(half_path, node.cost.matmul_half_efficiency_us, reason)))
+    raw = {f"gpu.peak_tflops.{dtype.value}": peak for dtype, peak in peaks.items()}
+    step = rate_step(device, 1 / slope, raw=raw, efficiency=eff_path, sweeps=sweeps)
+    if not identified[1]:
+        return step.plus(Step(kept=(kept(half_path, node.cost.matmul_half_efficiency_us, "too few sizes"),)))
+    half = fitted(half_path, units.to_us(intercept * step.updates[eff_path]), sweeps)
+    return step.plus(Step(updates={half_path: half.value}, fitted=(half,)))
+
+
+def fit_attention(node: NodeSpec, samples: Sequence[AttentionSample]) -> Step:
+    """``attention_efficiency``: the value whose predictions best match the attention sweep."""
+    return _efficiency(node, samples, "attention_efficiency", Sweep.ATTENTION)
+
+
+def fit_layernorm(node: NodeSpec, samples: Sequence[LayernormSample]) -> Step:
+    """``other_compute_efficiency`` (the FLOP roof of every memory-bound kind) from the layernorm sweep;
+    identified only when layernorm runs below its memory roof."""
+    return _efficiency(node, samples, "other_compute_efficiency", Sweep.LAYERNORM)
+
+
+def _efficiency(node: NodeSpec, samples: Sequence[ComputeSample], field: str, sweep: Sweep) -> Step:
+    """One efficiency in (0, 1] by searching the cost model's own predictions.
+
+    When the sweep is memory-bound for every value above some bound, the data only say "at least
+    that": the base value is kept if it is at least that, else the bound is written.
+    """
+    path, base = f"cost.{field}", getattr(node.cost, field)
+    if not samples:
+        return Step(kept=(kept(path, base, f"no {sweep.value} samples"),))
+    objective = _objective(node, samples, field)
+    fit = minimise_scalar(objective, _LOWEST_EFFICIENCY, 1.0)
+    if not fit.flat_towards_high:
+        entry = fitted(path, fit.value, (sweep,))
+    elif fit.as_good(objective(base)):
+        return Step(kept=(kept(path, base, f"the {sweep.value} sweep ran on the memory roof: it bounds this only "
+                                           "from below, and the base value is above the bound"),))
+    else:
+        bound = fit.lowest_as_good(objective, _LOWEST_EFFICIENCY)
+        entry = fitted(path, bound, (sweep,), "lower bound: the sweep ran on the memory roof above it")
+    return Step(updates={path: entry.value}, fitted=(entry,))
+
+
+def _objective(node: NodeSpec, samples: Sequence[ComputeSample], field: str) -> Callable[[float], float]:
+    measured = _seconds(samples)
+
+    def relative_error(value: float) -> float:
+        trial = node.model_copy(update={"cost": node.cost.model_copy(update={field: value})})
+        return relative_rms(predict_compute(samples, trial), measured)
+
+    return relative_error
+
+
+def _keep_memory(node: NodeSpec, reason: str) -> Step:
+    return Step(kept=(kept("gpu.hbm_gb_per_s", node.gpu.hbm_gb_per_s, reason),
+                      kept("cost.hbm_efficiency", node.cost.hbm_efficiency, reason)))
+
+
+def _seconds(samples: Sequence[ComputeSample]) -> np.ndarray:
+    return np.array([s.seconds for s in samples], dtype=np.float64)
+

@@ -1,0 +1,75 @@
+"""What the simulator's own cost model predicts for each measured sample.
+
+The fit's one-parameter searches and the fit report both go through ``RooflineCostModel`` (never a
+copy of its formulas), so a fitted spec is judged by exactly the arithmetic the engine will use.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from moesim.calibration.measurements import (
+    AttentionSample,
+    CollectiveSample,
+    ElementwiseSample,
+    LayernormSample,
+    MatmulSample,
+)
+from moesim.dtypes import DType
+from moesim.hardware.cost import RooflineCostModel
+from moesim.hardware.specs import ClusterSpec, NodeSpec
+from moesim.plan import StreamKind, Task
+from moesim.workload.ops import CommSpec, Op, OpKind, Phase
+
+ComputeSample = MatmulSample | ElementwiseSample | AttentionSample | LayernormSample
+
+_KIND = {MatmulSample: OpKind.MATMUL, ElementwiseSample: OpKind.ELEMENTWISE,
+         AttentionSample: OpKind.ATTENTION, LayernormSample: OpKind.LAYERNORM}
+_COMPUTE_TASK = Task(id=0, op=0, stream=StreamKind.COMPUTE)
+_COMM_TASK = Task(id=0, op=0, stream=StreamKind.COMM)
+
+
+def cluster_for(node: NodeSpec, world_size: int) -> ClusterSpec:
+    """Enough copies of ``node`` to hold ``world_size`` ranks."""
+    return ClusterSpec(node=node, num_nodes=max(1, math.ceil(world_size / node.gpus_per_node)))
+
+
+def compute_op(sample: ComputeSample) -> Op:
+    """The op the cost model sees for a compute sample: its kind, FLOP and bytes."""
+    kind = _KIND[type(sample)]
+    return Op(id=0, name=f"microbench.{kind.value}", role=kind.value, kind=kind, phase=Phase.FORWARD,
+              layer=None, flops=sample.flops, mem_bytes=sample.mem_bytes)
+
+
+def collective_groups(group_size: int, world_size: int) -> tuple[tuple[int, ...], ...]:
+    """The groups of consecutive ranks that ran a collective of ``group_size`` together."""
+    return tuple(tuple(range(start, start + group_size)) for start in range(0, world_size, group_size)
+                 if start + group_size <= world_size)
+
+
+def collective_op(sample: CollectiveSample, world_size: int) -> Op:
+    comm = CommSpec(groups=collective_groups(sample.group_size, world_size), bytes=sample.bytes_per_rank)
+    return Op(id=0, name=f"microbench.{sample.kind.value}", role=sample.kind.value, kind=sample.kind,
+              phase=Phase.FORWARD, layer=None, comm=comm)
+
+
+def predict_compute(samples: Sequence[ComputeSample], node: NodeSpec) -> np.ndarray:
+    """Predicted seconds of each compute sample on one rank of ``node``."""
+    cluster = cluster_for(node, 1)
+    models: dict[DType, RooflineCostModel] = {}
+    times = []
+    for sample in samples:
+        model = models.get(sample.dtype) or models.setdefault(sample.dtype, RooflineCostModel(cluster, sample.dtype))
+        times.append(model.compute_time(compute_op(sample), _COMPUTE_TASK, rank=0))
+    return np.array(times, dtype=np.float64)
+
+
+def predict_collectives(samples: Sequence[CollectiveSample], node: NodeSpec, world_size: int) -> np.ndarray:
+    """Predicted seconds of each collective sample on an idle network of ``world_size`` ranks."""
+    if not samples:
+        return np.zeros(0)
+    model = RooflineCostModel(cluster_for(node, world_size), next(iter(node.gpu.peak_tflops)))
+    return np.array([model.collective_time(collective_op(s, world_size), _COMM_TASK) for s in samples])

@@ -1,0 +1,131 @@
+"""The fit report: which parameter was fitted from which sweep, which kept the base spec's value and
+why, and how well the fitted spec predicts every sweep (through the cost model itself)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from moesim.calibration.lsq import relative_rms
+from moesim.calibration.measurements import Environment, Measurements, Sweep
+from moesim.calibration.predict import predict_collectives, predict_compute
+from moesim.hardware.specs import NodeSpec
+from moesim.workload.ops import OpKind
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ParamFit(_Record):
+    """``path`` is the dotted NodeSpec field (as ``--set hardware.node.<path>=...`` names it)."""
+
+    path: str
+    value: float
+    sweeps: tuple[Sweep, ...]  # empty: set from the run itself (ranks per host), not fitted
+    note: str = ""
+
+
+class KeptParam(_Record):
+    path: str
+    value: float
+    reason: str
+
+
+class SweepError(_Record):
+    """Predicted vs measured over one sweep: relative errors, and R^2 of the seconds (None with fewer
+    than two samples, no spread, or for the interference ratio)."""
+
+    sweep: Sweep
+    samples: int = Field(ge=1)
+    rms_relative_error: float
+    max_relative_error: float
+    r_squared: float | None
+
+
+class FitReport(_Record):
+    base: str
+    measured_at: datetime
+    environment: Environment
+    fitted: tuple[ParamFit, ...]
+    kept: tuple[KeptParam, ...]
+    sweeps: tuple[SweepError, ...]
+
+    def error_of(self, sweep: Sweep) -> SweepError | None:
+        return next((s for s in self.sweeps if s.sweep == sweep), None)
+
+    def fitted_value(self, path: str) -> float:
+        """The fitted value at ``path``; KeyError when it was not fitted."""
+        for entry in self.fitted:
+            if entry.path == path:
+                return entry.value
+        raise KeyError(path)
+
+    def kept_paths(self) -> list[str]:
+        return [entry.path for entry in self.kept]
+
+    def summary_lines(self) -> list[str]:
+        """The report as aligned text: fitted values with their sweeps, kept values with the reason,
+        and each sweep's error."""
+        lines = ["fitted:"]
+        lines += [f"  {e.path:<36} {e.value:<10.4g} {', '.join(s.value for s in e.sweeps) or 'from the run'}"
+                  + (f" ({e.note})" if e.note else "") for e in self.fitted]
+        lines.append(f"kept from {self.base}:")
+        lines += [f"  {e.path:<36} {e.value:<10.4g} {e.reason}" for e in self.kept]
+        lines.append("fit error per sweep (relative RMS / max relative):")
+        lines += [f"  {e.sweep.value:<13} {e.rms_relative_error:6.1%} / {e.max_relative_error:6.1%}  "
+                  f"({e.samples} samples)" for e in self.sweeps]
+        return lines
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """What one fit step decided: dotted NodeSpec updates, and the entries it adds to the report."""
+
+    updates: Mapping[str, Any] = field(default_factory=dict)
+    fitted: tuple[ParamFit, ...] = ()
+    kept: tuple[KeptParam, ...] = ()
+
+    def plus(self, other: Step) -> Step:
+        """Both steps' updates (``other`` wins on a shared path) and entries."""
+        return Step(updates={**self.updates, **other.updates}, fitted=self.fitted + other.fitted,
+                    kept=self.kept + other.kept)
+
+
+def sweep_errors(node: NodeSpec, measurements: Measurements) -> tuple[SweepError, ...]:
+    """Each non-empty sweep's error when ``node`` predicts it (interference: the time ratio)."""
+    m, world = measurements, measurements.environment.world_size
+    pairs: list[tuple[Sweep, np.ndarray, np.ndarray]] = [
+        (Sweep.MATMUL, predict_compute(m.matmul, node), _seconds(m.matmul)),
+        (Sweep.ELEMENTWISE, predict_compute(m.elementwise, node), _seconds(m.elementwise)),
+        (Sweep.ATTENTION, predict_compute(m.attention, node), _seconds(m.attention)),
+        (Sweep.LAYERNORM, predict_compute(m.layernorm, node), _seconds(m.layernorm)),
+    ]
+    if m.environment.ranks_per_host == world:
+        for sweep, kind in ((Sweep.ALL_TO_ALL, OpKind.ALL_TO_ALL), (Sweep.ALL_REDUCE, OpKind.ALL_REDUCE)):
+            samples = m.collectives_of(kind)
+            pairs.append((sweep, predict_collectives(samples, node, world), _seconds(samples)))
+    ratios = np.array([s.ratio for s in m.interference])
+    pairs.append((Sweep.INTERFERENCE, np.full(len(ratios), 1.0 + node.cost.compute_slowdown_under_comm), ratios))
+    return tuple(_error(sweep, predicted, measured) for sweep, predicted, measured in pairs if measured.size)
+
+
+def _error(sweep: Sweep, predicted: np.ndarray, measured: np.ndarray) -> SweepError:
+    """R^2 only where the sweep's sizes spread its times (not for the interference ratio, which the model
+    predicts as one constant)."""
+    relative = predicted / measured - 1.0
+    spread = float(np.sum((measured - measured.mean()) ** 2))
+    explained = sweep is not Sweep.INTERFERENCE and measured.size >= 2 and spread > 0
+    r_squared = 1.0 - float(np.sum((predicted - measured) ** 2)) / spread if explained else None
+    return SweepError(sweep=sweep, samples=int(measured.size), rms_relative_error=relative_rms(predicted, measured),
+                      max_relative_error=float(np.max(np.abs(relative))), r_squared=r_squared)
+
+
+def _seconds(samples: Any) -> np.ndarray:
+    return np.array([s.seconds for s in samples], dtype=np.float64)
+

@@ -1,0 +1,183 @@
+"""The fit recovers PLANTED parameters from measurements the cost model itself produced.
+
+Noise-free, every identifiable parameter comes back to the 4 significant digits the fit keeps (1e-3).
+With 2% multiplicative noise per time, tolerances follow from how each parameter is determined:
+- rates and efficiencies are slopes over 4-8 samples spanning decades: sigma ~1%, so 5% is 4-5 sigma;
+- intercept-like terms (launch, t_half, latencies) rest on the few smallest samples, where they are
+  most of the time: their error is 2-3x the noise, so 20%;
+- the slowdown s is the excess of a ratio of two noisy times (2.8% each ratio, 2-3 ratios): its
+  absolute error has sigma ~0.025, so 0.08.
+(60 seeds, measured once: worst cases 3.7%, 15%, 0.067.)
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from moesim.calibration import Sweep, fit_node
+from moesim.dtypes import DType
+from moesim.hardware import load_node
+
+CPU_RATES = ["gpu.peak_tflops.fp32", "gpu.hbm_gb_per_s", "intra.bandwidth_gb_per_s", "cost.attention_efficiency",
+             "cost.other_compute_efficiency"]
+CPU_INTERCEPTS = ["cost.launch_overhead_us", "cost.matmul_half_efficiency_us", "cost.collective_base_latency_us",
+                  "intra.latency_us", "cost.all_to_all_peer_latency_us"]
+GPU_RATES = ["cost.matmul_efficiency", "cost.hbm_efficiency", "cost.attention_efficiency",
+             "cost.intra_bandwidth_efficiency"]
+GPU_INTERCEPTS = CPU_INTERCEPTS
+SLOWDOWN = "cost.compute_slowdown_under_comm"
+ONE_HOST = ["network.nic_gbps", "network.latency_us", "cost.inter_bandwidth_efficiency"]
+
+
+def at(node, path: str):
+    value = node
+    for part in path.split("."):
+        value = value[DType(part)] if isinstance(value, dict) else getattr(value, part)
+    return value
+
+
+def test_noise_free_cpu_fit_recovers_every_planted_parameter(cpu_measurements, planted_cpu) -> None:
+    planted = planted_cpu(world=4)
+    fit = fit_node(cpu_measurements, load_node("cpu-loopback"), name="cpu-test")
+    for path in CPU_RATES + CPU_INTERCEPTS + [SLOWDOWN]:
+        assert at(fit.node, path) == pytest.approx(at(planted, path), rel=1e-3), path
+        assert fit.report.fitted_value(path) == at(fit.node, path)
+    # A CPU has no datasheet peak: the achieved rates are the peaks, their efficiencies 1.
+    assert (fit.node.cost.matmul_efficiency, fit.node.cost.hbm_efficiency,
+            fit.node.cost.intra_bandwidth_efficiency) == (1.0, 1.0, 1.0)
+    assert fit.node.gpus_per_node == 4 and fit.node.name == "cpu-test"
+    assert sorted(fit.report.kept_paths()) == sorted(ONE_HOST)
+    # The GEMV (1 x 4096 x 4096) sits on the memory roof, 67.1 MB / 6 GB/s = 11.2 ms against 0.70 ms of
+    # FLOPs: had the fit not left it out of the rate, the matmul sweep could not be exact.
+    for error in fit.report.sweeps:
+        assert error.rms_relative_error < 1e-3, error
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_noisy_cpu_fit_recovers_within_tolerance(seed, synthesize, planted_cpu, cpu_shapes) -> None:
+    planted = planted_cpu(world=4)
+    measured = synthesize(planted, world=4, dtype=DType.FP32, shapes=cpu_shapes, group_sizes=(2, 4),
+                          noise=0.02, seed=seed)
+    fit = fit_node(measured, load_node("cpu-loopback"), name="cpu-test")
+    for path in CPU_RATES:
+        assert at(fit.node, path) == pytest.approx(at(planted, path), rel=0.05), path
+    for path in CPU_INTERCEPTS:
+        assert at(fit.node, path) == pytest.approx(at(planted, path), rel=0.20), path
+    assert at(fit.node, SLOWDOWN) == pytest.approx(at(planted, SLOWDOWN), abs=0.08)
+    for error in fit.report.sweeps:  # residuals of a right model are the noise: ~2% RMS
+        assert error.rms_relative_error < 0.05, error
+
+
+def test_noise_free_gpu_fit_keeps_datasheet_peaks_and_fits_efficiencies(synthesize, planted_gpu, gpu_shapes) -> None:
+    base = load_node("dgx-h100")
+    planted = planted_gpu(base)
+    measured = synthesize(planted, world=8, dtype=DType.BF16, shapes=gpu_shapes, group_sizes=(2, 4, 8))
+    fit = fit_node(measured, base, name="h100-test")
+    for path in GPU_RATES + GPU_INTERCEPTS + [SLOWDOWN]:
+        assert at(fit.node, path) == pytest.approx(at(planted, path), rel=1e-3), path
+    assert fit.node.gpu == base.gpu and fit.node.intra.bandwidth_gb_per_s == 450
+    assert fit.node.gpus_per_node == 8
+    # Layernorm on H100 in bf16: 5 FLOP per 4 bytes. Memory: 4 / (3350e9 * 0.83) = 1.44 ps per element;
+    # FLOP roof at the base efficiency: 5 / (66.9e12 * 0.5) = 0.15 ps. On the memory roof, so the sweep
+    # says nothing about other_compute_efficiency and the base value stays.
+    assert "cost.other_compute_efficiency" in fit.report.kept_paths()
+    assert fit.node.cost.other_compute_efficiency == base.cost.other_compute_efficiency
+    for path in ("gpu.hbm_gb_per_s", "gpu.peak_tflops.bf16", "intra.bandwidth_gb_per_s"):
+        assert path in fit.report.kept_paths()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_noisy_gpu_fit_recovers_within_tolerance(seed, synthesize, planted_gpu, gpu_shapes) -> None:
+    base = load_node("dgx-h100")
+    planted = planted_gpu(base)
+    measured = synthesize(planted, world=8, dtype=DType.BF16, shapes=gpu_shapes, group_sizes=(2, 4, 8),
+                          noise=0.02, seed=seed)
+    fit = fit_node(measured, base, name="h100-test")
+    for path in GPU_RATES:
+        assert at(fit.node, path) == pytest.approx(at(planted, path), rel=0.05), path
+    for path in GPU_INTERCEPTS:
+        assert at(fit.node, path) == pytest.approx(at(planted, path), rel=0.20), path
+    assert at(fit.node, SLOWDOWN) == pytest.approx(at(planted, SLOWDOWN), abs=0.08)
+
+
+def test_one_group_size_keeps_the_base_per_peer_latency(synthesize, planted_cpu, cpu_shapes) -> None:
+    """At one group size (2) the all-to-all alpha is base + hop + peer and the all-reduce's base + 2 hop:
+    two equations, three unknowns. The per-peer term keeps cpu-loopback's 10 us and the other two absorb
+    the difference: with 20 us planted, hop = 15 + 10 - 20 = 5 and base = 40 + 15 + 20 - 5 - 10 = 60."""
+    planted = planted_cpu(world=2, all_to_all_peer_latency_us=20.0)
+    measured = synthesize(planted, world=2, dtype=DType.FP32, shapes=cpu_shapes)
+    fit = fit_node(measured, load_node("cpu-loopback"), name="cpu-test")
+    (peer,) = [k for k in fit.report.kept if k.path == "cost.all_to_all_peer_latency_us"]
+    assert peer.value == 10.0 and "group sizes [2]" in peer.reason
+    assert fit.node.cost.all_to_all_peer_latency_us == 10.0
+    assert fit.node.intra.latency_us == pytest.approx(5.0, rel=1e-3)
+    assert fit.node.cost.collective_base_latency_us == pytest.approx(60.0, rel=1e-3)
+    assert fit.node.intra.bandwidth_gb_per_s == pytest.approx(1.5, rel=1e-3)
+    for sweep in (Sweep.ALL_TO_ALL, Sweep.ALL_REDUCE):  # the kept value costs no accuracy at this size
+        assert fit.report.error_of(sweep).rms_relative_error < 1e-3
+
+
+def test_memory_bound_layernorm_keeps_the_base_or_writes_the_bound(synthesize, planted_cpu, cpu_shapes) -> None:
+    """Planted at 0.5, layernorm (5 FLOP per 8 bytes) is on the memory roof. It leaves it only below
+    e* = 5 * 6 GB/s / (8 * 50 GFLOP/s) = 0.075. cpu-loopback's 0.5 is above e*: kept. A base at 0.01
+    would contradict the data: the bound e* is written instead."""
+    measured = synthesize(planted_cpu(other_compute_efficiency=0.5), world=2, dtype=DType.FP32, shapes=cpu_shapes)
+    base = load_node("cpu-loopback")
+    fit = fit_node(measured, base, name="cpu-test")
+    assert "cost.other_compute_efficiency" in fit.report.kept_paths()
+    assert fit.node.cost.other_compute_efficiency == 0.5
+    low_base = base.model_copy(update={"cost": base.cost.model_copy(update={"other_compute_efficiency": 0.01})})
+    bounded = fit_node(measured, low_base, name="cpu-test")
+    assert bounded.node.cost.other_compute_efficiency == pytest.approx(0.075, rel=1e-3)
+    (entry,) = [f for f in bounded.report.fitted if f.path == "cost.other_compute_efficiency"]
+    assert "lower bound" in entry.note
+
+
+def test_missing_sweeps_keep_base_values(cpu_measurements) -> None:
+    """Only the matmul sweep: the launch overhead stays cpu-loopback's 10 us, so the size term absorbs
+    the planted launch: t_half = 30 + 8 - 10 = 28 us; the rate is still the planted 50 GFLOP/s."""
+    only_matmul = cpu_measurements.model_copy(update={"elementwise": (), "attention": (), "layernorm": (),
+                                                      "collectives": (), "interference": ()})
+    base = load_node("cpu-loopback")
+    fit = fit_node(only_matmul, base, name="cpu-test")
+    assert fit.node.gpu.peak_tflops[DType.FP32] == pytest.approx(0.05, rel=1e-3)
+    assert fit.node.cost.matmul_half_efficiency_us == pytest.approx(28.0, rel=1e-3)
+    kept = fit.report.kept_paths()
+    for path in ("cost.launch_overhead_us", "gpu.hbm_gb_per_s", "cost.attention_efficiency",
+                 "cost.other_compute_efficiency", "intra.bandwidth_gb_per_s", "intra.latency_us",
+                 "cost.collective_base_latency_us", "cost.all_to_all_peer_latency_us", SLOWDOWN):
+        assert path in kept, path
+        assert at(fit.node, path) == at(base, path), path
+    assert [e.sweep for e in fit.report.sweeps] == [Sweep.MATMUL]
+
+
+def test_a_run_across_hosts_keeps_every_collective_parameter(cpu_measurements) -> None:
+    env = cpu_measurements.environment.model_copy(update={"ranks_per_host": 2})
+    spanning = cpu_measurements.model_copy(update={"environment": env})
+    fit = fit_node(spanning, load_node("cpu-loopback"), name="cpu-test")
+    for path in ("intra.bandwidth_gb_per_s", "intra.latency_us", "cost.collective_base_latency_us",
+                 "cost.all_to_all_peer_latency_us", "cost.intra_bandwidth_efficiency"):
+        (entry,) = [k for k in fit.report.kept if k.path == path]
+        assert "spanned hosts" in entry.reason
+    assert fit.report.error_of(Sweep.ALL_TO_ALL) is None and fit.node.gpus_per_node == 2
+
+
+def test_no_slowdown_under_communication_fits_zero(cpu_measurements) -> None:
+    faster = tuple(s.model_copy(update={"seconds_with_comm": 0.97 * s.seconds_alone})
+                   for s in cpu_measurements.interference)
+    fit = fit_node(cpu_measurements.model_copy(update={"interference": faster}), load_node("cpu-loopback"),
+                   name="cpu-test")
+    assert fit.node.cost.compute_slowdown_under_comm == 0.0
+    (entry,) = [f for f in fit.report.fitted if f.path == SLOWDOWN]
+    assert "bound 0" in entry.note
+
+
+def test_a_gpu_faster_than_its_datasheet_is_capped_at_efficiency_one(synthesize, planted_gpu, gpu_shapes) -> None:
+    base = load_node("dgx-h100")
+    fast_memory = planted_gpu(base, hbm_efficiency=1.0)
+    fast_memory = fast_memory.model_copy(update={"gpu": fast_memory.gpu.model_copy(update={"hbm_gb_per_s": 4020.0})})
+    measured = synthesize(fast_memory, world=8, dtype=DType.BF16, shapes=gpu_shapes, group_sizes=(2, 4, 8))
+    fit = fit_node(measured, base, name="h100-test")
+    assert fit.node.cost.hbm_efficiency == 1.0 and fit.node.gpu.hbm_gb_per_s == 3350
+    (entry,) = [f for f in fit.report.fitted if f.path == "cost.hbm_efficiency"]
+    assert "1.2 of the datasheet" in entry.note  # 4020 / 3350 = 1.2

@@ -1,0 +1,247 @@
+"""The plan executor: real 2-rank gloo runs of three schedules obey the plan; kernels and split sizes."""
+
+import os
+import subprocess
+import sys
+from collections import Counter, defaultdict
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from moesim.api import scenario  # noqa: E402
+from moesim.dtypes import DType  # noqa: E402
+from moesim.engine import simulate_plan  # noqa: E402
+from moesim.errors import DeadlockError, MoesimError  # noqa: E402
+from moesim.plan import ExecutionPlan, StreamKind, Task  # noqa: E402
+from moesim.validation.executor import topological_order  # noqa: E402
+from moesim.validation.kernels import KERNELS, TensorPool, a2a_splits, compute_kernel  # noqa: E402
+from moesim.validation.launch import free_port, torchrun  # noqa: E402
+from moesim.validation.run_plan import load_measured, plan_for  # noqa: E402
+from moesim.workload.ops import CommSpec, Op, OpGraph, OpKind, Phase  # noqa: E402
+
+SMALL = {"model.num_layers": 2, "training.batch_per_gpu": 2}
+LABELS = ("sequential", "tutel:degree=2", "lancet")
+ITERATIONS = 3
+# tiny-moe-a at this size, per rank: T = 2 x 128 tokens, h = 256, E = 2 ranks x 2 experts, top-1,
+# capacity factor 1, fp32. Capacity C = T / E = 64 rows per expert; a rank sends its 2 peer experts'
+# slots, 2 x 64 rows of h fp32 values, to the other rank.
+TOKENS, HIDDEN, ELEMENT_BYTES = 2 * 128, 256, 4
+DISPATCH_SENT_BYTES = 2 * (TOKENS // 4) * HIDDEN * ELEMENT_BYTES
+
+
+@pytest.fixture(scope="module")
+def scn():
+    return scenario("tiny-moe-a", "cpu-loopback", 1, SMALL)
+
+
+@pytest.fixture(scope="module")
+def plans(scn):
+    return {label: plan_for(scn, label) for label in LABELS}
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory):
+    out = tmp_path_factory.mktemp("measured") / "measured.json"
+    args = ["--model", "tiny-moe-a", "--hardware", "cpu-loopback", "--nodes", "1", "--warmup", "1",
+            "--iterations", str(ITERATIONS), "--out", str(out)]
+    for key, value in SMALL.items():
+        args += ["--set", f"{key}={value}"]
+    for label in LABELS:
+        args += ["--schedule", label]
+    torchrun("moesim.validation.run_plan", args, 2, timeout_s=240)
+    return load_measured(out)
+
+
+def by_rank_and_task(timeline):
+    return {(s.rank, s.task): s for s in timeline.spans}
+
+
+@pytest.mark.parametrize("label", LABELS)
+def test_every_task_runs_once_per_rank_on_its_stream(measured, plans, label):
+    plan, timeline = plans[label], measured[label].timeline
+    counts = Counter((s.rank, s.task) for s in timeline.spans)
+    assert counts == Counter({(rank, task.id): 1 for rank in (0, 1) for task in plan.tasks})
+    assert all(s.stream is plan.tasks[s.task].stream for s in timeline.spans)
+    assert timeline.source == "measured" and timeline.schedule == plan.schedule
+    assert timeline.represents == {0: (0,), 1: (1,)}
+    assert timeline.task_deps == tuple(task.deps for task in plan.tasks)
+
+
+@pytest.mark.parametrize("label", LABELS)
+def test_streams_follow_the_plan_order_without_overlap(measured, plans, label):
+    plan, timeline = plans[label], measured[label].timeline
+    lanes = defaultdict(list)
+    for span in timeline.spans:
+        lanes[span.rank, span.stream].append(span)
+    assert set(lanes) == {(rank, kind) for rank in (0, 1) for kind in plan.streams}
+    for (_, kind), spans in lanes.items():
+        spans.sort(key=lambda s: (s.start, s.end))
+        assert [s.task for s in spans] == list(plan.streams[kind])
+        assert all(s.start <= s.end for s in spans)
+        assert all(a.end <= b.start for a, b in zip(spans, spans[1:], strict=False))
+
+
+@pytest.mark.parametrize("label", LABELS)
+def test_every_dependency_ends_before_its_dependant_starts(measured, plans, label):
+    spans = by_rank_and_task(measured[label].timeline)
+    checked = 0
+    for task in plans[label].tasks:
+        for dep in task.deps:
+            for rank in (0, 1):
+                assert spans[rank, dep].end <= spans[rank, task.id].start, (rank, dep, task.id)
+                checked += 1
+    assert checked > 100
+
+
+@pytest.mark.parametrize("label", LABELS)
+def test_all_to_alls_of_both_ranks_meet_in_time(measured, plans, label):
+    timeline = measured[label].timeline
+    assert timeline.meta["clock"] == "shared monotonic"  # one host: both ranks' spans on one clock
+    spans = by_rank_and_task(timeline)
+    a2a = [task.id for task in plans[label].tasks if plans[label].op_of(task).kind is OpKind.ALL_TO_ALL]
+    assert len(a2a) >= 4
+    for tid in a2a:
+        pair = (spans[0, tid], spans[1, tid])
+        assert max(s.start for s in pair) < min(s.end for s in pair), tid
+
+
+@pytest.mark.parametrize("label", LABELS)
+def test_flops_and_bytes_are_the_engines(measured, plans, scn, label):
+    plan = plans[label]
+    predicted = by_rank_and_task(simulate_plan(plan, scn.cost, symmetric=False))
+    for key, span in by_rank_and_task(measured[label].timeline).items():
+        assert span.flops == pytest.approx(predicted[key].flops)
+        assert span.bytes == pytest.approx(predicted[key].bytes)
+
+
+def test_flops_and_bytes_match_closed_forms(measured):
+    sequential = {(s.rank, s.name): s for s in measured["sequential"].timeline.spans}
+    tutel = [s for s in measured["tutel:degree=2"].timeline.spans if s.name == "L0.dispatch"]
+    for rank in (0, 1):
+        assert sequential[rank, "L0.dispatch"].bytes == DISPATCH_SENT_BYTES
+        assert sequential[rank, "L0.qkv"].flops == 2 * TOKENS * (3 * HIDDEN) * HIDDEN
+    assert sorted(s.bytes for s in tutel) == [DISPATCH_SENT_BYTES / 2] * 4
+
+
+@pytest.mark.parametrize("label", LABELS)
+def test_iteration_times_are_positive_and_the_timeline_is_the_median(measured, label):
+    result = measured[label]
+    times = result.iteration_times_s
+    assert len(times) == ITERATIONS and all(t > 0 for t in times)
+    assert result.median_s == sorted(times)[1]
+    assert result.timeline.makespan == pytest.approx(result.median_s)
+    assert result.environment["backend"] == "gloo" and result.environment["world_size"] == 2
+
+
+# --- without a job ------------------------------------------------------------------------------
+
+def a2a_op(traffic, groups=((0, 1, 2),), payload=0.0):
+    comm = CommSpec(groups=groups, bytes=payload, traffic=traffic)
+    return Op(id=0, name="L0.dispatch", role="dispatch", kind=OpKind.ALL_TO_ALL, phase=Phase.FORWARD, layer=0,
+              comm=comm)
+
+
+def test_split_sizes_of_an_uneven_traffic_matrix():
+    # bytes a -> b among 3 ranks, 4-byte elements; 2 bytes round up to 1 element, 1 byte down to 0
+    traffic = np.array([[[40.0, 8.0, 0.0], [12.0, 0.0, 1.0], [2.0, 6.0, 100.0]]])
+    op = a2a_op(traffic)
+    task = Task(id=0, op=0, stream=StreamKind.COMM)
+    assert a2a_splits(op, task, 0, 0, 4) == ([10, 2, 0], [10, 3, 1])
+    assert a2a_splits(op, task, 0, 1, 4) == ([3, 0, 0], [2, 0, 2])   # 6 bytes = 1.5 elements -> 2
+    assert a2a_splits(op, task, 0, 2, 4) == ([1, 2, 25], [0, 0, 25])
+    splits = [a2a_splits(op, task, 0, member, 4) for member in range(3)]
+    for a in range(3):
+        for b in range(3):
+            assert splits[a][0][b] == splits[b][1][a]  # what a sends to b is what b expects from a
+
+
+def test_split_sizes_follow_the_task_traffic_or_the_fraction():
+    op = a2a_op(np.array([[[0.0, 80.0], [40.0, 0.0]]]), groups=((0, 1),))
+    half = Task(id=0, op=0, stream=StreamKind.COMM, parts=2, fraction=0.5)
+    assert a2a_splits(op, half, 0, 0, 4) == ([0, 10], [0, 5])
+    own = Task(id=0, op=0, stream=StreamKind.COMM, parts=2, fraction=0.5, traffic=np.array([[[4.0, 0.0],
+                                                                                               [16.0, 8.0]]]))
+    assert a2a_splits(op, own, 0, 1, 4) == ([4, 2], [0, 2])
+    even = a2a_op(None, groups=((0, 1),), payload=64.0)
+    assert a2a_splits(even, Task(id=0, op=0, stream=StreamKind.COMM), 0, 0, 4) == ([8, 8], [8, 8])
+
+
+def test_every_compute_kernel_of_the_graph_runs_whole_and_empty(scn):
+    import torch
+
+    pool = TensorPool.for_training(scn.workload.training.dtype, torch.device("cpu"))
+    compute = [op for op in scn.graph.ops if not op.kind.is_collective]
+    assert {(op.kind, op.phase) for op in compute} <= set(KERNELS)
+    for op in compute:
+        for fraction in (1.0, 0.0):
+            compute_kernel(op, Task(id=0, op=op.id, stream=StreamKind.COMPUTE, fraction=fraction), 0, pool)()
+
+
+@pytest.mark.parametrize("model", ["gpt2-s-moe", "mixtral-8x7b", "deepseek-v3", "switch-base-128"])
+def test_every_compute_op_of_the_presets_has_a_kernel_of_its_shapes(model):
+    import torch
+
+    graph = scenario(model, "dgx-h100", 2).graph
+    pool = TensorPool.for_training(DType(str(graph.meta["dtype"])), torch.device("meta"))  # shapes only
+    for op in graph.ops:
+        if not op.kind.is_collective:
+            compute_kernel(op, Task(id=0, op=op.id, stream=StreamKind.COMPUTE), 0, pool)()
+
+
+def test_kernel_shapes_follow_the_parts_share(scn):
+    import torch
+
+    pool = TensorPool.for_training(scn.workload.training.dtype, torch.device("cpu"))
+    qkv, attention = scn.graph.by_name("L0.qkv"), scn.graph.by_name("L0.attention")
+    half = Task(id=0, op=qkv.id, stream=StreamKind.COMPUTE, parts=2, fraction=0.5)
+    assert tuple(compute_kernel(qkv, half, 0, pool)().shape) == (TOKENS // 2, 3 * HIDDEN)
+    heads, seq = 4, 128
+    out = compute_kernel(attention, Task(id=0, op=attention.id, stream=StreamKind.COMPUTE, fraction=0.5), 0, pool)()
+    assert tuple(out.shape) == (1, heads, seq, HIDDEN // heads)
+
+
+def test_topological_order_keeps_streams_and_deps_and_rejects_cycles(plans, scn):
+    plan = plans["lancet"]
+    order = topological_order(plan)
+    position = {tid: index for index, tid in enumerate(order)}
+    assert sorted(order) == list(range(len(plan.tasks)))
+    assert all(position[dep] < position[task.id] for task in plan.tasks for dep in task.deps)
+    for stream in plan.streams.values():
+        assert [position[tid] for tid in stream] == sorted(position[tid] for tid in stream)
+    ops = (Op(id=0, name="a", role="a", kind=OpKind.ELEMENTWISE, phase=Phase.FORWARD, layer=0),
+           Op(id=1, name="b", role="b", kind=OpKind.ELEMENTWISE, phase=Phase.FORWARD, layer=0))
+    graph = OpGraph(ops=ops, num_ranks=1, num_layers=1, moe_layers=())
+    cyclic = ExecutionPlan(graph=graph, schedule="cyclic",
+                           tasks=(Task(id=0, op=0, stream=StreamKind.COMPUTE, deps=(1,)),
+                                  Task(id=1, op=1, stream=StreamKind.COMM, deps=(0,))),
+                           streams={StreamKind.COMPUTE: (0,), StreamKind.COMM: (1,)})
+    with pytest.raises(DeadlockError, match="cycle"):
+        topological_order(cyclic)
+
+
+def test_a_plan_for_another_world_size_stops_the_rank_with_one_line(tmp_path):
+    env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port())}
+    command = [sys.executable, "-m", "moesim.validation.run_plan", "--model", "tiny-moe-a", "--hardware",
+               "cpu-loopback", "--schedule", "sequential", "--set", "model.num_layers=2",
+               "--out", str(tmp_path / "never.json")]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["error: nodes: the plan is for 2 ranks but the job has 1; "
+                                                "launch one rank per simulated GPU"]
+    assert not (tmp_path / "never.json").exists()
+    with pytest.raises(MoesimError, match="2-rank run failed"):
+        torchrun("moesim.validation.run_plan", [*command[3:-2], "--nodes", "2", "--out", command[-1]], 2,
+                 timeout_s=120)
+
+
+def test_bad_schedules_and_files_raise_one_line_errors(scn, tmp_path):
+    with pytest.raises(MoesimError, match="nope"):
+        plan_for(scn, "nope")
+    with pytest.raises(MoesimError, match="degree"):
+        plan_for(scn, "tutel:degree=3")
+    (tmp_path / "other.json").write_text('{"traceEvents": []}')
+    with pytest.raises(MoesimError, match="not a measured-run file"):
+        load_measured(tmp_path / "other.json")

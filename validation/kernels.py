@@ -1,0 +1,347 @@
+"""Real kernels for plan tasks: each task becomes a zero-argument callable running torch ops of its shapes.
+
+Tensors are allocated once, when the kernel is built (``TensorPool`` shares them by shape); calling
+the kernel runs the op (synchronously on CPU; on a GPU it enqueues on the current stream). Compute
+sizes are the op's ``dims`` scaled by the task's share on the rank, ``task.fraction_on(rank)`` times
+``op.rank_scale[rank]``, along the dimension that holds the tokens (rounded half up; a size that
+rounds to 0 runs an empty kernel).
+
+The table ``KERNELS`` maps (kind, phase) to a builder. It follows the FLOP / byte conventions of
+``moesim.workload.blocks`` and ``builder``:
+
+- MATMUL: ``[batch,] m x k @ k x n``. dX and dW ops carry transposed dims already; the token
+  dimension is ``m`` (forward, dX) or ``k`` (dW).
+- ATTENTION: scaled_dot_product_attention on ``[b', heads, s, head_dim]`` (grouped kv heads when
+  ``kv_heads < heads``); dX is costed at 2x forward, so it runs the forward twice.
+- LAYERNORM: layer_norm; dW: the two column sums ``sum(g * x)``, ``sum(g)`` (it reads one more
+  tensor than the convention's bytes). ELEMENTWISE: an add for residual roles, else the activation
+  whose FLOPs per element match (GELU 8, SwiGLU 5, ReLU 1; the nearest otherwise). SOFTMAX: softmax.
+- ROUTER: gate logits matmul + softmax + top-k; dX and dW: the gate matmul transposed.
+- PERMUTE: ``permute`` gathers token rows into capacity slots (index_select); ``unpermute`` scales
+  expert rows by their gate and scatters them back (index_add_). Token rows are at least 1, so a
+  part with slots but no tokens still has rows to gather.
+- EMBEDDING: embedding lookup (+ position add when the op has FLOPs); dW: index_add_ into the table.
+- LOSS: cross_entropy. OPTIMIZER: SGD with momentum over a flat buffer of ``params`` elements
+  (an Adam-style update when the op's FLOPs per parameter exceed SGD's).
+- Every other dX (memory-bound ops, loss) is costed at 2x its forward: it runs the forward twice.
+
+Collectives (``collective_kernel``): all_to_all_single with per-peer split sizes from this rank's row
+(send) and column (receive) of the task's traffic, diagonal included (a local copy); all_reduce,
+all_gather_into_tensor, reduce_scatter_tensor on the payload. A 2DH all-to-all runs as the linear
+all_to_all_single: on one host both move the same bytes over the same loopback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from moesim.dtypes import DType
+from moesim.plan import Task
+from moesim.workload.blocks import activation_flops
+from moesim.workload.builder import SGD_FLOPS_PER_PARAM
+from moesim.workload.config import Activation
+from moesim.workload.ops import Op, OpKind, Phase
+
+Kernel = Callable[[], object]
+
+_COMPUTE_DTYPE = {DType.FP32: torch.float32, DType.TF32: torch.float32, DType.FP16: torch.float16,
+                  DType.BF16: torch.bfloat16, DType.FP8: torch.bfloat16}  # no portable FP8 math: BF16
+_WIRE_DTYPE = {1: torch.uint8, 2: torch.float16, 4: torch.float32}       # by storage bytes per element
+_ACTIVATION_BY_FLOPS = {activation_flops(a): a for a in Activation}
+_LR, _MOMENTUM, _BETA2, _EPS = 1e-3, 0.9, 0.999, 1e-8
+
+
+@dataclass(slots=True)
+class TensorPool:
+    """Where kernels get their tensors: random data on ``device``, shared by (slot, shape, dtype).
+
+    ``dtype`` is the compute dtype; ``wire_dtype`` the all-to-all payload (the training format's
+    storage size). Owned by one execution; the seeded generator makes the data reproducible. On the
+    ``meta`` device tensors have shapes but no storage: kernels check shapes without running.
+    """
+
+    device: torch.device
+    dtype: torch.dtype
+    wire_dtype: torch.dtype
+    seed: int = 0
+    _tensors: dict[tuple[str, tuple[int, ...], torch.dtype], torch.Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def for_training(cls, dtype: DType, device: torch.device, seed: int = 0) -> TensorPool:
+        return cls(device, _COMPUTE_DTYPE[dtype], _WIRE_DTYPE[dtype.bytes], seed)
+
+    def get(self, slot: str, *shape: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """A tensor of ``shape`` (standard-normal floats, zeros otherwise), shared by (slot, shape, dtype)."""
+        chosen = dtype or self.dtype
+
+        def fill(generator: torch.Generator) -> torch.Tensor:
+            return torch.randn(shape, generator=generator) if chosen.is_floating_point else torch.zeros(shape)
+
+        return self._cached((slot, shape, chosen), fill)
+
+    def indices(self, slot: str, length: int, high: int) -> torch.Tensor:
+        """``length`` int64 indices in ``[0, high)``, shared by (slot, length, high)."""
+        return self._cached((f"{slot}/{high}", (length,), torch.int64),
+                            lambda generator: torch.randint(0, max(high, 1), (length,), generator=generator))
+
+    def _cached(self, key: tuple[str, tuple[int, ...], torch.dtype],
+                fill: Callable[[torch.Generator], torch.Tensor]) -> torch.Tensor:
+        if key not in self._tensors:
+            _, shape, dtype = key
+            if self.device.type == "meta":
+                self._tensors[key] = torch.empty(shape, dtype=dtype, device=self.device)
+            else:
+                generator = torch.Generator().manual_seed(self.seed + len(self._tensors))
+                self._tensors[key] = fill(generator).to(self.device, dtype)
+        return self._tensors[key]
+
+
+def share_of(op: Op, task: Task, rank: int) -> float:
+    """The part of the op's work ``task`` does on ``rank``: what the engine's accounting charges."""
+    scale = op.rank_scale[rank] if op.rank_scale is not None else 1.0
+    return task.fraction_on(rank) * scale
+
+
+def scaled(size: int, share: float) -> int:
+    """``size * share`` rounded half up (never negative)."""
+    return max(0, int(size * share + 0.5))
+
+
+# --- compute kernels -------------------------------------------------------------------------------
+
+Builder = Callable[[Op, float, TensorPool], Kernel]
+
+
+def compute_kernel(op: Op, task: Task, rank: int, pool: TensorPool) -> Kernel:
+    """The kernel of compute ``task`` (a part of ``op``) on ``rank``; unknown (kind, phase) raise KeyError."""
+    return KERNELS[op.kind, op.phase](op, share_of(op, task, rank), pool)
+
+
+def _matmul(op: Op, share: float, pool: TensorPool) -> Kernel:
+    dims = op.dims
+    token_dim = "k" if op.phase is Phase.BACKWARD_WEIGHT else "m"
+    sizes = {name: dims[name] for name in ("m", "n", "k")}
+    sizes[token_dim] = scaled(sizes[token_dim], share)
+    return _gemm(pool, dims.get("batch", 1), sizes["m"], sizes["k"], sizes["n"])
+
+
+def _gemm(pool: TensorPool, batch: int, m: int, k: int, n: int) -> Kernel:
+    lead = (batch,) if batch > 1 else ()
+    a, b = pool.get("gemm.a", *lead, m, k), pool.get("gemm.b", *lead, k, n)
+    out = pool.get("gemm.out", *lead, m, n)
+    return lambda: torch.matmul(a, b, out=out)
+
+
+def _attention(op: Op, share: float, pool: TensorPool) -> Kernel:
+    d = op.dims
+    batch, heads, kv_heads = scaled(d["b"], share), d["heads"], d.get("kv_heads", d["heads"])
+    q = pool.get("attn.q", batch, heads, d["s"], d["head_dim"])
+    k = pool.get("attn.k", batch, kv_heads, d["s"], d["head_dim"])
+    v = pool.get("attn.v", batch, kv_heads, d["s"], d.get("v_head_dim", d["head_dim"]))
+    grouped = kv_heads != heads
+    return lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=grouped)
+
+
+def _layernorm(op: Op, share: float, pool: TensorPool) -> Kernel:
+    tokens, hidden = scaled(op.dims["tokens"], share), op.dims["hidden"]
+    x, gamma, beta = pool.get("ln.x", tokens, hidden), pool.get("ln.w", hidden), pool.get("ln.b", hidden)
+    return lambda: F.layer_norm(x, (hidden,), gamma, beta)
+
+
+def _layernorm_dw(op: Op, share: float, pool: TensorPool) -> Kernel:
+    tokens, hidden = scaled(op.dims["tokens"], share), op.dims["hidden"]
+    grad, normed = pool.get("ln.g", tokens, hidden), pool.get("ln.x", tokens, hidden)
+    return lambda: (torch.sum(grad * normed, dim=0), torch.sum(grad, dim=0))
+
+
+def _elementwise(op: Op, share: float, pool: TensorPool) -> Kernel:
+    numel = scaled(op.dims["numel"], share)
+    if op.role.endswith("residual"):
+        a, b, out = pool.get("ew.a", numel), pool.get("ew.b", numel), pool.get("ew.out", numel)
+        return lambda: torch.add(a, b, out=out)
+    per_element = op.flops / max(op.dims["numel"], 1) / (2 if op.phase is Phase.BACKWARD_INPUT else 1)
+    nearest = min(_ACTIVATION_BY_FLOPS, key=lambda flops: abs(flops - per_element))
+    activation = _ACTIVATION_BY_FLOPS[nearest]
+    if activation.gated:
+        gate, up = pool.get("ew.a", numel), pool.get("ew.b", numel)
+        return lambda: F.silu(gate) * up
+    x = pool.get("ew.a", numel)
+    if activation is Activation.RELU:
+        return lambda: F.relu(x)
+    return lambda: F.gelu(x, approximate="tanh")
+
+
+def _softmax(op: Op, share: float, pool: TensorPool) -> Kernel:
+    x = pool.get("softmax.x", scaled(op.dims["rows"], share), op.dims["cols"])
+    return lambda: torch.softmax(x, dim=-1)
+
+
+def _router(op: Op, share: float, pool: TensorPool) -> Kernel:
+    tokens, experts, hidden = scaled(op.dims["tokens"], share), op.dims["experts"], op.dims["hidden"]
+    top_k = min(op.dims["top_k"], experts)
+    x, gate = pool.get("gemm.a", tokens, hidden), pool.get("gemm.b", hidden, experts)
+    logits = pool.get("gemm.out", tokens, experts)
+
+    def run() -> object:
+        torch.matmul(x, gate, out=logits)
+        return torch.topk(torch.softmax(logits, dim=-1), top_k, dim=-1)
+
+    return run
+
+
+def _router_backward(op: Op, share: float, pool: TensorPool) -> Kernel:
+    tokens, experts, hidden = scaled(op.dims["tokens"], share), op.dims["experts"], op.dims["hidden"]
+    if op.phase is Phase.BACKWARD_WEIGHT:
+        return _gemm(pool, 1, hidden, tokens, experts)
+    return _gemm(pool, 1, tokens, experts, hidden)
+
+
+def _permute(op: Op, share: float, pool: TensorPool) -> Kernel:
+    tokens, rows, hidden = scaled(op.dims["tokens"], share), scaled(op.dims["rows"], share), op.dims["hidden"]
+    tokens = max(tokens, 1)
+    index = pool.indices("permute.index", rows, tokens)
+    if op.role == "unpermute":
+        expert_rows, gate = pool.get("permute.rows", rows, hidden), pool.get("permute.gate", rows, 1)
+        out = pool.get("permute.tokens", tokens, hidden)
+        return lambda: out.index_add_(0, index, expert_rows * gate)
+    source, slots = pool.get("permute.tokens", tokens, hidden), pool.get("permute.rows", rows, hidden)
+    return lambda: torch.index_select(source, 0, index, out=slots)
+
+
+def _embedding(op: Op, share: float, pool: TensorPool) -> Kernel:
+    tokens, hidden, vocab = scaled(op.dims["tokens"], share), op.dims["hidden"], op.dims["vocab"]
+    ids, table = pool.indices("embed.ids", tokens, vocab), pool.get("embed.table", vocab, hidden)
+    if op.flops <= 0:
+        return lambda: F.embedding(ids, table)
+    positions = pool.get("embed.positions", tokens, hidden)
+    return lambda: F.embedding(ids, table) + positions
+
+
+def _embedding_dw(op: Op, share: float, pool: TensorPool) -> Kernel:
+    tokens, hidden, vocab = scaled(op.dims["tokens"], share), op.dims["hidden"], op.dims["vocab"]
+    ids, grad = pool.indices("embed.ids", tokens, vocab), pool.get("embed.grad", tokens, hidden)
+    table_grad = pool.get("embed.table_grad", vocab, hidden)
+    return lambda: table_grad.index_add_(0, ids, grad)
+
+
+def _loss(op: Op, share: float, pool: TensorPool) -> Kernel:
+    tokens, vocab = scaled(op.dims["tokens"], share), op.dims["vocab"]
+    logits, targets = pool.get("loss.logits", tokens, vocab), pool.indices("loss.targets", tokens, vocab)
+    return lambda: F.cross_entropy(logits, targets)
+
+
+def _optimizer(op: Op, share: float, pool: TensorPool) -> Kernel:
+    params = scaled(op.dims["params"], share)
+    weight, grad = pool.get("opt.weight", params), pool.get("opt.grad", params)
+    momentum = pool.get("opt.m", params)
+    if op.flops <= (SGD_FLOPS_PER_PARAM + 0.5) * op.dims["params"]:
+        def sgd() -> object:
+            momentum.mul_(_MOMENTUM).add_(grad)
+            return weight.add_(momentum, alpha=-_LR)
+
+        return sgd
+    variance = pool.get("opt.v", params).abs_()
+
+    def adam() -> object:
+        momentum.mul_(_MOMENTUM).add_(grad, alpha=1 - _MOMENTUM)
+        variance.mul_(_BETA2).addcmul_(grad, grad, value=1 - _BETA2)
+        return weight.addcdiv_(momentum, variance.sqrt().add_(_EPS), value=-_LR)
+
+    return adam
+
+
+def _twice(builder: Builder) -> Builder:
+    """dX costed at 2x the forward FLOPs and bytes: the forward kernel, run twice."""
+
+    def build(op: Op, share: float, pool: TensorPool) -> Kernel:
+        once = builder(op, share, pool)
+        return lambda: (once(), once())
+
+    return build
+
+
+_F, _DX, _DW = Phase.FORWARD, Phase.BACKWARD_INPUT, Phase.BACKWARD_WEIGHT
+
+KERNELS: Mapping[tuple[OpKind, Phase], Builder] = MappingProxyType({
+    (OpKind.MATMUL, _F): _matmul, (OpKind.MATMUL, _DX): _matmul, (OpKind.MATMUL, _DW): _matmul,
+    (OpKind.ATTENTION, _F): _attention, (OpKind.ATTENTION, _DX): _twice(_attention),
+    (OpKind.LAYERNORM, _F): _layernorm, (OpKind.LAYERNORM, _DX): _twice(_layernorm),
+    (OpKind.LAYERNORM, _DW): _layernorm_dw,
+    (OpKind.ELEMENTWISE, _F): _elementwise, (OpKind.ELEMENTWISE, _DX): _twice(_elementwise),
+    (OpKind.SOFTMAX, _F): _softmax, (OpKind.SOFTMAX, _DX): _twice(_softmax),
+    (OpKind.ROUTER, _F): _router, (OpKind.ROUTER, _DX): _router_backward, (OpKind.ROUTER, _DW): _router_backward,
+    (OpKind.PERMUTE, _F): _permute, (OpKind.PERMUTE, _DX): _twice(_permute),
+    (OpKind.EMBEDDING, _F): _embedding, (OpKind.EMBEDDING, _DW): _embedding_dw,
+    (OpKind.LOSS, _F): _loss, (OpKind.LOSS, _DX): _twice(_loss),
+    (OpKind.OPTIMIZER, Phase.OPTIMIZER): _optimizer,
+})
+
+
+# --- collectives ----------------------------------------------------------------------------------
+
+def task_traffic(op: Op, task: Task) -> np.ndarray | None:
+    """The all-to-all byte matrix of ``task``: its own, else the op's scaled by the task's fraction."""
+    assert op.comm is not None, f"{op.name} is a collective without a CommSpec"
+    if task.traffic is not None:
+        return task.traffic
+    if op.comm.traffic is not None:
+        return op.comm.traffic * task.fraction
+    return None
+
+
+def a2a_splits(op: Op, task: Task, group: int, member: int, element_bytes: int) -> tuple[list[int], list[int]]:
+    """``(input_split_sizes, output_split_sizes)`` in elements for ``member`` of ``group``.
+
+    Input: this member's row of the traffic (what it sends to each peer, itself included); output:
+    its column (what each peer sends to it). Without a matrix the payload is split evenly. Every
+    member computes a pair's size from the same float, so sender and receiver agree.
+    """
+    assert op.comm is not None, f"{op.name} is a collective without a CommSpec"
+    size = len(op.comm.groups[group])
+    traffic = task_traffic(op, task)
+    if traffic is None:
+        even = op.comm.bytes * task.fraction / size
+        matrix = np.full((size, size), even)
+    else:
+        matrix = traffic[group]
+    elements = [[int(float(matrix[a, b]) / element_bytes + 0.5) for b in range(size)] for a in range(size)]
+    return elements[member], [elements[a][member] for a in range(size)]
+
+
+def collective_kernel(op: Op, task: Task, rank: int, pool: TensorPool,
+                      group: dist.ProcessGroup | None) -> Kernel:
+    """The blocking collective of ``task`` on ``rank`` over ``group`` (the process group of this rank's
+    group of ``op`` for the task's stream). A rank outside every group returns at once, as in the engine."""
+    assert op.comm is not None, f"{op.name} is a collective without a CommSpec"
+    try:
+        group_index = op.comm.group_of(rank)
+    except KeyError:
+        return lambda: None
+    members = op.comm.groups[group_index]
+    member = members.index(rank)
+    if op.kind is OpKind.ALL_TO_ALL:
+        element_bytes = torch.empty((), dtype=pool.wire_dtype).element_size()
+        send, receive = a2a_splits(op, task, group_index, member, element_bytes)
+        inp = pool.get("a2a.in", sum(send), dtype=pool.wire_dtype)
+        out = pool.get("a2a.out", sum(receive), dtype=pool.wire_dtype)
+        return lambda: dist.all_to_all_single(out, inp, receive, send, group=group)
+    element_bytes = torch.empty((), dtype=pool.dtype).element_size()
+    size = len(members)
+    numel = int(op.comm.bytes * task.fraction / element_bytes + 0.5)
+    if op.kind is OpKind.ALL_REDUCE:
+        buffer = pool.get("allreduce.buf", numel)
+        return lambda: dist.all_reduce(buffer, group=group)
+    shard = numel // size
+    whole, piece = pool.get("gather.whole", shard * size), pool.get("gather.piece", shard)
+    if op.kind is OpKind.ALL_GATHER:
+        return lambda: dist.all_gather_into_tensor(whole, piece, group=group)
+    if op.kind is OpKind.REDUCE_SCATTER:
+        return lambda: dist.reduce_scatter_tensor(piece, whole, group=group)
+    raise KeyError(f"{op.name}: no kernel for collective {op.kind.value}")

@@ -1,0 +1,166 @@
+"""The validation report: predict whole iterations with a calibrated spec, run them for real, compare.
+
+Steps: for each workload, predict every schedule with the simulator (the calibrated spec of this
+machine) -> run the same plans for real in one torchrun job (run_plan) -> per schedule the predicted
+and the measured median iteration, the error, and over all of them the MAPE -> whether the predicted
+ranking of the schedules matches the measured one -> optionally both timelines as Chrome traces.
+The calibration that made the spec saw microbenchmarks only, never these workloads.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from moesim.analysis.chrome_trace import write_chrome_trace
+from moesim.api import run_schedule, scenario
+from moesim.validation.launch import torchrun
+
+WORKLOADS = ("tiny-moe-a", "tiny-moe-b")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One schedule with its settings, e.g. tutel at degree 2; ``label`` names it in the report."""
+
+    label: str
+    schedule: str
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def spec(self) -> str:
+        """The run_plan spelling: ``tutel:degree=2``."""
+        knobs = ",".join(f"{k}={v}" for k, v in self.settings.items())
+        return f"{self.schedule}:{knobs}" if knobs else self.schedule
+
+
+VARIANTS = (
+    Variant("sequential", "sequential"),
+    Variant("tutel-d2", "tutel", {"degree": 2}),
+    Variant("tutel-d4", "tutel", {"degree": 4}),
+    Variant("lancet", "lancet"),
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    workload: str
+    variant: str
+    predicted_s: float
+    measured_s: float                  # median over the measured iterations
+    measured_spread_s: float           # half the range of the measured iterations
+    measured_iterations_s: tuple[float, ...]
+
+    @property
+    def error(self) -> float:
+        """Signed relative error of the prediction (0.1 = predicted 10% too long)."""
+        return self.predicted_s / self.measured_s - 1.0
+
+
+@dataclass(frozen=True)
+class Ranking:
+    workload: str
+    predicted: tuple[str, ...]         # fastest first
+    measured: tuple[str, ...]
+    match: bool                        # the two orders are identical
+    match_beyond_noise: bool           # every pair the measurement separates beyond its spread agrees
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    hardware: str
+    rows: tuple[Row, ...]
+    rankings: tuple[Ranking, ...]
+    environment: Mapping[str, Any]
+    traces: tuple[str, ...] = ()
+
+    @property
+    def mape(self) -> float:
+        return statistics.fmean(abs(row.error) for row in self.rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "hardware": self.hardware,
+            "mape": self.mape,
+            "rows": [{"workload": r.workload, "schedule": r.variant, "predicted_s": r.predicted_s,
+                      "measured_s": r.measured_s, "measured_spread_s": r.measured_spread_s,
+                      "measured_iterations_s": list(r.measured_iterations_s), "error": r.error} for r in self.rows],
+            "rankings": [{"workload": k.workload, "predicted": list(k.predicted), "measured": list(k.measured),
+                          "match": k.match, "match_beyond_noise": k.match_beyond_noise} for k in self.rankings],
+            "environment": dict(self.environment),
+            "traces": list(self.traces),
+        }
+
+
+def validate(
+    hardware: str,
+    *,
+    workloads: Sequence[str] = WORKLOADS,
+    variants: Sequence[Variant] = VARIANTS,
+    nproc: int = 2,
+    warmup: int = 2,
+    iterations: int = 5,
+    overrides: Mapping[str, Any] | None = None,
+    trace_dir: Path | None = None,
+    timeout_s: float = 1800,
+) -> ValidationReport:
+    """Predict and measure every (workload, variant) on one host of ``nproc`` ranks."""
+    from moesim.validation.run_plan import load_measured
+
+    rows: list[Row] = []
+    rankings: list[Ranking] = []
+    environment: Mapping[str, Any] = {}
+    traces: list[str] = []
+    for workload in workloads:
+        scn = scenario(workload, hardware, 1, overrides)
+        assert scn.cluster.num_gpus == nproc, f"{hardware} has {scn.cluster.num_gpus} ranks, the job {nproc}"
+        predicted = {v.label: run_schedule(replace(scn, schedule_settings=dict(v.settings)), v.schedule)
+                     for v in variants}
+        with tempfile.TemporaryDirectory() as scratch:
+            out = Path(scratch) / "measured.json"
+            args = ["--model", workload, "--hardware", hardware, "--nodes", "1", "--warmup", str(warmup),
+                    "--iterations", str(iterations), "--out", str(out)]
+            args += [arg for key, value in (overrides or {}).items() for arg in ("--set", f"{key}={value}")]
+            args += [arg for v in variants for arg in ("--schedule", v.spec)]
+            torchrun("moesim.validation.run_plan", args, nproc, timeout_s=timeout_s)
+            measured = load_measured(out)
+        for v in variants:
+            run = measured[v.spec]
+            times = tuple(run.iteration_times_s)
+            rows.append(Row(workload, v.label, predicted[v.label].metrics.iteration_time_s,
+                            statistics.median(times), (max(times) - min(times)) / 2, times))
+            environment = run.environment
+            if trace_dir is not None:
+                traces += _write_traces(trace_dir / workload, v.label, predicted[v.label].timeline, run.timeline)
+        rankings.append(_ranking(workload, [r for r in rows if r.workload == workload]))
+    return ValidationReport(hardware, tuple(rows), tuple(rankings), environment, tuple(traces))
+
+
+def _ranking(workload: str, rows: Sequence[Row]) -> Ranking:
+    predicted = tuple(r.variant for r in sorted(rows, key=lambda r: r.predicted_s))
+    measured = tuple(r.variant for r in sorted(rows, key=lambda r: r.measured_s))
+    agree = True
+    for a in rows:
+        for b in rows:
+            separated = a.measured_s + a.measured_spread_s < b.measured_s - b.measured_spread_s
+            if separated and not a.predicted_s < b.predicted_s:
+                agree = False
+    return Ranking(workload, predicted, measured, predicted == measured, agree)
+
+
+def _write_traces(folder: Path, label: str, predicted: Any, measured: Any) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{label}.predicted.json", folder / f"{label}.measured.json"]
+    write_chrome_trace(predicted, paths[0])
+    write_chrome_trace(measured, paths[1])
+    return [str(p) for p in paths]
+
+
+def write_report(report: ValidationReport, path: Path) -> Path:
+    path.write_text(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+    return path
