@@ -118,7 +118,8 @@ class RooflineCostModel:
         if kind is OpKind.MATMUL or kind is OpKind.ATTENTION:
             eff_max = params.matmul_efficiency if kind is OpKind.MATMUL else params.attention_efficiency
             return (flops / self._tensor_peak + params.matmul_half_efficiency_s) / eff_max
-        return flops / (self._vector_peak * params.other_compute_efficiency)
+        efficiency = params.kind_efficiency.get(kind.value, params.other_compute_efficiency)
+        return flops / (self._vector_peak * efficiency)
 
     def _demand(self, op: Op, task: Task, groups: Sequence[int]) -> CollectiveDemand:
         assert op.comm is not None

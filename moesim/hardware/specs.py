@@ -145,6 +145,24 @@ class CostParams(_Spec):
     # and loses ~20% GEMM throughput (REFERENCE.md §3); NCCL's default 8-16 channels hold 7-15% of an
     # A100's 108 SMs, plus HBM traffic, so ~10% [assumption, to be calibrated].
     compute_slowdown_under_comm: float = Field(default=0.1, ge=0)
+    # Per-kind FLOP efficiency of the memory-bound kinds (keys: OpKind values such as "loss",
+    # "elementwise"), overriding other_compute_efficiency where a kind's kernels are slower or faster
+    # per FLOP than the generic figure; empty by default, filled by calibration.
+    kind_efficiency: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("kind_efficiency")
+    @classmethod
+    def _known_kinds(cls, value: dict[str, float]) -> dict[str, float]:
+        from moesim.workload.ops import OpKind
+
+        allowed = sorted(k.value for k in OpKind if not k.is_collective and k not in (OpKind.MATMUL,
+                                                                                       OpKind.ATTENTION))
+        for kind, efficiency in value.items():
+            if kind not in allowed:
+                raise ValueError(f"unknown kind {kind!r}; allowed: {', '.join(allowed)}")
+            if not 0 < efficiency <= 1:
+                raise ValueError(f"{kind}: efficiency must be in (0, 1], got {efficiency}")
+        return value
 
     @property
     def launch_overhead_s(self) -> float:

@@ -175,6 +175,15 @@ def test_calibrated_files_resolve_after_hand_written_nodes(
         "name: A100-SXM4-80GB\npeak_tflops: {fp32: 19.5}\nhbm_gib: 80\nhbm_gb_per_s: 2039\nsm_count: 108\n"
     )
     monkeypatch.setattr(presets_module, "_specs_root", lambda: tmp_path)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)  # no ./hardware_specs/calibrated here
     assert list_node_presets() == ["a", "b"]
     assert load_node("a").gpus_per_node == 2
     assert load_node("b").gpus_per_node == 3
+    # then the working directory's calibrations, which `moesim calibrate` writes outside the package
+    (workdir / "hardware_specs" / "calibrated").mkdir(parents=True)
+    (workdir / "hardware_specs" / "calibrated" / "c.yaml").write_text(
+        NODE_YAML.replace("gpus_per_node: 4", "gpus_per_node: 5"))
+    assert list_node_presets() == ["a", "b", "c"]
+    assert load_node("c").gpus_per_node == 5
