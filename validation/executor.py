@@ -18,7 +18,8 @@ previous task and every task it depends on have finished; a collective also wait
 Each (stream, group) pair gets its own process group, so collectives issued from different streams
 never interleave on one communicator. Iterations: a barrier, the clock starts, the plan runs;
 warm-up iterations are discarded; the timeline is the iteration of median time (the lower median).
-When every rank is on one host, ranks share the monotonic clock and spans are placed on it from the
+When every rank is on one host, ranks share the monotonic clock (collective spans then start at the
+group's rendezvous, the last member's arrival, as in the engine) and spans are placed on it from the
 earliest rank's start; across hosts each rank counts from its own exit of the barrier.
 """
 
@@ -252,6 +253,8 @@ def _assemble(plan: ExecutionPlan, ctx: RankContext, measured: list[_Iteration],
     mine = [(s + offsets[ctx.rank][median], e + offsets[ctx.rank][median]) for s, e in measured[median].times]
     everyone: list[Any] = [None] * ctx.world_size
     dist.all_gather_object(everyone, mine)
+    if shared_clock:
+        everyone = _from_rendezvous(plan, everyone)
     meta = {**run_environment, "iteration_times_s": iteration_times, "median_iteration": median,
             "warmup": warmup, "clock": "shared monotonic" if shared_clock else "per-rank barrier exit",
             "path": "cuda streams" if ctx.device.type == "cuda" else "threads",
@@ -261,6 +264,22 @@ def _assemble(plan: ExecutionPlan, ctx: RankContext, measured: list[_Iteration],
                         task_deps=tuple(task.deps for task in plan.tasks), schedule=plan.schedule,
                         source="measured", meta=meta)
     return MeasuredRun(timeline, iteration_times, run_environment)
+
+
+def _from_rendezvous(plan: ExecutionPlan, times: list[list[tuple[float, float]]]) -> list[list[tuple[float, float]]]:
+    """Start every collective span at its group's rendezvous (the last member's arrival), as the engine
+    does, so waiting for a peer shows as idle time on the stream, not as communication. Needs one clock."""
+    adjusted = [list(row) for row in times]
+    for task in plan.tasks:
+        op = plan.op_of(task)
+        if not op.kind.is_collective or op.comm is None:
+            continue
+        for group in op.comm.groups:
+            meeting = max(times[rank][task.id][0] for rank in group)
+            for rank in group:
+                start, end = times[rank][task.id]
+                adjusted[rank][task.id] = (min(max(start, meeting), end), end)
+    return adjusted
 
 
 def _offsets(t0s: list[list[float]], shared_clock: bool) -> list[list[float]]:
