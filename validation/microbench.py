@@ -2,13 +2,17 @@
 
     torchrun --nproc-per-node N -m moesim.validation.microbench --out PATH [--quick] [--dtype fp32]
 
-Every rank runs every sweep at the same time as the others (they share the host's cores and memory
-as the ranks of a real run do). Each case: warm-up, then ``repeats`` timed calls (perf_counter on a
-CPU, CUDA events on a GPU), each rank's median; compute cases keep the median over ranks,
-collectives the slowest rank. Sweeps: matmul, elementwise add, attention, layernorm; all-to-all and
-all-reduce at every group size (powers of two up to the world size, groups side by side);
-interference: a matmul timed alone, then while a loop of collectives runs in a second thread on a
-second process group. The JSON follows ``moesim.calibration.measurements.Measurements``.
+Every rank runs every sweep at the same time as the others, sharing the host as the ranks of a real
+run do. Compute: matmul, add, attention and layernorm shapes, and the harness's own kernels
+(``validation/kernels.py``) on the ops of the calibration models (``moesim.calibration.sweeps``); each
+case: warm-up, ``repeats`` timed calls (perf_counter on a CPU, CUDA events on a GPU), each rank's
+median, the median over ranks. Operands are cold: consecutive ops of a training step touch different
+tensors, so timing calls on the same operands would measure the cache, not the kernel. Each case
+cycles through independent operand sets spanning twice the last-level cache (L3, a GPU's L2) where
+memory allows. Task overhead: a synthetic plan of tiny tasks through the executor, against the same
+kernel alone. Collectives: all-to-all and all-reduce at every group size (powers of two up to the
+world size), the slowest rank's median. Interference: a matmul alone, then under a loop of
+collectives in a second thread. The JSON follows ``moesim.calibration.measurements.Measurements``.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -36,62 +40,26 @@ from moesim.calibration.measurements import (
     ElementwiseSample,
     Environment,
     InterferenceSample,
+    KernelSample,
     LayernormSample,
     MatmulSample,
     Measurements,
+    TaskOverheadSample,
 )
+from moesim.calibration.sweeps import Sizes, kernel_cases, operand_sets, overhead_plan, sizes_for
 from moesim.dtypes import DType
+from moesim.plan import StreamKind, Task
 from moesim.validation.dist import RankContext, environment, finish, init
-from moesim.workload.ops import OpKind
+from moesim.validation.executor import execute_plan
+from moesim.validation.kernels import Kernel, TensorPool, compute_kernel
+from moesim.workload.ops import Op, OpKind
 
 _TORCH_DTYPE = {DType.FP32: torch.float32, DType.BF16: torch.bfloat16, DType.FP16: torch.float16}
 _WIRE = torch.float32  # collectives move float32 words; only their bytes matter
 _INTERFERENCE_REPEATS = 20
 _COMM_START_TIMEOUT_S = 120.0
-
-
-@dataclass(frozen=True)
-class Sizes:
-    """What one run measures."""
-
-    matmul: tuple[tuple[int, int, int], ...]
-    elementwise: tuple[int, ...]
-    attention: tuple[tuple[int, int, int, int], ...]   # batch, heads, seq, head_dim
-    layernorm: tuple[tuple[int, int], ...]             # tokens, hidden
-    collective_bytes: tuple[int, ...]
-    interference: tuple[tuple[int, int, int], ...]     # matmul shapes, each under both collectives
-    interference_bytes: int
-    warmup: int
-    repeats: int
-
-
-def sizes_for(device: str, quick: bool) -> Sizes:
-    """Sweeps from launch-bound to rate-bound sizes: a CPU rank's caches, a GPU's HBM and NVLink."""
-    if device == "cuda":
-        return Sizes(
-            matmul=tuple((s, s, s) for s in (256, 512, 1024, 2048, 4096, 8192))
-            + ((16384, 1024, 4096), (1, 8192, 8192)),
-            elementwise=(10_000, 100_000, 1_000_000, 10_000_000, 64_000_000) + (() if quick else (256_000_000,)),
-            attention=((8, 16, 1024, 64), (4, 16, 2048, 128), (2, 32, 4096, 128)),
-            layernorm=((4096, 1024), (16384, 4096), (65536, 8192)),
-            collective_bytes=tuple(4 * 1024 * 4**i for i in range(9 if quick else 10)),  # 4 KB .. 1 GB
-            interference=((8192, 8192, 8192),),
-            interference_bytes=64 * units.MIB,
-            warmup=3 if quick else 5,
-            repeats=10 if quick else 30,
-        )
-    return Sizes(
-        matmul=tuple((s, s, s) for s in (32, 64, 128, 256, 384, 512) + (() if quick else (768, 1024)))
-        + ((1024, 128, 256),),
-        elementwise=(256, 4096, 65_536, 1_048_576, 4_194_304) + (() if quick else (16_777_216,)),
-        attention=((1, 4, 128, 64), (1, 8, 256, 64), (2, 8, 256, 64)) + (() if quick else ((1, 8, 512, 64),)),
-        layernorm=((64, 256), (512, 1024), (2048, 1024)) + (() if quick else ((4096, 2048),)),
-        collective_bytes=tuple(1024 * 8**i for i in range(5 if quick else 6)),
-        interference=((256, 256, 256),) if quick else ((256, 256, 256), (512, 512, 512)),
-        interference_bytes=units.MIB,
-        warmup=2 if quick else 3,
-        repeats=5 if quick else 15,
-    )
+_DEFAULT_CACHE_BYTES = 32 * units.MIB  # when the OS does not say: this machine's L3
+_OVERHEAD_WARMUP, _OVERHEAD_ITERATIONS = 2, 9
 
 
 class Clock:
@@ -100,18 +68,20 @@ class Clock:
     def __init__(self, device: torch.device) -> None:
         self._cuda = device.type == "cuda"
 
-    def times(self, call: Callable[[], object], warmup: int, repeats: int,
+    def times(self, calls: Sequence[Callable[[], object]], warmup: int, repeats: int,
               before: Callable[[], object] | None = None) -> list[float]:
-        """Seconds of each of ``repeats`` calls after ``warmup`` untimed ones; ``before`` runs untimed
-        ahead of each call (e.g. a barrier, so a collective starts together on every rank)."""
-        for _ in range(warmup):
-            call()
-        self._sync()
+        """Seconds of each of ``repeats`` calls after ``warmup`` untimed ones, cycling through ``calls``
+        (independent operand sets of one case); ``before`` runs untimed ahead of each timed call (e.g. a
+        barrier, so a collective starts together on every rank)."""
+        for index in range(warmup):
+            calls[index % len(calls)]()
+        if self._cuda:
+            torch.cuda.synchronize()
         seconds = []
-        for _ in range(repeats):
+        for index in range(warmup, warmup + repeats):
             if before is not None:
                 before()
-            seconds.append(self._time_one(call))
+            seconds.append(self._time_one(calls[index % len(calls)]))
         return seconds
 
     def _time_one(self, call: Callable[[], object]) -> float:
@@ -126,10 +96,6 @@ class Clock:
         end.synchronize()
         return begin.elapsed_time(end) * units.MS
 
-    def _sync(self) -> None:
-        if self._cuda:
-            torch.cuda.synchronize()
-
 
 def _median_over_ranks(value: float) -> float:
     return statistics.median(_gathered(value))
@@ -141,42 +107,121 @@ def _gathered(value: float) -> list[float]:
     return [float(v) for v in everyone]
 
 
-def _compute_case(clock: Clock, sizes: Sizes, call: Callable[[], object]) -> tuple[float, tuple[float, ...]]:
-    """(median over ranks, each rank's median) of ``call``, every rank timing at the same moment."""
+def cache_bytes(device: torch.device) -> int:
+    """The last-level cache a rank's operand sets must outgrow: a GPU's L2, or the host's L3 as the OS
+    reports it (whole, not a share: the ranks on a host share it but do not run their cases in lockstep)."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).L2_cache_size)
+    try:
+        reported = os.sysconf("SC_LEVEL3_CACHE_SIZE")
+    except (ValueError, OSError):
+        reported = 0
+    return reported if reported > 0 else _DEFAULT_CACHE_BYTES
+
+
+def _cold_case(clock: Clock, sizes: Sizes, build: Callable[[int], Kernel], set_bytes: float,
+               cache: int) -> dict[str, Any]:
+    """A case whose ``build(i)`` makes the kernel on operand set ``i``, timed on every rank at the same
+    moment: ``seconds`` (median over ranks), ``rank_seconds`` (each rank's median) and ``operand_sets``.
+    The sets are built oldest first and the cycle starts at the oldest, so no timed call finds its
+    operands left in cache by the set-up."""
+    count = operand_sets(set_bytes, cache)
+    calls = [build(index) for index in range(count)]
     dist.barrier()
-    mine = statistics.median(clock.times(call, sizes.warmup, sizes.repeats))
-    ranks = tuple(_gathered(mine))
-    return statistics.median(ranks), ranks
-
-
-def _gemm(m: int, n: int, k: int, dtype: torch.dtype, device: torch.device) -> Callable[[], object]:
-    a, b = torch.randn(m, k, dtype=dtype, device=device), torch.randn(k, n, dtype=dtype, device=device)
-    return partial(torch.mm, a, b, out=torch.empty(m, n, dtype=dtype, device=device))
+    ranks = tuple(_gathered(statistics.median(clock.times(calls, sizes.warmup, sizes.repeats))))
+    return {"seconds": statistics.median(ranks), "rank_seconds": ranks, "operand_sets": count}
 
 
 def compute_sweeps(ctx: RankContext, clock: Clock, sizes: Sizes, dtype: DType) -> dict[str, list[Any]]:
-    """The four compute sweeps as samples (see ``measurements`` for their FLOP / byte conventions)."""
-    torch_dtype, dev = _TORCH_DTYPE[dtype], ctx.device
-    out: dict[str, list[Any]] = {"matmul": [], "elementwise": [], "attention": [], "layernorm": []}
-    for m, n, k in sizes.matmul:
-        seconds, ranks = _compute_case(clock, sizes, _gemm(m, n, k, torch_dtype, dev))
-        out["matmul"].append(MatmulSample(m=m, n=n, k=k, dtype=dtype, seconds=seconds, rank_seconds=ranks))
-    for numel in sizes.elementwise:
-        x, y, z = (torch.randn(numel, dtype=torch_dtype, device=dev) for _ in range(3))
-        seconds, ranks = _compute_case(clock, sizes, partial(torch.add, x, y, out=z))
-        out["elementwise"].append(ElementwiseSample(numel=numel, dtype=dtype, seconds=seconds, rank_seconds=ranks))
-    for batch, heads, seq, dim in sizes.attention:
-        q, kk, v = (torch.randn(batch, heads, seq, dim, dtype=torch_dtype, device=dev) for _ in range(3))
-        seconds, ranks = _compute_case(clock, sizes, partial(F.scaled_dot_product_attention, q, kk, v))
-        out["attention"].append(AttentionSample(batch=batch, heads=heads, seq=seq, head_dim=dim, dtype=dtype,
-                                                seconds=seconds, rank_seconds=ranks))
-    for tokens, hidden in sizes.layernorm:
-        x = torch.randn(tokens, hidden, dtype=torch_dtype, device=dev)
-        w, bias = torch.ones(hidden, dtype=torch_dtype, device=dev), torch.zeros(hidden, dtype=torch_dtype, device=dev)
-        seconds, ranks = _compute_case(clock, sizes, partial(F.layer_norm, x, (hidden,), w, bias))
-        out["layernorm"].append(LayernormSample(tokens=tokens, hidden=hidden, dtype=dtype, seconds=seconds,
-                                                rank_seconds=ranks))
-    return out
+    """The four shape sweeps as samples (see ``measurements`` for their FLOP / byte conventions)."""
+    torch_dtype, dev, cache = _TORCH_DTYPE[dtype], ctx.device, cache_bytes(ctx.device)
+    width = torch.tensor([], dtype=torch_dtype).element_size()
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, dtype=torch_dtype, device=dev)
+
+    def gemm(m: int, n: int, k: int, _: int) -> Kernel:
+        return partial(torch.mm, randn(m, k), randn(k, n), out=torch.empty(m, n, dtype=torch_dtype, device=dev))
+
+    def add(numel: int, _: int) -> Kernel:
+        return partial(torch.add, randn(numel), randn(numel), out=torch.empty(numel, dtype=torch_dtype, device=dev))
+
+    def attention(batch: int, heads: int, seq: int, dim: int, _: int) -> Kernel:
+        q, k, v = (randn(batch, heads, seq, dim) for _ in range(3))
+        return partial(F.scaled_dot_product_attention, q, k, v)
+
+    def layernorm(tokens: int, hidden: int, _: int) -> Kernel:
+        weight, bias = torch.ones(hidden, dtype=torch_dtype, device=dev), randn(hidden)
+        return partial(F.layer_norm, randn(tokens, hidden), (hidden,), weight, bias)
+
+    def case(build: Callable[[int], Kernel], elements: int) -> dict[str, Any]:
+        return {"dtype": dtype, **_cold_case(clock, sizes, build, elements * width, cache)}
+
+    return {
+        "matmul": [MatmulSample(m=m, n=n, k=k, **case(partial(gemm, m, n, k), m * k + k * n + m * n))
+                   for m, n, k in sizes.matmul],
+        "elementwise": [ElementwiseSample(numel=numel, **case(partial(add, numel), 3 * numel))
+                        for numel in sizes.elementwise],
+        "attention": [AttentionSample(batch=b, heads=h, seq=s, head_dim=d,
+                                      **case(partial(attention, b, h, s, d), 4 * b * h * s * d))
+                      for b, h, s, d in sizes.attention],
+        "layernorm": [LayernormSample(tokens=t, hidden=h, **case(partial(layernorm, t, h), 2 * t * h))
+                      for t, h in sizes.layernorm],
+    }
+
+
+@dataclass(slots=True)
+class _CopiedPool(TensorPool):
+    """An independent operand set for the same kernel: copies of ``template``'s tensors (one per template
+    tensor, shared as the template shares them), at the cost of a copy instead of fresh random draws."""
+
+    template: TensorPool | None = None
+    _copies: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def get(self, slot: str, *shape: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+        assert self.template is not None, "a copied pool needs its template"
+        return self._copy(self.template.get(slot, *shape, dtype=dtype))
+
+    def indices(self, slot: str, length: int, high: int) -> torch.Tensor:
+        assert self.template is not None, "a copied pool needs its template"
+        return self._copy(self.template.indices(slot, length, high))
+
+    def _copy(self, original: torch.Tensor) -> torch.Tensor:
+        return self._copies.setdefault(id(original), original.clone())
+
+
+def kernel_sweep(ctx: RankContext, clock: Clock, sizes: Sizes, dtype: DType) -> list[KernelSample]:
+    """Every kernel case of the calibration models, run by the harness's ``compute_kernel`` exactly as a
+    plan's task of that op would run (whole op, one part), each operand set in a pool of its own. Set 0
+    is the template the others copy, so it is read last of all before timing: the warm-up calls use it."""
+    cache, samples = cache_bytes(ctx.device), []
+    for case in kernel_cases(sizes, ctx.world_size, dtype):
+        op = case.op
+        task = Task(id=0, op=op.id, stream=StreamKind.COMPUTE)
+        template = TensorPool.for_training(dtype, ctx.device)
+
+        def build(index: int, op: Op = op, task: Task = task, template: TensorPool = template) -> Kernel:
+            pool = template if index == 0 else _CopiedPool(template.device, template.dtype, template.wire_dtype,
+                                                           template=template)
+            return compute_kernel(op, task, ctx.rank, pool)
+
+        timed = _cold_case(clock, sizes, build, op.mem_bytes_on(ctx.rank), cache)
+        samples.append(KernelSample(model=case.model, name=op.name, kind=op.kind, phase=op.phase, dims=dict(op.dims),
+                                    flops=op.flops, mem_bytes=op.mem_bytes, dtype=dtype, **timed))
+    return samples
+
+
+def task_overhead(ctx: RankContext, clock: Clock, sizes: Sizes, dtype: DType) -> TaskOverheadSample:
+    """Per task: the executor's median iteration of ``overhead_plan`` over its tasks, and the same kernel
+    timed alone by the sweeps' clock (their difference is the executor's bookkeeping)."""
+    plan = overhead_plan(sizes.overhead_tasks, ctx.world_size, dtype)
+    run = execute_plan(plan, ctx, warmup=_OVERHEAD_WARMUP, iterations=_OVERHEAD_ITERATIONS)
+    op, task = plan.graph.ops[0], plan.tasks[0]
+    kernel = compute_kernel(op, task, ctx.rank, TensorPool.for_training(dtype, ctx.device))
+    dist.barrier()
+    alone = _median_over_ranks(statistics.median(clock.times([kernel], sizes.warmup, 10 * sizes.repeats)))
+    return TaskOverheadSample(tasks=len(plan.tasks), seconds_per_task=run.median_s / len(plan.tasks),
+                              kernel_seconds=alone, flops=op.flops, mem_bytes=op.mem_bytes, dtype=dtype)
 
 
 def group_sizes(world: int) -> list[int]:
@@ -215,7 +260,7 @@ def collective_sweeps(ctx: RankContext, clock: Clock, sizes: Sizes) -> list[Coll
             for nbytes in sizes.collective_bytes:
                 numel = max(size, nbytes // word // size * size)
                 call = _collective(kind, numel, ctx.device, group)
-                mine = statistics.median(clock.times(call, sizes.warmup, sizes.repeats, before=dist.barrier))
+                mine = statistics.median(clock.times([call], sizes.warmup, sizes.repeats, before=dist.barrier))
                 ranks = tuple(_gathered(mine))
                 samples.append(CollectiveSample(kind=kind, group_size=size, bytes_per_rank=numel * word,
                                                 seconds=max(ranks), rank_seconds=ranks))
@@ -277,10 +322,11 @@ def interference_sweep(ctx: RankContext, clock: Clock, sizes: Sizes, dtype: DTyp
     numel = max(ctx.world_size, sizes.interference_bytes // word // ctx.world_size * ctx.world_size)
     repeats = max(sizes.repeats, _INTERFERENCE_REPEATS)
     for m, n, k in sizes.interference:
-        call = _gemm(m, n, k, torch_dtype, ctx.device)
+        a, b = (torch.randn(rows, cols, dtype=torch_dtype, device=ctx.device) for rows, cols in ((m, k), (k, n)))
+        call = partial(torch.mm, a, b, out=torch.empty(m, n, dtype=torch_dtype, device=ctx.device))
         for kind in (OpKind.ALL_TO_ALL, OpKind.ALL_REDUCE):
             dist.barrier()
-            alone = statistics.median(clock.times(call, sizes.warmup, repeats))
+            alone = statistics.median(clock.times([call], sizes.warmup, repeats))
             busy = statistics.median(_while_communicating(ctx, comm_group, kind, numel, clock, call, repeats))
             samples.append(InterferenceSample(m=m, n=n, k=k, dtype=dtype, kind=kind, bytes_per_rank=numel * word,
                                               seconds_alone=_median_over_ranks(alone),
@@ -295,7 +341,7 @@ def _while_communicating(ctx: RankContext, group: Any, kind: OpKind, numel: int,
     if not loop.running.wait(_COMM_START_TIMEOUT_S) or loop.error is not None:
         raise RuntimeError(f"the background {kind.value} loop did not start: {loop.error!r}")
     try:
-        return clock.times(call, 1, repeats)
+        return clock.times([call], 1, repeats)
     finally:
         loop.stop.set()
         loop.join()
@@ -323,13 +369,15 @@ def run(out: Path, quick: bool, dtype: DType | None) -> Measurements:
     clock = Clock(ctx.device)
     measured_at = datetime.now(UTC)
     compute = compute_sweeps(ctx, clock, sizes, chosen)
+    kernels = kernel_sweep(ctx, clock, sizes, chosen)
+    overhead = task_overhead(ctx, clock, sizes, chosen)
     collectives = collective_sweeps(ctx, clock, sizes)
     interference = interference_sweep(ctx, clock, sizes, chosen)
     result = Measurements(measured_at=measured_at, environment=_environment(ctx), warmup=sizes.warmup,
                           repeats=sizes.repeats, matmul=tuple(compute["matmul"]),
                           elementwise=tuple(compute["elementwise"]), attention=tuple(compute["attention"]),
-                          layernorm=tuple(compute["layernorm"]), collectives=tuple(collectives),
-                          interference=tuple(interference))
+                          layernorm=tuple(compute["layernorm"]), kernels=tuple(kernels), task_overhead=overhead,
+                          collectives=tuple(collectives), interference=tuple(interference))
     if ctx.rank == 0:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(result.model_dump_json(indent=1), encoding="utf-8")
@@ -340,7 +388,7 @@ def run(out: Path, quick: bool, dtype: DType | None) -> Measurements:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="moesim.validation.microbench", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="JSON file rank 0 writes")
-    parser.add_argument("--quick", action="store_true", help="fewer sizes and repeats (well under 30 s on 2 CPU cores)")
+    parser.add_argument("--quick", action="store_true", help="fewer sizes, models and repeats (under 40 s on 2 cores)")
     parser.add_argument("--dtype", choices=[d.value for d in _TORCH_DTYPE], default=None,
                         help="compute dtype (default: fp32 on CPU, bf16 on GPU)")
     args = parser.parse_args(argv)

@@ -1,12 +1,12 @@
 """Calibration: fit a node's cost parameters to microbenchmark measurements (numpy only, no torch).
 
-``validation/microbench.py`` measures (under torchrun) and writes a ``Measurements`` JSON;
-``fit_node`` fits the cost model's own formulas to it; ``write_calibrated`` writes
-``hardware_specs/calibrated/<name>.yaml``. ``moesim.validation.calibrate`` runs all three.
+``validation/microbench.py`` measures (under torchrun) what ``sweeps`` plans and writes a
+``Measurements`` JSON; ``fit_node`` fits the cost model's own formulas to it; ``write_calibrated``
+writes ``hardware_specs/calibrated/<name>.yaml``. ``moesim.validation.calibrate`` runs all three.
 """
 
 from moesim.calibration.fit import CalibrationFit, fit_node
-from moesim.calibration.measurements import Measurements, Sweep, load_measurements
+from moesim.calibration.measurements import KernelSample, Measurements, Sweep, TaskOverheadSample, load_measurements
 from moesim.calibration.report import FitReport, KeptParam, ParamFit, SweepError
 from moesim.calibration.writer import calibrated_dir, check_name, render_calibrated, write_calibrated
 
@@ -14,10 +14,12 @@ __all__ = [
     "CalibrationFit",
     "FitReport",
     "KeptParam",
+    "KernelSample",
     "Measurements",
     "ParamFit",
     "Sweep",
     "SweepError",
+    "TaskOverheadSample",
     "calibrated_dir",
     "check_name",
     "fit_node",

@@ -1,9 +1,10 @@
 """Fit steps for compute: memory bandwidth and launch overhead, matmul rate and size term, attention
-and memory-bound-kind efficiencies. Each step takes the node as fitted so far and returns a Step.
+and memory-bound efficiencies. Each step takes the node as fitted so far and returns a Step.
 
 The model fitted is ``RooflineCostModel``'s (moesim/hardware/cost.py), per kind:
 ``max((flops / peak + t_half) / eff, bytes / (hbm * hbm_eff)) + launch`` for matmul and attention,
-``max(flops / (vector_peak * other_eff), bytes / (hbm * hbm_eff)) + launch`` for the other kinds.
+``max(flops / (vector_peak * eff_kind), bytes / (hbm * hbm_eff)) + launch`` for the other kinds, where
+``eff_kind`` is ``kind_efficiency[kind]``, else ``other_compute_efficiency``.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from moesim import units
 from moesim.calibration.device import Device, fitted, kept, rate_step
 from moesim.calibration.lsq import minimise_scalar, relative_nnls, relative_rms
 from moesim.calibration.measurements import (
-    AttentionSample,
     ElementwiseSample,
+    KernelSample,
     LayernormSample,
     MatmulSample,
     Sweep,
@@ -56,7 +57,7 @@ def fit_memory(node: NodeSpec, samples: Sequence[ElementwiseSample], device: Dev
     return step.plus(Step(updates={launch_path: launch_entry.value}, fitted=(launch_entry,)))
 
 
-def fit_matmul(node: NodeSpec, samples: Sequence[MatmulSample], device: Device) -> Step:
+def fit_matmul(node: NodeSpec, samples: Sequence[MatmulSample | KernelSample], device: Device) -> Step:
     """Rate and size term: ``(flops / peak + t_half) / eff + launch`` over the compute-bound samples.
 
     Linear in ``a = 1 / eff`` and ``c = t_half / eff``. Samples on the memory roof (under the bandwidth
@@ -95,47 +96,55 @@ def fit_matmul(node: NodeSpec, samples: Sequence[MatmulSample], device: Device) 
     return step.plus(Step(updates={half_path: half.value}, fitted=(half,)))
 
 
-def fit_attention(node: NodeSpec, samples: Sequence[AttentionSample]) -> Step:
-    """``attention_efficiency``: the value whose predictions best match the attention sweep."""
-    return _efficiency(node, samples, "attention_efficiency", Sweep.ATTENTION)
+def fit_attention(node: NodeSpec, samples: Sequence[ComputeSample]) -> Step:
+    """``attention_efficiency``: the value whose predictions best match the attention samples (the
+    sweep's, and the kernel sweep's attention ops)."""
+    return efficiency_step(node, samples, "cost.attention_efficiency", node.cost.attention_efficiency,
+                           Sweep.ATTENTION, lambda n, value: _with_cost(n, attention_efficiency=value))
 
 
 def fit_layernorm(node: NodeSpec, samples: Sequence[LayernormSample]) -> Step:
-    """``other_compute_efficiency`` (the FLOP roof of every memory-bound kind) from the layernorm sweep;
-    identified only when layernorm runs below its memory roof."""
-    return _efficiency(node, samples, "other_compute_efficiency", Sweep.LAYERNORM)
+    """``other_compute_efficiency`` (the FLOP roof of every memory-bound kind without a kind efficiency)
+    from the layernorm sweep; identified only when layernorm runs below its memory roof."""
+    return efficiency_step(node, samples, "cost.other_compute_efficiency", node.cost.other_compute_efficiency,
+                           Sweep.LAYERNORM, lambda n, value: _with_cost(n, other_compute_efficiency=value))
 
 
-def _efficiency(node: NodeSpec, samples: Sequence[ComputeSample], field: str, sweep: Sweep) -> Step:
-    """One efficiency in (0, 1] by searching the cost model's own predictions.
+def efficiency_step(node: NodeSpec, samples: Sequence[ComputeSample], path: str, base: float, sweep: Sweep,
+                    with_value: Callable[[NodeSpec, float], NodeSpec], lowest: float = _LOWEST_EFFICIENCY) -> Step:
+    """One efficiency in ``[lowest, 1]`` at ``path`` by searching the cost model's own predictions of
+    ``samples``; ``with_value(node, v)`` is ``node`` with that efficiency set to ``v``.
 
-    When the sweep is memory-bound for every value above some bound, the data only say "at least
+    When the samples are memory-bound for every value above some bound, the data only say "at least
     that": the base value is kept if it is at least that, else the bound is written.
     """
-    path, base = f"cost.{field}", getattr(node.cost, field)
     if not samples:
         return Step(kept=(kept(path, base, f"no {sweep.value} samples"),))
-    objective = _objective(node, samples, field)
-    fit = minimise_scalar(objective, _LOWEST_EFFICIENCY, 1.0)
+    objective = _objective(node, samples, with_value)
+    fit = minimise_scalar(objective, lowest, 1.0)
     if not fit.flat_towards_high:
         entry = fitted(path, fit.value, (sweep,))
     elif fit.as_good(objective(base)):
-        return Step(kept=(kept(path, base, f"the {sweep.value} sweep ran on the memory roof: it bounds this only "
-                                           "from below, and the base value is above the bound"),))
+        return Step(kept=(kept(path, base, f"the {sweep.value} samples ran on the memory roof: they bound this "
+                                           "only from below, and the base value is above the bound"),))
     else:
-        bound = fit.lowest_as_good(objective, _LOWEST_EFFICIENCY)
-        entry = fitted(path, bound, (sweep,), "lower bound: the sweep ran on the memory roof above it")
+        bound = fit.lowest_as_good(objective, lowest)
+        entry = fitted(path, bound, (sweep,), "lower bound: the samples ran on the memory roof above it")
     return Step(updates={path: entry.value}, fitted=(entry,))
 
 
-def _objective(node: NodeSpec, samples: Sequence[ComputeSample], field: str) -> Callable[[float], float]:
+def _objective(node: NodeSpec, samples: Sequence[ComputeSample],
+               with_value: Callable[[NodeSpec, float], NodeSpec]) -> Callable[[float], float]:
     measured = _seconds(samples)
 
     def relative_error(value: float) -> float:
-        trial = node.model_copy(update={"cost": node.cost.model_copy(update={field: value})})
-        return relative_rms(predict_compute(samples, trial), measured)
+        return relative_rms(predict_compute(samples, with_value(node, value)), measured)
 
     return relative_error
+
+
+def _with_cost(node: NodeSpec, **updates: object) -> NodeSpec:
+    return node.model_copy(update={"cost": node.cost.model_copy(update=updates)})
 
 
 def _keep_memory(node: NodeSpec, reason: str) -> Step:

@@ -3,16 +3,19 @@
 The fit is a sequence of small least-squares problems, each on the cost model's own formula for one
 sweep, in the order their parameters feed each other:
 
-1. host:         a CPU spec gets one "device" per rank of the run
-2. memory:       elementwise sweep  -> HBM bandwidth (or its efficiency), launch overhead
-3. matmul:       matmul sweep       -> tensor rate (or matmul efficiency), size term t_half
-4. attention:    attention sweep    -> attention efficiency
-5. layernorm:    layernorm sweep    -> efficiency of the memory-bound kinds (when it shows)
-6. collectives:  all-to-all + all-reduce sweeps -> latency terms, per-rank fabric bandwidth
-7. interference: matmul alone vs with a collective loop -> compute slowdown under communication
+1. host:          a CPU spec gets one "device" per rank of the run
+2. memory:        elementwise sweep  -> HBM bandwidth (or its efficiency), launch overhead (dispatch)
+3. matmul:        matmul sweep + the kernel sweep's matmuls -> tensor rate (or efficiency), size term
+4. attention:     attention sweep + the kernel sweep's attention ops -> attention efficiency
+5. layernorm:     layernorm sweep    -> efficiency of the memory-bound kinds without their own
+6. kinds:         kernel sweep, per memory-bound kind -> ``kind_efficiency[kind]``
+7. task overhead: a synthetic plan through the executor -> launch overhead += executor bookkeeping
+8. collectives:   all-to-all + all-reduce sweeps -> latency terms, per-rank fabric bandwidth
+9. interference:  matmul alone vs with a collective loop -> compute slowdown under communication
 
 Every parameter a step cannot identify keeps the base spec's value and is listed in the report with
-the reason; so are the inter-node parameters, which one host cannot measure.
+the reason; so are the inter-node parameters, which one host cannot measure. A parameter set by two
+steps (the launch overhead: 2, then 7) is reported once, as the last step left it.
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ from typing import Any
 from moesim.calibration.comm_fit import fit_collectives, fit_interference
 from moesim.calibration.compute_fit import fit_attention, fit_layernorm, fit_matmul, fit_memory
 from moesim.calibration.device import fitted, kept
+from moesim.calibration.kernel_fit import fit_kind_efficiencies, fit_task_overhead
 from moesim.calibration.measurements import Measurements
 from moesim.calibration.report import FitReport, KeptParam, ParamFit, Step, sweep_errors
 from moesim.errors import MoesimError
 from moesim.hardware.specs import NodeSpec
 from moesim.overrides import apply_overrides
+from moesim.workload.ops import OpKind
 
 _ONE_HOST_REASON = "one host: calibration sends nothing across the network"
 
@@ -56,9 +61,11 @@ def fit_node(measurements: Measurements, base: NodeSpec, *, name: str) -> Calibr
     steps = (
         lambda n: _host_step(n, m),
         lambda n: fit_memory(n, m.elementwise, device),
-        lambda n: fit_matmul(n, m.matmul, device),
-        lambda n: fit_attention(n, m.attention),
+        lambda n: fit_matmul(n, (*m.matmul, *m.kernels_of(OpKind.MATMUL)), device),
+        lambda n: fit_attention(n, (*m.attention, *m.kernels_of(OpKind.ATTENTION))),
         lambda n: fit_layernorm(n, m.layernorm),
+        lambda n: fit_kind_efficiencies(n, m),
+        lambda n: fit_task_overhead(n, m.task_overhead),
         lambda n: fit_collectives(n, m, device),
         lambda n: fit_interference(n, m.interference),
         lambda n: _network_step(n),
@@ -68,8 +75,11 @@ def fit_node(measurements: Measurements, base: NodeSpec, *, name: str) -> Calibr
         node = _apply(node, step.updates)
         entries.extend(step.fitted)
         kept_entries.extend(step.kept)
+    final = {entry.path: entry for entry in entries}
     report = FitReport(base=base.name, measured_at=m.measured_at, environment=m.environment,
-                       fitted=tuple(entries), kept=tuple(kept_entries), sweeps=sweep_errors(node, m))
+                       fitted=tuple(final.values()),
+                       kept=tuple(entry for entry in kept_entries if entry.path not in final),
+                       sweeps=sweep_errors(node, m))
     return CalibrationFit(node=node, report=report)
 
 
@@ -79,7 +89,7 @@ def _check_compatible(m: Measurements, base: NodeSpec) -> None:
         raise MoesimError(f"base: {base.name!r} describes a {base.gpu.device} device but the measurements ran on "
                           f"{env.device}; choose a base node of the measured kind")
     for sweep, samples in (("matmul", m.matmul), ("elementwise", m.elementwise), ("attention", m.attention),
-                           ("layernorm", m.layernorm)):
+                           ("layernorm", m.layernorm), ("kernel", m.kernels)):
         missing = sorted({s.dtype.value for s in samples} - {d.value for d in base.gpu.peak_tflops})
         if missing:
             have = ", ".join(d.value for d in base.gpu.peak_tflops)

@@ -12,16 +12,22 @@ sample and an op of the same shape cost the same in the model:
 - collectives: ``bytes_per_rank`` is the op's payload (``CommSpec.bytes``): for all-to-all what a rank
   sends, its own chunk included, split evenly over the group; for all-reduce the buffer size.
 
-Times are seconds. Compute samples: each rank's median over the repeats, then the median over ranks.
-Collective samples: each rank's median, then the slowest rank (the collective ends when it does).
+- kernels (the per-kind sweep): an op of a calibration model's graph carries the op's own ``flops`` and
+  ``mem_bytes`` (``moesim.workload.builder``'s conventions), run by the harness's own kernel.
+
+Times are seconds. Compute samples: each rank's median over the repeats, then the median over ranks;
+every call finds its operands cold (``operand_sets`` independent sets, cycled). Collective samples:
+each rank's median, then the slowest rank (the collective ends when it does).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Final, Literal
+from types import MappingProxyType
+from typing import ClassVar, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -29,9 +35,9 @@ from moesim.dtypes import DType
 from moesim.errors import MoesimError
 from moesim.overrides import one_line
 from moesim.workload.blocks import ADD_FLOPS_PER_ELEMENT, LAYERNORM_FLOPS_PER_ELEMENT
-from moesim.workload.ops import OpKind
+from moesim.workload.ops import OpKind, Phase
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2  # 2 added kernels and task_overhead; a version 1 file is a valid 2 without them
 _COLLECTIVE_KINDS = frozenset({OpKind.ALL_TO_ALL, OpKind.ALL_REDUCE})
 
 
@@ -46,9 +52,28 @@ class Sweep(StrEnum):
     ELEMENTWISE = "elementwise"
     ATTENTION = "attention"
     LAYERNORM = "layernorm"
+    KERNEL_ELEMENTWISE = "kernel.elementwise"
+    KERNEL_EMBEDDING = "kernel.embedding"
+    KERNEL_LAYERNORM = "kernel.layernorm"
+    KERNEL_LOSS = "kernel.loss"
+    KERNEL_OPTIMIZER = "kernel.optimizer"
+    KERNEL_PERMUTE = "kernel.permute"
+    KERNEL_ROUTER = "kernel.router"
+    KERNEL_SOFTMAX = "kernel.softmax"
+    TASK_OVERHEAD = "task_overhead"
     ALL_TO_ALL = "all_to_all"
     ALL_REDUCE = "all_reduce"
     INTERFERENCE = "interference"
+
+
+# The memory-bound kinds, each with its own efficiency (``CostParams.kind_efficiency``) fitted from its
+# own part of the kernel sweep. Kernel samples of matmul and attention join those kinds' sweeps.
+KIND_SWEEPS: Final[Mapping[OpKind, Sweep]] = MappingProxyType({
+    OpKind.ELEMENTWISE: Sweep.KERNEL_ELEMENTWISE, OpKind.EMBEDDING: Sweep.KERNEL_EMBEDDING,
+    OpKind.LAYERNORM: Sweep.KERNEL_LAYERNORM, OpKind.LOSS: Sweep.KERNEL_LOSS,
+    OpKind.OPTIMIZER: Sweep.KERNEL_OPTIMIZER, OpKind.PERMUTE: Sweep.KERNEL_PERMUTE,
+    OpKind.ROUTER: Sweep.KERNEL_ROUTER, OpKind.SOFTMAX: Sweep.KERNEL_SOFTMAX,
+})
 
 
 class Environment(_Record):
@@ -69,11 +94,16 @@ class _Timed(_Record):
     rank_seconds: tuple[float, ...] = ()  # each rank's median, for inspection
 
 
-class MatmulSample(_Timed):
+class _ComputeTimed(_Timed):
+    operand_sets: int = Field(default=1, ge=1)  # independent operand sets the timed calls cycled through
+
+
+class MatmulSample(_ComputeTimed):
     m: int = Field(ge=1)
     n: int = Field(ge=1)
     k: int = Field(ge=1)
     dtype: DType
+    kind: ClassVar[OpKind] = OpKind.MATMUL
 
     @property
     def flops(self) -> float:
@@ -84,9 +114,10 @@ class MatmulSample(_Timed):
         return float(self.m * self.k + self.k * self.n + self.m * self.n) * self.dtype.bytes
 
 
-class ElementwiseSample(_Timed):
+class ElementwiseSample(_ComputeTimed):
     numel: int = Field(ge=1)
     dtype: DType
+    kind: ClassVar[OpKind] = OpKind.ELEMENTWISE
 
     @property
     def flops(self) -> float:
@@ -97,12 +128,13 @@ class ElementwiseSample(_Timed):
         return 3.0 * self.numel * self.dtype.bytes
 
 
-class AttentionSample(_Timed):
+class AttentionSample(_ComputeTimed):
     batch: int = Field(ge=1)
     heads: int = Field(ge=1)
     seq: int = Field(ge=1)
     head_dim: int = Field(ge=1)
     dtype: DType
+    kind: ClassVar[OpKind] = OpKind.ATTENTION
 
     @property
     def flops(self) -> float:
@@ -113,10 +145,11 @@ class AttentionSample(_Timed):
         return float(self.batch * self.seq * 4 * self.heads * self.head_dim) * self.dtype.bytes
 
 
-class LayernormSample(_Timed):
+class LayernormSample(_ComputeTimed):
     tokens: int = Field(ge=1)
     hidden: int = Field(ge=1)
     dtype: DType
+    kind: ClassVar[OpKind] = OpKind.LAYERNORM
 
     @property
     def flops(self) -> float:
@@ -125,6 +158,47 @@ class LayernormSample(_Timed):
     @property
     def mem_bytes(self) -> float:
         return 2.0 * self.tokens * self.hidden * self.dtype.bytes
+
+
+class KernelSample(_ComputeTimed):
+    """One compute op of a calibration model's graph (``moesim.calibration.sweeps``), timed as the harness
+    runs it (``validation/kernels.py``). ``flops`` and ``mem_bytes`` are the op's own, as the builder
+    counts them, so the cost model sees exactly what it would see for that op in a plan."""
+
+    model: str
+    name: str                     # the op's name in that model's graph, e.g. "L0.expert_act.dx"
+    kind: OpKind
+    phase: Phase
+    dims: dict[str, int] = Field(default_factory=dict)
+    flops: float = Field(ge=0)
+    mem_bytes: float = Field(ge=0)
+    dtype: DType
+
+    @field_validator("kind")
+    @classmethod
+    def _compute_kind(cls, kind: OpKind) -> OpKind:
+        if kind.is_collective:
+            raise ValueError(f"must be a compute kind, got {kind.value}")
+        return kind
+
+
+class TaskOverheadSample(_Record):
+    """What the harness's executor adds per task: ``tasks`` one-element adds chained on the compute stream
+    of a synthetic plan, run by ``validation.executor.execute_plan`` (``seconds_per_task``: the median
+    iteration over the tasks), and the same kernel timed alone as the sweeps time kernels
+    (``kernel_seconds``). The difference is the executor's bookkeeping (dependency waits, clock reads,
+    events), which every task of a measured plan pays and no sweep sample contains."""
+
+    tasks: int = Field(ge=1)
+    seconds_per_task: float = Field(gt=0)
+    kernel_seconds: float = Field(gt=0)
+    flops: float = Field(ge=0)
+    mem_bytes: float = Field(ge=0)
+    dtype: DType
+
+    @property
+    def bookkeeping_seconds(self) -> float:
+        return max(0.0, self.seconds_per_task - self.kernel_seconds)
 
 
 class CollectiveSample(_Timed):
@@ -162,7 +236,7 @@ class InterferenceSample(_Record):
 class Measurements(_Record):
     """Everything one microbenchmark run measured, with the environment it ran in."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1, 2] = SCHEMA_VERSION
     measured_at: datetime
     environment: Environment
     warmup: int = Field(ge=0)
@@ -171,11 +245,21 @@ class Measurements(_Record):
     elementwise: tuple[ElementwiseSample, ...] = ()
     attention: tuple[AttentionSample, ...] = ()
     layernorm: tuple[LayernormSample, ...] = ()
+    kernels: tuple[KernelSample, ...] = ()
+    task_overhead: TaskOverheadSample | None = None
     collectives: tuple[CollectiveSample, ...] = ()
     interference: tuple[InterferenceSample, ...] = ()
 
     def collectives_of(self, kind: OpKind) -> tuple[CollectiveSample, ...]:
         return tuple(s for s in self.collectives if s.kind is kind)
+
+    def kernels_of(self, kind: OpKind) -> tuple[KernelSample, ...]:
+        return tuple(s for s in self.kernels if s.kind is kind)
+
+    @property
+    def bookkeeping_seconds(self) -> float:
+        """The executor's per-task bookkeeping, 0 when the run did not measure it."""
+        return 0.0 if self.task_overhead is None else self.task_overhead.bookkeeping_seconds
 
 
 def load_measurements(path: Path) -> Measurements:

@@ -11,10 +11,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from moesim import units
 from moesim.calibration.measurements import (
     AttentionSample,
     CollectiveSample,
     ElementwiseSample,
+    KernelSample,
     LayernormSample,
     MatmulSample,
 )
@@ -22,12 +24,10 @@ from moesim.dtypes import DType
 from moesim.hardware.cost import RooflineCostModel
 from moesim.hardware.specs import ClusterSpec, NodeSpec
 from moesim.plan import StreamKind, Task
-from moesim.workload.ops import CommSpec, Op, OpKind, Phase
+from moesim.workload.ops import CommSpec, Op, Phase
 
-ComputeSample = MatmulSample | ElementwiseSample | AttentionSample | LayernormSample
+ComputeSample = MatmulSample | ElementwiseSample | AttentionSample | LayernormSample | KernelSample
 
-_KIND = {MatmulSample: OpKind.MATMUL, ElementwiseSample: OpKind.ELEMENTWISE,
-         AttentionSample: OpKind.ATTENTION, LayernormSample: OpKind.LAYERNORM}
 _COMPUTE_TASK = Task(id=0, op=0, stream=StreamKind.COMPUTE)
 _COMM_TASK = Task(id=0, op=0, stream=StreamKind.COMM)
 
@@ -39,9 +39,18 @@ def cluster_for(node: NodeSpec, world_size: int) -> ClusterSpec:
 
 def compute_op(sample: ComputeSample) -> Op:
     """The op the cost model sees for a compute sample: its kind, FLOP and bytes."""
-    kind = _KIND[type(sample)]
+    kind = sample.kind
     return Op(id=0, name=f"microbench.{kind.value}", role=kind.value, kind=kind, phase=Phase.FORWARD,
               layer=None, flops=sample.flops, mem_bytes=sample.mem_bytes)
+
+
+def kernel_node(node: NodeSpec, bookkeeping_s: float) -> NodeSpec:
+    """``node`` as it should predict a sweep sample: a sample times the kernel call alone, so the
+    executor's per-task bookkeeping, which ``launch_overhead_us`` includes, is taken out (never below 0)."""
+    if bookkeeping_s <= 0:
+        return node
+    launch = max(0.0, node.cost.launch_overhead_us - units.to_us(bookkeeping_s))
+    return node.model_copy(update={"cost": node.cost.model_copy(update={"launch_overhead_us": launch})})
 
 
 def collective_groups(group_size: int, world_size: int) -> tuple[tuple[int, ...], ...]:

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from moesim.calibration.fit import CalibrationFit
-from moesim.calibration.report import FitReport, KeptParam, ParamFit
+from moesim.calibration.report import SWEEP_WIDTH, FitReport, KeptParam, ParamFit
 from moesim.errors import MoesimError
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -84,8 +84,8 @@ def _header(fit: CalibrationFit) -> list[str]:
     ]
     for error in report.sweeps:
         r_squared = "n/a" if error.r_squared is None else f"{error.r_squared:.4f}"
-        lines.append(f"#   {error.sweep.value:<13} {error.rms_relative_error:6.1%} / {error.max_relative_error:6.1%} / "
-                     f"{r_squared}  ({error.samples} samples)")
+        lines.append(f"#   {error.sweep.value:<{SWEEP_WIDTH}} {error.rms_relative_error:6.1%} / "
+                     f"{error.max_relative_error:6.1%} / {r_squared}  ({error.samples} samples)")
     if fit.node.gpu.device == "cpu":
         lines += ["# CPU host: there is no datasheet peak, so the measured asymptotic rates are written as",
                   "# gpu.peak_tflops, gpu.hbm_gb_per_s and intra.bandwidth_gb_per_s, with efficiencies 1.0."]

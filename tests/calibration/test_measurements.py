@@ -9,13 +9,15 @@ from moesim.calibration.measurements import (
     AttentionSample,
     CollectiveSample,
     ElementwiseSample,
+    KernelSample,
     LayernormSample,
     MatmulSample,
+    TaskOverheadSample,
     load_measurements,
 )
 from moesim.dtypes import DType
 from moesim.errors import MoesimError
-from moesim.workload.ops import OpKind
+from moesim.workload.ops import OpKind, Phase
 
 
 def test_samples_cost_what_an_op_of_the_same_shape_costs() -> None:
@@ -50,3 +52,27 @@ def test_only_measured_collectives_are_accepted() -> None:
         CollectiveSample(kind=OpKind.MATMUL, group_size=2, bytes_per_rank=1.0, seconds=1.0)
     with pytest.raises(ValidationError):
         MatmulSample(m=2, n=3, k=4, dtype=DType.FP32, seconds=0.0)
+
+
+def test_kernel_and_overhead_samples() -> None:
+    kernel = KernelSample(model="cal-h128", name="loss", kind=OpKind.LOSS, phase=Phase.FORWARD, flops=8.0,
+                          mem_bytes=2.0, dtype=DType.FP32, seconds=1e-3, operand_sets=16)
+    assert (kernel.kind, kernel.flops, kernel.mem_bytes, kernel.operand_sets) == (OpKind.LOSS, 8.0, 2.0, 16)
+    with pytest.raises(ValidationError, match="must be a compute kind"):
+        KernelSample(model="m", name="x", kind=OpKind.ALL_TO_ALL, phase=Phase.FORWARD, flops=0.0, mem_bytes=1.0,
+                     dtype=DType.FP32, seconds=1.0)
+    overhead = TaskOverheadSample(tasks=512, seconds_per_task=5e-6, kernel_seconds=1.5e-6, flops=1.0,
+                                  mem_bytes=12.0, dtype=DType.FP32)
+    assert overhead.bookkeeping_seconds == pytest.approx(3.5e-6)
+    faster = overhead.model_copy(update={"seconds_per_task": 1e-6})  # noise: never a negative bookkeeping
+    assert faster.bookkeeping_seconds == 0.0
+    assert MatmulSample(m=1, n=1, k=1, dtype=DType.FP32, seconds=1.0).kind is OpKind.MATMUL
+
+
+def test_a_version_1_file_still_loads(cpu_measurements, tmp_path) -> None:
+    path = tmp_path / "m.json"
+    path.write_text(cpu_measurements.model_dump_json(exclude={"kernels", "task_overhead"}).replace(
+        '"schema_version":2', '"schema_version":1'))
+    old = load_measurements(path)
+    assert old.schema_version == 1 and old.kernels == () and old.task_overhead is None
+    assert old.bookkeeping_seconds == 0.0

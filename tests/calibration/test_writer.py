@@ -8,6 +8,7 @@ import pytest
 
 import moesim.hardware.presets as presets_module
 from moesim.calibration import CalibrationFit, check_name, fit_node, render_calibrated, write_calibrated
+from moesim.calibration.report import SWEEP_WIDTH
 from moesim.errors import MoesimError
 from moesim.hardware import list_node_presets, load_cluster, load_node
 
@@ -39,6 +40,7 @@ def test_the_file_loads_by_path_to_the_fitted_node(fit, tmp_path: Path) -> None:
 def test_the_file_loads_by_name_from_the_calibrated_folder(fit, tmp_path: Path, monkeypatch) -> None:
     write_calibrated(fit, tmp_path / "calibrated")
     monkeypatch.setattr(presets_module, "_specs_root", lambda: tmp_path)
+    monkeypatch.chdir(tmp_path / "calibrated")  # no ./hardware_specs/calibrated of the working directory
     assert list_node_presets() == ["cpu-test"]
     assert load_node("cpu-test") == fit.node
 
@@ -53,7 +55,7 @@ def test_every_fitted_number_says_how_and_every_kept_one_why(fit) -> None:
     for entry in fit.report.kept:
         assert "# kept from cpu-loopback: " + entry.reason in line_of(text, entry.path)
     assert "measured asymptotic rates" in text and "efficiencies 1.0" in text
-    assert "matmul          0.0% /   0.0% / 1.0000  (8 samples)" in text
+    assert "#   matmul" + " " * (SWEEP_WIDTH - len("matmul")) + "   0.0% /   0.0% / 1.0000  (8 samples)" in text
 
 
 def test_small_and_round_numbers_read_back_as_the_same_floats(fit, tmp_path: Path) -> None:

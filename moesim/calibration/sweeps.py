@@ -1,0 +1,190 @@
+"""What the microbenchmark measures: the sizes of each sweep, and the kernel cases of the per-kind sweep.
+
+Torch-free, so the plan of a run can be inspected and tested without running it. The per-kind kernel
+sweep times the harness's own kernels on ops that ``moesim.workload.builder`` makes for the
+CALIBRATION MODELS below: small MoE transformers defined here, in code, spanning hidden 128-1024,
+256-4096 tokens, vocabularies of 1k-8k, top-1 and top-2, GELU / ReLU / SwiGLU, SGD and Adam. Each
+sample thus carries the builder's own FLOP and byte conventions. They are deliberately not the
+validation workloads (``workloads/tiny-moe-*.yaml``): a fit that saw those would be judged on its data.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from moesim import units
+from moesim.dtypes import DType
+from moesim.plan import ExecutionPlan, StreamKind, Task
+from moesim.workload.builder import build_graph
+from moesim.workload.config import Activation, ModelConfig, OptimizerKind, TrainingConfig, Workload
+from moesim.workload.ops import Op, OpGraph, OpKind, Phase
+
+CACHE_MULTIPLE = 2             # a case's operand sets together span this many last-level caches
+MAX_OPERAND_SETS = 256         # tiny ops: enough to leave L1 / L2 behind; more would only cost set-up
+MAX_CASE_BYTES = 1 * units.GIB  # operand memory per rank and case; a set above half of it is used alone
+
+# Ops above these FLOPs are left out of the kernel sweep: the matmul and attention sweeps already
+# cover large sizes, and one such op would take longer than every memory-bound kernel together.
+_CPU_FLOP_CAP_QUICK, _CPU_FLOP_CAP = 0.3e9, 1.2e9  # 3 and 12 ms at a core's ~100 GFLOP/s
+_GPU_FLOP_CAP = 2e12
+
+
+def operand_sets(set_bytes: float, cache_bytes: int) -> int:
+    """How many independent operand sets of ``set_bytes`` a compute case cycles through so that no call
+    finds its operands in a last-level cache of ``cache_bytes``: together at least ``CACHE_MULTIPLE``
+    caches, at least 2, at most ``MAX_OPERAND_SETS``, and within ``MAX_CASE_BYTES`` (one set when two
+    would not fit: a set that big outgrows the cache by itself)."""
+    wanted = max(2, math.ceil(CACHE_MULTIPLE * cache_bytes / max(set_bytes, 1.0)))
+    fitting = int(MAX_CASE_BYTES // max(set_bytes, 1.0))
+    return max(1, min(wanted, MAX_OPERAND_SETS, fitting))
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """What one run measures."""
+
+    matmul: tuple[tuple[int, int, int], ...]
+    elementwise: tuple[int, ...]
+    attention: tuple[tuple[int, int, int, int], ...]   # batch, heads, seq, head_dim
+    layernorm: tuple[tuple[int, int], ...]             # tokens, hidden
+    collective_bytes: tuple[int, ...]
+    interference: tuple[tuple[int, int, int], ...]     # matmul shapes, each under both collectives
+    interference_bytes: int
+    warmup: int
+    repeats: int
+    kernel_models: tuple[str, ...]                     # names in CALIBRATION_MODELS
+    kernel_flop_cap: float                             # kernel ops above this many FLOPs are skipped
+    overhead_tasks: int                                # tasks of the synthetic plan timing the executor
+
+
+def sizes_for(device: str, quick: bool) -> Sizes:
+    """Sweeps from launch-bound to rate-bound sizes: a CPU rank's caches, a GPU's HBM and NVLink."""
+    models = tuple(CALIBRATION_MODELS)
+    if device == "cuda":
+        return Sizes(
+            matmul=tuple((s, s, s) for s in (256, 512, 1024, 2048, 4096, 8192))
+            + ((16384, 1024, 4096), (1, 8192, 8192)),
+            elementwise=(10_000, 100_000, 1_000_000, 10_000_000, 64_000_000) + (() if quick else (256_000_000,)),
+            attention=((8, 16, 1024, 64), (4, 16, 2048, 128), (2, 32, 4096, 128)),
+            layernorm=((4096, 1024), (16384, 4096), (65536, 8192)),
+            collective_bytes=tuple(4 * 1024 * 4**i for i in range(9 if quick else 10)),  # 4 KB .. 1 GB
+            interference=((8192, 8192, 8192),),
+            interference_bytes=64 * units.MIB,
+            warmup=3 if quick else 5,
+            repeats=10 if quick else 30,
+            kernel_models=models,
+            kernel_flop_cap=_GPU_FLOP_CAP,
+            overhead_tasks=512,
+        )
+    return Sizes(
+        matmul=tuple((s, s, s) for s in (32, 64, 128, 256, 384, 512) + (() if quick else (768, 1024)))
+        + ((1024, 128, 256),),
+        elementwise=(256, 4096, 65_536, 1_048_576, 4_194_304) + (() if quick else (16_777_216,)),
+        attention=((1, 4, 128, 64), (1, 8, 256, 64), (2, 8, 256, 64)) + (() if quick else ((1, 8, 512, 64),)),
+        layernorm=((64, 256), (512, 1024), (2048, 1024)) + (() if quick else ((4096, 2048),)),
+        collective_bytes=tuple(1024 * 8**i for i in range(5 if quick else 6)),
+        interference=((256, 256, 256),) if quick else ((256, 256, 256), (512, 512, 512)),
+        interference_bytes=units.MIB,
+        warmup=2 if quick else 3,
+        repeats=5 if quick else 15,
+        kernel_models=models[:2] if quick else models,
+        kernel_flop_cap=_CPU_FLOP_CAP_QUICK if quick else _CPU_FLOP_CAP,
+        overhead_tasks=512,
+    )
+
+
+def _model(name: str, *, hidden: int, heads: int, ffn: int, expert_ffn: int, experts_per_gpu: int, top_k: int,
+           activation: Activation, expert_activation: Activation, vocab: int, positions: int) -> ModelConfig:
+    """Two blocks, the first MoE and the second dense, so one graph holds every kind of block op."""
+    return ModelConfig(name=name, num_layers=2, hidden=hidden, num_heads=heads, ffn_hidden=ffn,
+                       expert_ffn_hidden=expert_ffn, experts_per_gpu=experts_per_gpu, top_k=top_k,
+                       moe_layer_period=2, moe_layer_offset=0, activation=activation,
+                       expert_activation=expert_activation, vocab_size=vocab, tie_embeddings=positions == 0,
+                       learned_positions=positions)
+
+
+@dataclass(frozen=True)
+class CalibrationModel:
+    """A model and the shape of its batch; the training format is the run's."""
+
+    model: ModelConfig
+    seq_len: int
+    batch: int
+    optimizer: OptimizerKind
+    capacity_factor: float
+
+    def workload(self, num_gpus: int, dtype: DType) -> Workload:
+        training = TrainingConfig(batch_per_gpu=self.batch, seq_len=self.seq_len, dtype=dtype,
+                                  capacity_factor=self.capacity_factor, optimizer=self.optimizer)
+        return Workload(model=self.model, training=training, num_gpus=num_gpus)
+
+
+_GELU, _RELU, _SWIGLU = Activation.GELU, Activation.RELU, Activation.SWIGLU
+_SGD, _ADAM = OptimizerKind.SGD_MOMENTUM, OptimizerKind.ADAM
+
+# The quick run measures the first two. Sizes are choices spread over the ranges in the module docstring.
+CALIBRATION_MODELS: dict[str, CalibrationModel] = {
+    "cal-h128": CalibrationModel(_model("cal-h128", hidden=128, heads=2, ffn=512, expert_ffn=512, experts_per_gpu=2,
+                                        top_k=1, activation=_GELU, expert_activation=_RELU, vocab=1024,
+                                        positions=512),
+                                 seq_len=512, batch=1, optimizer=_SGD, capacity_factor=1.0),
+    "cal-h512": CalibrationModel(_model("cal-h512", hidden=512, heads=8, ffn=1024, expert_ffn=512, experts_per_gpu=2,
+                                        top_k=2, activation=_GELU, expert_activation=_SWIGLU, vocab=8192,
+                                        positions=0),
+                                 seq_len=128, batch=4, optimizer=_ADAM, capacity_factor=1.25),
+    "cal-h192": CalibrationModel(_model("cal-h192", hidden=192, heads=3, ffn=768, expert_ffn=384, experts_per_gpu=4,
+                                        top_k=2, activation=_RELU, expert_activation=_GELU, vocab=1536,
+                                        positions=1024),
+                                 seq_len=1024, batch=4, optimizer=_SGD, capacity_factor=1.0),
+    "cal-h1024": CalibrationModel(_model("cal-h1024", hidden=1024, heads=16, ffn=2048, expert_ffn=1024,
+                                         experts_per_gpu=1, top_k=1, activation=_SWIGLU, expert_activation=_RELU,
+                                         vocab=4096, positions=0),
+                                  seq_len=256, batch=1, optimizer=_SGD, capacity_factor=1.0),
+}
+
+
+@dataclass(frozen=True)
+class KernelCase:
+    """One compute op of a calibration model's graph, as the harness would run it on any rank."""
+
+    model: str
+    op: Op
+
+
+def kernel_cases(sizes: Sizes, num_gpus: int, dtype: DType) -> list[KernelCase]:
+    """Every distinct compute op of the chosen calibration models' graphs (distinct: kind, phase, role,
+    dims, FLOPs and bytes; repeated blocks give one case), in program order, without those above the
+    FLOP cap. ``num_gpus`` is the run's world size, so expert rows per rank are what such a job has."""
+    cases: list[KernelCase] = []
+    seen: set[tuple[object, ...]] = set()
+    for name in sizes.kernel_models:
+        graph = build_graph(CALIBRATION_MODELS[name].workload(num_gpus, dtype))
+        for op in graph.ops:
+            key = _kernel_key(op)
+            if op.kind.is_collective or key in seen or op.flops > sizes.kernel_flop_cap:
+                continue
+            assert op.rank_scale is None, "calibration models route uniformly: every rank runs the same op"
+            seen.add(key)
+            cases.append(KernelCase(model=name, op=op))
+    return cases
+
+
+def _kernel_key(op: Op) -> tuple[object, ...]:
+    """What decides the harness's kernel and the op's cost: ln1, ln2 and ln_f of one shape are one case.
+    The role matters only where ``validation/kernels.py`` picks a kernel by it (residual add vs
+    activation, permute vs unpermute)."""
+    variant = op.role.endswith("residual") if op.kind is OpKind.ELEMENTWISE else op.role == "unpermute"
+    return op.kind, op.phase, variant, tuple(sorted(op.dims.items())), op.flops, op.mem_bytes
+
+
+def overhead_plan(tasks: int, world_size: int, dtype: DType) -> ExecutionPlan:
+    """``tasks`` one-element residual adds, each depending on the one before, on the compute stream."""
+    width = dtype.bytes
+    ops = tuple(Op(id=i, name=f"overhead.{i}", role="residual", kind=OpKind.ELEMENTWISE, phase=Phase.FORWARD,
+                   layer=None, flops=1.0, mem_bytes=3.0 * width, deps=(i - 1,) if i else (), dims={"numel": 1})
+                for i in range(tasks))
+    graph = OpGraph(ops=ops, num_ranks=world_size, num_layers=0, moe_layers=(), meta={"dtype": dtype.value})
+    chain = tuple(Task(id=i, op=i, stream=StreamKind.COMPUTE, deps=(i - 1,) if i else ()) for i in range(tasks))
+    return ExecutionPlan(graph=graph, schedule="task-overhead", tasks=chain,
+                         streams={StreamKind.COMPUTE: tuple(range(tasks))})
