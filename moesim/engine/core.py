@@ -76,7 +76,7 @@ class _Play:
         self.symmetric = symmetric
         self.ranks = (0,) if symmetric else tuple(range(plan.graph.num_ranks))
         self.env = simpy.Environment()
-        self.network = FlowNetwork(self.env, cost.capacities)
+        self.network = FlowNetwork(self.env, cost.capacities, float(cost.comm_slowdown))
         slowdown = float(cost.compute_slowdown)
         self.compute = {rank: RankCompute(self.env, slowdown) for rank in self.ranks}
         self.ops = [plan.op_of(task) for task in plan.tasks]
@@ -118,7 +118,9 @@ class _Play:
             if op.kind.is_collective:
                 start = yield from self._collective(rank, op, task, cursor)
             else:
+                self.network.compute_started(rank)
                 yield self.compute[rank].run(self.cost.compute_time(op, task, rank))
+                self.network.compute_ended(rank)
             finished[task_id] = True
             waiter = self.waiters[rank].pop(task_id, None)
             if waiter is not None:
@@ -190,7 +192,7 @@ class _Play:
                     run_stage(stage.then)
 
             def transfer(_: object = None) -> None:
-                self.network.transfer(stage.resources, stage.volume, after)
+                self.network.transfer(stage.resources, stage.volume, after, tuple(members))
 
             if stage.latency_s > 0:
                 self.env.timeout(stage.latency_s).callbacks.append(transfer)

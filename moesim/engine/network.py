@@ -7,6 +7,11 @@ takes ``max_i volume[i] / capacity[i]``. Rates come from progressive filling: ra
 ``lambda`` for all unfrozen coflows until some resource saturates, freeze the coflows crossing it,
 repeat with the rest.
 
+Reverse interference: while any member rank of a coflow runs a compute kernel, the coflow moves at
+``1 / (1 + comm_slowdown)`` of its max-min rate (on a CPU host the same cores move the bytes); the
+share it leaves unused is not handed to other coflows, since the bottleneck is then the rank, not the
+link.
+
 Rates change only when a coflow starts or ends, and only inside the connected component (coflows
 linked through shared resources) of that coflow, so only that component is recomputed and only
 coflows whose rate changed are rescheduled. Each coflow
@@ -63,16 +68,19 @@ def max_min_rates(
 class Coflow:
     """One collective's transfer in flight; ``on_done`` is called once, when it completes."""
 
-    __slots__ = ("seq", "resources", "volume", "solo_rate", "remaining", "rate", "updated_at", "version",
-                 "on_done")
+    __slots__ = ("seq", "resources", "volume", "solo_rate", "remaining", "rate", "fair_rate", "factor",
+                 "members", "updated_at", "version", "on_done")
 
     def __init__(self, seq: int, resources: np.ndarray, volume: np.ndarray, solo_rate: float,
-                 on_done: Callable[[], None]) -> None:
+                 members: tuple[int, ...], on_done: Callable[[], None]) -> None:
         self.seq = seq
         self.resources = resources
         self.volume = volume
         self.solo_rate = solo_rate
+        self.members = members
         self.remaining = 1.0  # fraction of the transfer still to move, as of ``updated_at``
+        self.fair_rate = 0.0  # the max-min rate; ``rate`` = fair_rate * factor (reverse interference)
+        self.factor = 1.0
         self.rate = 0.0
         self.updated_at = 0.0
         self.version = 0
@@ -82,14 +90,46 @@ class Coflow:
 class FlowNetwork:
     """The shared network of one simulation: resource capacities and the coflows crossing them."""
 
-    def __init__(self, env: simpy.Environment, capacities: np.ndarray) -> None:
+    def __init__(self, env: simpy.Environment, capacities: np.ndarray, comm_slowdown: float = 0.0) -> None:
         self._env = env
         self._capacities = np.asarray(capacities, dtype=np.float64)
         self._next_seq = 0
         self._active: dict[int, Coflow] = {}  # by seq, so in start order
+        self._slow_factor = 1.0 / (1.0 + comm_slowdown)
+        self._computing: dict[int, int] = {}  # rank -> compute kernels running (reverse interference only)
 
-    def transfer(self, resources: np.ndarray, volume: np.ndarray, on_done: Callable[[], None]) -> None:
-        """Start moving ``volume[i]`` bytes across ``resources[i]`` now; call ``on_done`` when all moved.
+    def compute_started(self, rank: int) -> None:
+        """A compute kernel of ``rank`` started: its coflows slow down (if the model has that effect)."""
+        if self._slow_factor == 1.0:
+            return
+        self._computing[rank] = self._computing.get(rank, 0) + 1
+        if self._computing[rank] == 1:
+            self._refactor(rank)
+
+    def compute_ended(self, rank: int) -> None:
+        if self._slow_factor == 1.0:
+            return
+        assert self._computing.get(rank, 0) > 0, "compute_ended without compute_started"
+        self._computing[rank] -= 1
+        if self._computing[rank] == 0:
+            self._refactor(rank)
+
+    def _factor(self, members: tuple[int, ...]) -> float:
+        return self._slow_factor if any(self._computing.get(rank, 0) for rank in members) else 1.0
+
+    def _refactor(self, rank: int) -> None:
+        now = self._env.now
+        for coflow in self._active.values():
+            if rank in coflow.members:
+                factor = self._factor(coflow.members)
+                if factor != coflow.factor:
+                    coflow.factor = factor
+                    self._set_rate(coflow, coflow.fair_rate * factor, now)
+
+    def transfer(self, resources: np.ndarray, volume: np.ndarray, on_done: Callable[[], None],
+                 members: tuple[int, ...] = ()) -> None:
+        """Start moving ``volume[i]`` bytes across ``resources[i]`` now for the ranks ``members``;
+        call ``on_done`` when all moved.
 
         Zero volumes are dropped; with nothing left to move ``on_done`` is called at once.
         """
@@ -102,7 +142,8 @@ class FlowNetwork:
             return
         self._check(resources)
         solo_rate = float(1.0 / (volume / self._capacities[resources]).max())
-        coflow = Coflow(self._next_seq, resources, volume, solo_rate, on_done)
+        coflow = Coflow(self._next_seq, resources, volume, solo_rate, tuple(members), on_done)
+        coflow.factor = self._factor(coflow.members)
         self._next_seq += 1
         coflow.updated_at = self._env.now
         self._active[coflow.seq] = coflow
@@ -155,15 +196,19 @@ class FlowNetwork:
                 [c.resources for c in component], [c.volume for c in component], self._capacities
             ).tolist()
         now = self._env.now
-        for coflow, rate in zip(component, rates, strict=True):
-            if rate == coflow.rate:
-                continue
-            coflow.remaining = max(0.0, coflow.remaining - (now - coflow.updated_at) * coflow.rate)
-            coflow.updated_at = now
-            coflow.rate = rate
-            coflow.version += 1
-            wake = self._env.timeout(coflow.remaining / rate)
-            wake.callbacks.append(self._waker(coflow, coflow.version))
+        for coflow, fair_rate in zip(component, rates, strict=True):
+            coflow.fair_rate = fair_rate
+            if fair_rate * coflow.factor != coflow.rate:
+                self._set_rate(coflow, fair_rate * coflow.factor, now)
+
+    def _set_rate(self, coflow: Coflow, rate: float, now: float) -> None:
+        """Account the progress at the old rate, then wake the coflow at its finish at the new one."""
+        coflow.remaining = max(0.0, coflow.remaining - (now - coflow.updated_at) * coflow.rate)
+        coflow.updated_at = now
+        coflow.rate = rate
+        coflow.version += 1
+        wake = self._env.timeout(coflow.remaining / rate)
+        wake.callbacks.append(self._waker(coflow, coflow.version))
 
     def _waker(self, coflow: Coflow, version: int) -> Callable[[simpy.Event], None]:
         def wake(_: simpy.Event) -> None:

@@ -76,6 +76,10 @@ class RooflineCostModel:
     def compute_slowdown(self) -> float:
         return self._params.compute_slowdown_under_comm
 
+    @property
+    def comm_slowdown(self) -> float:
+        return self._params.comm_slowdown_under_compute
+
     def resource_name(self, resource: int) -> str:
         return self._resources.name(resource)
 

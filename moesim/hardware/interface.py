@@ -69,6 +69,12 @@ class CostModel(Protocol):
         ``1 + compute_slowdown`` times slower."""
         ...
 
+    @property
+    def comm_slowdown(self) -> float:
+        """The reverse interference: while a member rank of a collective computes, the collective's
+        transfer runs ``1 + comm_slowdown`` times slower."""
+        ...
+
     def resource_name(self, resource: int) -> str: ...
 
     def compute_time(self, op: Op, task: Task, rank: int) -> float:

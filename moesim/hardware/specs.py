@@ -145,6 +145,12 @@ class CostParams(_Spec):
     # and loses ~20% GEMM throughput (REFERENCE.md §3); NCCL's default 8-16 channels hold 7-15% of an
     # A100's 108 SMs, plus HBM traffic, so ~10% [assumption, to be calibrated].
     compute_slowdown_under_comm: float = Field(default=0.1, ge=0)
+    # And the reverse: a collective's transfer runs 1 + y times slower while a member rank computes.
+    # On a GPU, NCCL kernels hold their own SMs and keep most of their bandwidth next to a GEMM
+    # (REFERENCE.md §3 reports the GEMM side of the contention, not this one): 0 by default
+    # [assumption, to be calibrated]. On a CPU host the same cores move the bytes and compute, so
+    # calibration measures it.
+    comm_slowdown_under_compute: float = Field(default=0.0, ge=0)
     # Per-kind FLOP efficiency of the memory-bound kinds (keys: OpKind values such as "loss",
     # "elementwise"), overriding other_compute_efficiency where a kind's kernels are slower or faster
     # per FLOP than the generic figure; empty by default, filled by calibration.

@@ -32,6 +32,7 @@ class FakeCost:
         self.num_ranks = num_ranks
         self.capacities = np.asarray(capacities, dtype=np.float64)
         self.compute_slowdown = slowdown
+        self.comm_slowdown = 0.0
         self.seconds: dict[str, float | tuple[float, ...]] = {}
         self.demands: dict[str, tuple[float, list[dict[int, float]]]] = {}
         self.next_stage: dict[str, tuple[float, dict[int, float]]] = {}  # name -> a second stage

@@ -1,0 +1,42 @@
+"""Reverse interference: a collective's transfer slows while a member rank computes."""
+
+from moesim.plan import StreamKind
+
+
+def test_a_transfer_under_a_long_kernel_takes_1_plus_y_times_longer(story, assert_times):
+    # 10 B at 10 B/s alone takes 1 s; the rank computes for 5 s meanwhile, y = 1: 2 s.
+    s = story(capacities=[10.0])
+    s.cost.comm_slowdown = 1.0
+    s.compute("gemm", 5.0)
+    s.collective("a2a", volumes=[{0: 10.0}])
+    assert_times(s.run(), {"gemm": (0.0, 5.0), "a2a": (0.0, 2.0)})
+
+
+def test_the_rate_changes_exactly_when_the_kernel_ends(story, assert_times):
+    # kernel [0, 0.5]: the transfer moves 0.5 s x 5 B/s = 2.5 B slowed, then 7.5 B at 10 B/s = 0.75 s.
+    s = story(capacities=[10.0])
+    s.cost.comm_slowdown = 1.0
+    s.compute("gemm", 0.5)
+    s.collective("a2a", volumes=[{0: 10.0}])
+    assert_times(s.run(), {"gemm": (0.0, 0.5), "a2a": (0.0, 1.25)})
+
+
+def test_only_member_ranks_slow_their_collective(story, assert_times):
+    # Two groups on their own links; only rank 0 computes, so only group (0,)'s transfer slows (y = 3).
+    s = story(num_ranks=2, capacities=[10.0, 10.0])
+    s.cost.comm_slowdown = 3.0
+    s.compute("gemm", (4.0, 0.0))
+    s.collective("a2a", groups=((0,), (1,)), volumes=[{0: 10.0}, {1: 10.0}])
+    timeline = s.run(symmetric=False)
+    assert_times(timeline, {(0, "gemm"): (0.0, 4.0), (1, "gemm"): (0.0, 0.0),
+                            (0, "a2a"): (0.0, 4.0), (1, "a2a"): (0.0, 1.0)})
+
+
+def test_both_directions_together(story, assert_times):
+    # x = y = 1: the kernel's 1 s of work runs at half speed while the collective is in flight, and the
+    # transfer's 10 B move at 5 B/s while the kernel runs; neither ends before t = 2, so both end there.
+    s = story(capacities=[10.0], slowdown=1.0)
+    s.cost.comm_slowdown = 1.0
+    s.compute("gemm", 1.0)
+    s.collective("a2a", stream=StreamKind.COMM, volumes=[{0: 10.0}])
+    assert_times(s.run(), {"gemm": (0.0, 2.0), "a2a": (0.0, 2.0)})
