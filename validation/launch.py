@@ -17,6 +17,12 @@ from moesim.errors import MoesimError
 
 LOOPBACK = "127.0.0.1"
 
+# glibc hands large freed blocks back to the OS and trims the heap, so the next allocation of the
+# same size page-faults: kernels then time the kernel's page-fault path, not their own work. Keep
+# freed memory in the process (as PyTorch's CPU benchmarks do with jemalloc or tcmalloc). Calibration
+# and validation run under the same setting.
+_STEADY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(4 * 2**30)}
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -37,7 +43,7 @@ def torchrun(module: str, args: Sequence[str], nproc: int, *, timeout_s: float,
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
                f"--master-addr={LOOPBACK}", f"--master-port={free_port()}", "-m", module, *args]
     environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "MOESIM_THREADS_PER_RANK": str(threads),
-                   "PYTHONUNBUFFERED": "1", **(env or {})}
+                   "PYTHONUNBUFFERED": "1", **_STEADY_MALLOC, **(env or {})}
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=environment)
     except subprocess.TimeoutExpired:

@@ -11,8 +11,9 @@ tensors, so timing calls on the same operands would measure the cache, not the k
 cycles through independent operand sets spanning twice the last-level cache (L3, a GPU's L2) where
 memory allows. Task overhead: a synthetic plan of tiny tasks through the executor, against the same
 kernel alone. Collectives: all-to-all and all-reduce at every group size (powers of two up to the
-world size), the slowest rank's median. Interference: a matmul alone, then under a loop of
-collectives in a second thread. The JSON follows ``moesim.calibration.measurements.Measurements``.
+world size), the slowest rank's median; the larger ones also under a matmul loop in a second thread
+of every rank. Interference: a matmul alone, then under a loop of collectives in a second thread.
+The JSON follows ``moesim.calibration.measurements.Measurements``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import os
 import statistics
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -34,9 +36,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from moesim import units
+from moesim.calibration import predict, sweeps
 from moesim.calibration.measurements import (
     AttentionSample,
     CollectiveSample,
+    CommUnderComputeSample,
     ElementwiseSample,
     Environment,
     InterferenceSample,
@@ -46,7 +50,6 @@ from moesim.calibration.measurements import (
     Measurements,
     TaskOverheadSample,
 )
-from moesim.calibration.sweeps import Sizes, kernel_cases, operand_sets, overhead_plan, sizes_for
 from moesim.dtypes import DType
 from moesim.plan import StreamKind, Task
 from moesim.validation.dist import RankContext, environment, finish, init
@@ -56,9 +59,8 @@ from moesim.workload.ops import Op, OpKind
 
 _TORCH_DTYPE = {DType.FP32: torch.float32, DType.BF16: torch.bfloat16, DType.FP16: torch.float16}
 _WIRE = torch.float32  # collectives move float32 words; only their bytes matter
-_INTERFERENCE_REPEATS = 20
-_COMM_START_TIMEOUT_S = 120.0
-_DEFAULT_CACHE_BYTES = 32 * units.MIB  # when the OS does not say: this machine's L3
+_PAIRED_BLOCKS = 3  # alternating blocks of each side of a pair
+_LOOP_START_TIMEOUT_S = 120.0
 _OVERHEAD_WARMUP, _OVERHEAD_ITERATIONS = 2, 9
 
 
@@ -97,10 +99,6 @@ class Clock:
         return begin.elapsed_time(end) * units.MS
 
 
-def _median_over_ranks(value: float) -> float:
-    return statistics.median(_gathered(value))
-
-
 def _gathered(value: float) -> list[float]:
     everyone: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, value)
@@ -108,31 +106,26 @@ def _gathered(value: float) -> list[float]:
 
 
 def cache_bytes(device: torch.device) -> int:
-    """The last-level cache a rank's operand sets must outgrow: a GPU's L2, or the host's L3 as the OS
-    reports it (whole, not a share: the ranks on a host share it but do not run their cases in lockstep)."""
+    """The last-level cache a rank's operand sets must outgrow: a GPU's L2, or the host's L3."""
     if device.type == "cuda":
         return int(torch.cuda.get_device_properties(device).L2_cache_size)
-    try:
-        reported = os.sysconf("SC_LEVEL3_CACHE_SIZE")
-    except (ValueError, OSError):
-        reported = 0
-    return reported if reported > 0 else _DEFAULT_CACHE_BYTES
+    return sweeps.host_cache_bytes()
 
 
-def _cold_case(clock: Clock, sizes: Sizes, build: Callable[[int], Kernel], set_bytes: float,
+def _cold_case(clock: Clock, sizes: sweeps.Sizes, build: Callable[[int], Kernel], set_bytes: float,
                cache: int) -> dict[str, Any]:
     """A case whose ``build(i)`` makes the kernel on operand set ``i``, timed on every rank at the same
     moment: ``seconds`` (median over ranks), ``rank_seconds`` (each rank's median) and ``operand_sets``.
     The sets are built oldest first and the cycle starts at the oldest, so no timed call finds its
     operands left in cache by the set-up."""
-    count = operand_sets(set_bytes, cache)
+    count = sweeps.operand_sets(set_bytes, cache)
     calls = [build(index) for index in range(count)]
     dist.barrier()
     ranks = tuple(_gathered(statistics.median(clock.times(calls, sizes.warmup, sizes.repeats))))
     return {"seconds": statistics.median(ranks), "rank_seconds": ranks, "operand_sets": count}
 
 
-def compute_sweeps(ctx: RankContext, clock: Clock, sizes: Sizes, dtype: DType) -> dict[str, list[Any]]:
+def compute_sweeps(ctx: RankContext, clock: Clock, sizes: sweeps.Sizes, dtype: DType) -> dict[str, list[Any]]:
     """The four shape sweeps as samples (see ``measurements`` for their FLOP / byte conventions)."""
     torch_dtype, dev, cache = _TORCH_DTYPE[dtype], ctx.device, cache_bytes(ctx.device)
     width = torch.tensor([], dtype=torch_dtype).element_size()
@@ -190,12 +183,12 @@ class _CopiedPool(TensorPool):
         return self._copies.setdefault(id(original), original.clone())
 
 
-def kernel_sweep(ctx: RankContext, clock: Clock, sizes: Sizes, dtype: DType) -> list[KernelSample]:
+def kernel_sweep(ctx: RankContext, clock: Clock, sizes: sweeps.Sizes, dtype: DType) -> list[KernelSample]:
     """Every kernel case of the calibration models, run by the harness's ``compute_kernel`` exactly as a
     plan's task of that op would run (whole op, one part), each operand set in a pool of its own. Set 0
     is the template the others copy, so it is read last of all before timing: the warm-up calls use it."""
     cache, samples = cache_bytes(ctx.device), []
-    for case in kernel_cases(sizes, ctx.world_size, dtype):
+    for case in sweeps.kernel_cases(sizes, ctx.world_size, dtype):
         op = case.op
         task = Task(id=0, op=op.id, stream=StreamKind.COMPUTE)
         template = TensorPool.for_training(dtype, ctx.device)
@@ -211,34 +204,28 @@ def kernel_sweep(ctx: RankContext, clock: Clock, sizes: Sizes, dtype: DType) -> 
     return samples
 
 
-def task_overhead(ctx: RankContext, clock: Clock, sizes: Sizes, dtype: DType) -> TaskOverheadSample:
+def task_overhead(ctx: RankContext, clock: Clock, sizes: sweeps.Sizes, dtype: DType) -> TaskOverheadSample:
     """Per task: the executor's median iteration of ``overhead_plan`` over its tasks, and the same kernel
     timed alone by the sweeps' clock (their difference is the executor's bookkeeping)."""
-    plan = overhead_plan(sizes.overhead_tasks, ctx.world_size, dtype)
+    plan = sweeps.overhead_plan(sizes.overhead_tasks, ctx.world_size, dtype)
     run = execute_plan(plan, ctx, warmup=_OVERHEAD_WARMUP, iterations=_OVERHEAD_ITERATIONS)
     op, task = plan.graph.ops[0], plan.tasks[0]
     kernel = compute_kernel(op, task, ctx.rank, TensorPool.for_training(dtype, ctx.device))
     dist.barrier()
-    alone = _median_over_ranks(statistics.median(clock.times([kernel], sizes.warmup, 10 * sizes.repeats)))
+    alone = statistics.median(_gathered(statistics.median(clock.times([kernel], sizes.warmup, 10 * sizes.repeats))))
     return TaskOverheadSample(tasks=len(plan.tasks), seconds_per_task=run.median_s / len(plan.tasks),
                               kernel_seconds=alone, flops=op.flops, mem_bytes=op.mem_bytes, dtype=dtype)
 
 
-def group_sizes(world: int) -> list[int]:
-    """Powers of two from 2 up to the world size, and the world size itself."""
-    sizes = [g for g in (2**i for i in range(1, world.bit_length())) if world % g == 0 and g < world]
-    return sizes + ([world] if world >= 2 else [])
-
-
-def _my_group(ctx: RankContext, size: int) -> Any:
-    """This rank's group of ``size`` consecutive ranks (every rank creates every group, in order)."""
-    if size == ctx.world_size:
-        return dist.group.WORLD
-    mine = None
-    for start in range(0, ctx.world_size, size):
-        group = dist.new_group(list(range(start, start + size)))
-        if start <= ctx.rank < start + size:
-            mine = group
+def collective_groups(ctx: RankContext) -> dict[int, Any]:
+    """This rank's group at every size of ``group_sizes``: consecutive ranks, as the fit assumes
+    (``predict.collective_groups``). Every rank creates every group, in order (``new_group`` is collective)."""
+    mine: dict[int, Any] = {}
+    for size in sweeps.group_sizes(ctx.world_size):
+        for members in predict.collective_groups(size, ctx.world_size):
+            group = dist.group.WORLD if size == ctx.world_size else dist.new_group(list(members))
+            if ctx.rank in members:
+                mine[size] = group
     return mine
 
 
@@ -250,134 +237,148 @@ def _collective(kind: OpKind, numel: int, device: torch.device, group: Any) -> C
     return lambda: dist.all_reduce(send, group=group)
 
 
-def collective_sweeps(ctx: RankContext, clock: Clock, sizes: Sizes) -> list[CollectiveSample]:
-    """All-to-all and all-reduce at every group size; ``bytes_per_rank`` rounded to whole equal chunks."""
-    samples = []
-    word = torch.tensor([], dtype=_WIRE).element_size()
-    for size in group_sizes(ctx.world_size):
-        group = _my_group(ctx, size)
+@contextmanager
+def _running(step: Callable[[bool], bool], device: torch.device) -> Iterator[None]:
+    """The body runs while ``step(stopping)`` loops in a second thread (on a GPU, on a stream of its own) that has
+    made its first step; then ``stopping`` turns True, ``step`` ends the loop by returning True; errors are raised."""
+    running, stop, errors = threading.Event(), threading.Event(), []
+
+    def loop() -> None:
+        try:
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+            with torch.cuda.stream(torch.cuda.Stream()) if device.type == "cuda" else nullcontext():
+                while not step(stop.is_set()):
+                    running.set()
+        except BaseException as err:  # reported by the main thread
+            errors.append(err)
+        running.set()
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    if not running.wait(_LOOP_START_TIMEOUT_S) or errors:
+        raise RuntimeError(f"the background loop did not start: {errors[:1]!r}")
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        if errors:
+            raise RuntimeError(f"the background loop failed: {errors[0]!r}")
+
+
+def _paired(clock: Clock, call: Callable[[], object], step: Callable[[bool], bool], device: torch.device,
+            sizes: sweeps.Sizes, before: Callable[[], object] | None = None) -> tuple[float, float]:
+    """This rank's median time of ``call`` alone and while ``step`` loops (``_running``), in alternating blocks:
+    a drift of the host's speed during the case (other work starting or ending) biases neither side."""
+    alone, busy, repeats = list[float](), list[float](), sizes.paired_repeats // _PAIRED_BLOCKS
+    for _ in range(_PAIRED_BLOCKS):
+        alone += clock.times([call], sizes.warmup, repeats, before)
+        with _running(step, device):
+            busy += clock.times([call], sizes.warmup, repeats, before)
+            if before is not None:  # every rank's last call has ended before any rank stops its loop
+                before()
+    return statistics.median(alone), statistics.median(busy)
+
+
+def collective_sweeps(ctx: RankContext, clock: Clock, sizes: sweeps.Sizes,
+                      dtype: DType) -> tuple[list[CollectiveSample], list[CommUnderComputeSample]]:
+    """All-to-all and all-reduce on every group of ``collective_groups`` (``bytes_per_rank`` rounded to whole
+    equal chunks), each timed call started together (a barrier before it). At ``comm_under_compute_bytes``,
+    alone and while every rank runs a matmul loop in a second thread (``_paired``), which starts before a
+    block's warm-up and barriers and stops after a barrier behind its last call: it runs during every one."""
+    m, n, k = sizes.comm_under_compute_matmul
+    matmul, swept, under_compute = _matmul(m, n, k, dtype, ctx.device), [], []
+
+    def compute(stopping: bool) -> bool:  # one matmul, waited for on a GPU so the loop never queues ahead
+        matmul()
+        if ctx.device.type == "cuda":
+            torch.cuda.current_stream().synchronize()
+        return stopping
+
+    for size, group in collective_groups(ctx).items():
         for kind in (OpKind.ALL_TO_ALL, OpKind.ALL_REDUCE):
             for nbytes in sizes.collective_bytes:
-                numel = max(size, nbytes // word // size * size)
+                numel = max(size, nbytes // _WIRE.itemsize // size * size)  # whole equal chunks
                 call = _collective(kind, numel, ctx.device, group)
-                mine = statistics.median(clock.times([call], sizes.warmup, sizes.repeats, before=dist.barrier))
-                ranks = tuple(_gathered(mine))
-                samples.append(CollectiveSample(kind=kind, group_size=size, bytes_per_rank=numel * word,
-                                                seconds=max(ranks), rank_seconds=ranks))
-    return samples
+                if nbytes not in sizes.comm_under_compute_bytes:
+                    mine = statistics.median(clock.times([call], sizes.warmup, sizes.repeats, before=dist.barrier))
+                    alone = tuple(_gathered(mine))
+                else:
+                    pair = _paired(clock, call, compute, ctx.device, sizes, dist.barrier)
+                    alone, busy = tuple(_gathered(pair[0])), tuple(_gathered(pair[1]))
+                    under_compute.append(CommUnderComputeSample(
+                        kind=kind, group_size=size, bytes_per_rank=numel * _WIRE.itemsize, m=m, n=n, k=k,
+                        dtype=dtype, seconds_alone=max(alone), seconds_with_compute=max(busy),
+                        rank_seconds_alone=alone, rank_seconds_with_compute=busy))
+                swept.append(CollectiveSample(kind=kind, group_size=size, bytes_per_rank=numel * _WIRE.itemsize,
+                                              seconds=max(alone), rank_seconds=alone))
+    return swept, under_compute
 
 
-class _CommLoop(threading.Thread):
-    """Collectives back to back on ``group`` until every rank has asked to stop.
+def _comm_step(ctx: RankContext, group: Any, kind: OpKind, numel: int) -> Callable[[bool], bool]:
+    """One collective on ``group`` carrying each rank's stop flag (the first word of each all-to-all chunk,
+    or of the all-reduce buffer, summed), so all ranks see the same flags in the same iteration and leave
+    the loop together: a rank's compute is never left without communication while others wait."""
+    send = torch.zeros(numel, dtype=_WIRE, device=ctx.device)
+    recv, world = torch.zeros_like(send), ctx.world_size
 
-    Every call carries each rank's stop flag (the first word of each all-to-all chunk, or the first
-    word of the all-reduce buffer, summed), so all ranks see the same flags in the same iteration and
-    leave the loop together: a rank's compute is never left without communication while others wait.
-    """
+    def step(stopping: bool) -> bool:
+        if kind is OpKind.ALL_TO_ALL:
+            send.view(world, -1)[:, 0] = float(stopping)
+            dist.all_to_all_single(recv, send, group=group)
+            return bool(recv.view(world, -1)[:, 0].sum().item() >= world)
+        send[0] = float(stopping)
+        dist.all_reduce(send, group=group)
+        return bool(send[0].item() >= world)
 
-    def __init__(self, ctx: RankContext, group: Any, kind: OpKind, numel: int) -> None:
-        super().__init__(daemon=True)
-        self._ctx, self._group, self._kind = ctx, group, kind
-        self._send = torch.zeros(numel, dtype=_WIRE, device=ctx.device)
-        self._recv = torch.zeros_like(self._send)
-        self.running, self.stop = threading.Event(), threading.Event()
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            if self._ctx.device.type == "cuda":
-                torch.cuda.set_device(self._ctx.device)
-                with torch.cuda.stream(torch.cuda.Stream()):
-                    self._loop()
-            else:
-                self._loop()
-        except BaseException as err:  # reported by the main thread
-            self.error = err
-            self.running.set()
-
-    def _loop(self) -> None:
-        world = self._ctx.world_size
-        while True:
-            flag = 1.0 if self.stop.is_set() else 0.0
-            if self._kind is OpKind.ALL_TO_ALL:
-                self._send.view(world, -1)[:, 0] = flag
-                dist.all_to_all_single(self._recv, self._send, group=self._group)
-                stopping = self._recv.view(world, -1)[:, 0].sum().item()
-            else:
-                self._send[0] = flag
-                dist.all_reduce(self._send, group=self._group)
-                stopping = self._send[0].item()
-            self.running.set()
-            if stopping >= world:
-                return
+    return step
 
 
-def interference_sweep(ctx: RankContext, clock: Clock, sizes: Sizes, dtype: DType) -> list[InterferenceSample]:
-    """Each matmul timed alone, then while a collective loop runs on a second process group."""
+def _matmul(m: int, n: int, k: int, dtype: DType, device: torch.device) -> Callable[[], object]:
+    torch_dtype = _TORCH_DTYPE[dtype]
+    a, b = (torch.randn(rows, cols, dtype=torch_dtype, device=device) for rows, cols in ((m, k), (k, n)))
+    return partial(torch.mm, a, b, out=torch.empty(m, n, dtype=torch_dtype, device=device))
+
+
+def interference_sweep(ctx: RankContext, clock: Clock, sizes: sweeps.Sizes, dtype: DType) -> list[InterferenceSample]:
+    """Each matmul alone and while a collective loop runs on a second process group (``_paired``)."""
     if ctx.world_size < 2:
         return []
-    comm_group = dist.new_group(list(range(ctx.world_size)))
-    torch_dtype, samples = _TORCH_DTYPE[dtype], []
-    word = torch.tensor([], dtype=_WIRE).element_size()
-    numel = max(ctx.world_size, sizes.interference_bytes // word // ctx.world_size * ctx.world_size)
-    repeats = max(sizes.repeats, _INTERFERENCE_REPEATS)
+    comm_group, samples = dist.new_group(list(range(ctx.world_size))), []
+    numel = max(ctx.world_size, sizes.interference_bytes // _WIRE.itemsize // ctx.world_size * ctx.world_size)
     for m, n, k in sizes.interference:
-        a, b = (torch.randn(rows, cols, dtype=torch_dtype, device=ctx.device) for rows, cols in ((m, k), (k, n)))
-        call = partial(torch.mm, a, b, out=torch.empty(m, n, dtype=torch_dtype, device=ctx.device))
+        call = _matmul(m, n, k, dtype, ctx.device)
         for kind in (OpKind.ALL_TO_ALL, OpKind.ALL_REDUCE):
             dist.barrier()
-            alone = statistics.median(clock.times([call], sizes.warmup, repeats))
-            busy = statistics.median(_while_communicating(ctx, comm_group, kind, numel, clock, call, repeats))
-            samples.append(InterferenceSample(m=m, n=n, k=k, dtype=dtype, kind=kind, bytes_per_rank=numel * word,
-                                              seconds_alone=_median_over_ranks(alone),
-                                              seconds_with_comm=_median_over_ranks(busy)))
+            alone, busy = _paired(clock, call, _comm_step(ctx, comm_group, kind, numel), ctx.device, sizes)
+            samples.append(InterferenceSample(m=m, n=n, k=k, dtype=dtype, kind=kind,
+                                              bytes_per_rank=numel * _WIRE.itemsize,
+                                              seconds_alone=statistics.median(_gathered(alone)),
+                                              seconds_with_comm=statistics.median(_gathered(busy))))
     return samples
-
-
-def _while_communicating(ctx: RankContext, group: Any, kind: OpKind, numel: int, clock: Clock,
-                         call: Callable[[], object], repeats: int) -> list[float]:
-    loop = _CommLoop(ctx, group, kind, numel)
-    loop.start()
-    if not loop.running.wait(_COMM_START_TIMEOUT_S) or loop.error is not None:
-        raise RuntimeError(f"the background {kind.value} loop did not start: {loop.error!r}")
-    try:
-        return clock.times([call], 1, repeats)
-    finally:
-        loop.stop.set()
-        loop.join()
-        if loop.error is not None:
-            raise RuntimeError(f"the background {kind.value} loop failed: {loop.error!r}")
-
-
-def _environment(ctx: RankContext) -> Environment:
-    info = environment(ctx)
-    known = {"torch", "backend", "world_size", "devices", "threads_per_rank"}
-    details = {key: value for key, value in info.items()
-               if key not in known and (value is None or isinstance(value, str | int | float))}
-    return Environment(torch=str(info["torch"]), backend=str(info["backend"]),
-                       device="gpu" if ctx.device.type == "cuda" else "cpu", world_size=ctx.world_size,
-                       ranks_per_host=int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size)),
-                       devices=tuple(str(d) for d in info.get("devices", ())),
-                       threads_per_rank=int(info.get("threads_per_rank", 1)), details=details)
 
 
 def run(out: Path, quick: bool, dtype: DType | None) -> Measurements:
     """Every sweep, on every rank of the job (all ranks call this); rank 0 writes ``out``."""
     ctx = init()
-    sizes = sizes_for(ctx.device.type, quick)
+    sizes = sweeps.sizes_for(ctx.device.type, quick)
     chosen = dtype or (DType.BF16 if ctx.device.type == "cuda" else DType.FP32)
     clock = Clock(ctx.device)
     measured_at = datetime.now(UTC)
     compute = compute_sweeps(ctx, clock, sizes, chosen)
     kernels = kernel_sweep(ctx, clock, sizes, chosen)
     overhead = task_overhead(ctx, clock, sizes, chosen)
-    collectives = collective_sweeps(ctx, clock, sizes)
+    collectives, comm_under_compute = collective_sweeps(ctx, clock, sizes, chosen)
     interference = interference_sweep(ctx, clock, sizes, chosen)
-    result = Measurements(measured_at=measured_at, environment=_environment(ctx), warmup=sizes.warmup,
+    env = Environment.from_info(environment(ctx), device="gpu" if ctx.device.type == "cuda" else "cpu",
+                                ranks_per_host=int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size)))
+    result = Measurements(measured_at=measured_at, environment=env, warmup=sizes.warmup,
                           repeats=sizes.repeats, matmul=tuple(compute["matmul"]),
                           elementwise=tuple(compute["elementwise"]), attention=tuple(compute["attention"]),
                           layernorm=tuple(compute["layernorm"]), kernels=tuple(kernels), task_overhead=overhead,
-                          collectives=tuple(collectives), interference=tuple(interference))
+                          collectives=tuple(collectives), interference=tuple(interference),
+                          comm_under_compute=tuple(comm_under_compute))
     if ctx.rank == 0:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(result.model_dump_json(indent=1), encoding="utf-8")

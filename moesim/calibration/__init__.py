@@ -6,12 +6,20 @@ writes ``hardware_specs/calibrated/<name>.yaml``. ``moesim.validation.calibrate`
 """
 
 from moesim.calibration.fit import CalibrationFit, fit_node
-from moesim.calibration.measurements import KernelSample, Measurements, Sweep, TaskOverheadSample, load_measurements
+from moesim.calibration.measurements import (
+    CommUnderComputeSample,
+    KernelSample,
+    Measurements,
+    Sweep,
+    TaskOverheadSample,
+    load_measurements,
+)
 from moesim.calibration.report import FitReport, KeptParam, ParamFit, SweepError
 from moesim.calibration.writer import calibrated_dir, check_name, render_calibrated, write_calibrated
 
 __all__ = [
     "CalibrationFit",
+    "CommUnderComputeSample",
     "FitReport",
     "KeptParam",
     "KernelSample",

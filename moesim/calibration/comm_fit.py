@@ -1,11 +1,17 @@
-"""Fit steps for communication: collective latency terms and fabric bandwidth, and the compute slowdown
-while communicating.
+"""Fit steps for communication: collective latency terms and fabric bandwidth, the compute slowdown
+while communicating, and the reverse: the collective slowdown while computing.
 
 The model fitted is ``RooflineCostModel``'s on one host: a collective takes its alpha (a sum of
 ``collective_base_latency``, the fabric's per-hop ``intra.latency`` and ``all_to_all_peer_latency``
 terms, with the coefficients ``moesim.hardware.collectives`` gives them) plus its bottleneck volume
 over the per-rank bandwidth ``intra.bandwidth * intra_bandwidth_efficiency``. The coefficients and
 volumes are taken from those functions themselves, so the fit and the engine cannot disagree.
+
+The reverse interference stretches only a collective's transfer, not its latency (the engine slows a
+coflow's rate while a member computes; the alpha is fixed software and wire time): with compute on every
+member throughout, a collective whose predicted time is a share ``f`` transfer takes ``1 + y * f`` times
+as long. The latency could be stretched too on a CPU host (gloo's setup runs on the same cores), but
+the sweep's samples are bandwidth-dominated (``f`` near 1), so they could not tell the two apart.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from moesim import units
 from moesim.calibration.device import Device, fitted, kept, rate_step
 from moesim.calibration.lsq import relative_nnls
 from moesim.calibration.measurements import CollectiveSample, InterferenceSample, Measurements, Sweep
-from moesim.calibration.predict import cluster_for, collective_groups
+from moesim.calibration.predict import bandwidth_shares, cluster_for, collective_groups
 from moesim.calibration.report import Step
 from moesim.hardware import collectives
 from moesim.hardware.resources import ResourceMap
@@ -81,6 +87,26 @@ def fit_interference(node: NodeSpec, samples: Sequence[InterferenceSample]) -> S
     slowdown = float(np.sum(1 / ratio) / np.sum(1 / ratio**2)) - 1.0
     note = "at its bound 0: compute ran no slower while communicating" if slowdown <= 0 else ""
     entry = fitted(path, max(0.0, slowdown), (Sweep.INTERFERENCE,), note)
+    return Step(updates={path: entry.value}, fitted=(entry,))
+
+
+def fit_comm_slowdown(node: NodeSpec, measurements: Measurements) -> Step:
+    """``comm_slowdown_under_compute`` ``y``: each sample's measured ratio (with compute / alone) against
+    the model's ``1 + y * f``, ``f`` the transfer share of the collective's time on ``node`` as fitted so
+    far (so this step runs after the collective fit). Relative least squares, closed form:
+    ``y = sum(w * (1 - 1 / r)) / sum(w ** 2)`` with ``w = f / r``; below 0 it is written as 0."""
+    path = "cost.comm_slowdown_under_compute"
+    samples = measurements.comm_under_compute
+    if not samples:
+        return Step(kept=(kept(path, node.cost.comm_slowdown_under_compute, "no comm-under-compute samples"),))
+    ratio = np.array([s.ratio for s in samples])
+    weight = bandwidth_shares(samples, node, measurements.environment.world_size) / ratio
+    if not np.any(weight > 0):
+        reason = "the model gives these collectives no transfer time to stretch"
+        return Step(kept=(kept(path, node.cost.comm_slowdown_under_compute, reason),))
+    slowdown = float(np.sum(weight * (1 - 1 / ratio)) / np.sum(weight**2))
+    note = "at its bound 0: collectives ran no slower while computing" if slowdown <= 0 else ""
+    entry = fitted(path, max(0.0, slowdown), (Sweep.COMM_UNDER_COMPUTE,), note)
     return Step(updates={path: entry.value}, fitted=(entry,))
 
 

@@ -12,6 +12,8 @@ sweep, in the order their parameters feed each other:
 7. task overhead: a synthetic plan through the executor -> launch overhead += executor bookkeeping
 8. collectives:   all-to-all + all-reduce sweeps -> latency terms, per-rank fabric bandwidth
 9. interference:  matmul alone vs with a collective loop -> compute slowdown under communication
+10. reverse:       collectives alone vs with a matmul loop -> communication slowdown under compute
+                   (after 8: the model's transfer share of each collective is what stretches)
 
 Every parameter a step cannot identify keeps the base spec's value and is listed in the report with
 the reason; so are the inter-node parameters, which one host cannot measure. A parameter set by two
@@ -24,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from moesim.calibration.comm_fit import fit_collectives, fit_interference
+from moesim.calibration.comm_fit import fit_collectives, fit_comm_slowdown, fit_interference
 from moesim.calibration.compute_fit import fit_attention, fit_layernorm, fit_matmul, fit_memory
 from moesim.calibration.device import fitted, kept
 from moesim.calibration.kernel_fit import fit_kind_efficiencies, fit_task_overhead
@@ -68,6 +70,7 @@ def fit_node(measurements: Measurements, base: NodeSpec, *, name: str) -> Calibr
         lambda n: fit_task_overhead(n, m.task_overhead),
         lambda n: fit_collectives(n, m, device),
         lambda n: fit_interference(n, m.interference),
+        lambda n: fit_comm_slowdown(n, m),
         lambda n: _network_step(n),
     )
     for run in steps:

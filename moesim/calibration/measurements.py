@@ -11,6 +11,9 @@ sample and an op of the same shape cost the same in the model:
 - layernorm over ``hidden``: 5 FLOP per element; bytes = one read + one write.
 - collectives: ``bytes_per_rank`` is the op's payload (``CommSpec.bytes``): for all-to-all what a rank
   sends, its own chunk included, split evenly over the group; for all-reduce the buffer size.
+- collectives under compute: the collective sweep's bandwidth-bound cases, timed alone and while a
+  matmul loop ran in a second thread of every rank, in alternating blocks (a pair of the same case, so
+  their ratio cancels what the cost model gets wrong about the collective alone).
 
 - kernels (the per-kind sweep): an op of a calibration model's graph carries the op's own ``flops`` and
   ``mem_bytes`` (``moesim.workload.builder``'s conventions), run by the harness's own kernel.
@@ -27,7 +30,7 @@ from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from types import MappingProxyType
-from typing import ClassVar, Final, Literal
+from typing import Any, ClassVar, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -37,7 +40,8 @@ from moesim.overrides import one_line
 from moesim.workload.blocks import ADD_FLOPS_PER_ELEMENT, LAYERNORM_FLOPS_PER_ELEMENT
 from moesim.workload.ops import OpKind, Phase
 
-SCHEMA_VERSION: Final = 2  # 2 added kernels and task_overhead; a version 1 file is a valid 2 without them
+# 2 added kernels and task_overhead, 3 comm_under_compute; an older file is a valid 3 without them
+SCHEMA_VERSION: Final = 3
 _COLLECTIVE_KINDS = frozenset({OpKind.ALL_TO_ALL, OpKind.ALL_REDUCE})
 
 
@@ -64,6 +68,7 @@ class Sweep(StrEnum):
     ALL_TO_ALL = "all_to_all"
     ALL_REDUCE = "all_reduce"
     INTERFERENCE = "interference"
+    COMM_UNDER_COMPUTE = "comm_under_compute"
 
 
 # The memory-bound kinds, each with its own efficiency (``CostParams.kind_efficiency``) fitted from its
@@ -87,6 +92,18 @@ class Environment(_Record):
     devices: tuple[str, ...] = ()
     threads_per_rank: int = Field(default=1, ge=1)
     details: dict[str, str | int | float | None] = Field(default_factory=dict)  # python, platform, ...
+
+    @classmethod
+    def from_info(cls, info: Mapping[str, Any], *, device: Literal["gpu", "cpu"], ranks_per_host: int) -> Environment:
+        """From a rank's description (``validation.dist.environment``): its known keys become fields, its
+        other scalar values ``details``."""
+        known = {"torch", "backend", "world_size", "devices", "threads_per_rank"}
+        details = {key: value for key, value in info.items()
+                   if key not in known and (value is None or isinstance(value, str | int | float))}
+        return cls(torch=str(info["torch"]), backend=str(info["backend"]), device=device,
+                   world_size=int(info["world_size"]), ranks_per_host=ranks_per_host,
+                   devices=tuple(str(d) for d in info.get("devices", ())),
+                   threads_per_rank=int(info.get("threads_per_rank", 1)), details=details)
 
 
 class _Timed(_Record):
@@ -201,6 +218,12 @@ class TaskOverheadSample(_Record):
         return max(0.0, self.seconds_per_task - self.kernel_seconds)
 
 
+def _measured_collective(kind: OpKind) -> OpKind:
+    if kind not in _COLLECTIVE_KINDS:
+        raise ValueError(f"must be all_to_all or all_reduce, got {kind.value}")
+    return kind
+
+
 class CollectiveSample(_Timed):
     """``world_size // group_size`` groups of consecutive ranks ran the collective at the same time."""
 
@@ -208,12 +231,32 @@ class CollectiveSample(_Timed):
     group_size: int = Field(ge=2)
     bytes_per_rank: float = Field(gt=0)
 
-    @field_validator("kind")
-    @classmethod
-    def _measured_kind(cls, kind: OpKind) -> OpKind:
-        if kind not in _COLLECTIVE_KINDS:
-            raise ValueError(f"must be all_to_all or all_reduce, got {kind.value}")
-        return kind
+    _measured_kind = field_validator("kind")(_measured_collective)
+
+
+class CommUnderComputeSample(_Record):
+    """One case of the collective sweep (same groups: ``world_size // group_size`` groups of consecutive
+    ranks at once), timed alone and while every rank ran an ``m x k @ k x n`` matmul loop in a second
+    thread, running through every timed call, in alternating blocks. Seconds: each rank's median, then
+    the slowest rank, for both; the time alone is also the sweep's sample of that case."""
+
+    kind: OpKind
+    group_size: int = Field(ge=2)
+    bytes_per_rank: float = Field(gt=0)
+    m: int = Field(ge=1)
+    n: int = Field(ge=1)
+    k: int = Field(ge=1)
+    dtype: DType
+    seconds_alone: float = Field(gt=0)
+    seconds_with_compute: float = Field(gt=0)
+    rank_seconds_alone: tuple[float, ...] = ()         # each rank's median, for inspection
+    rank_seconds_with_compute: tuple[float, ...] = ()
+
+    _measured_kind = field_validator("kind")(_measured_collective)
+
+    @property
+    def ratio(self) -> float:
+        return self.seconds_with_compute / self.seconds_alone
 
 
 class InterferenceSample(_Record):
@@ -236,7 +279,7 @@ class InterferenceSample(_Record):
 class Measurements(_Record):
     """Everything one microbenchmark run measured, with the environment it ran in."""
 
-    schema_version: Literal[1, 2] = SCHEMA_VERSION
+    schema_version: Literal[1, 2, 3] = SCHEMA_VERSION
     measured_at: datetime
     environment: Environment
     warmup: int = Field(ge=0)
@@ -249,6 +292,7 @@ class Measurements(_Record):
     task_overhead: TaskOverheadSample | None = None
     collectives: tuple[CollectiveSample, ...] = ()
     interference: tuple[InterferenceSample, ...] = ()
+    comm_under_compute: tuple[CommUnderComputeSample, ...] = ()
 
     def collectives_of(self, kind: OpKind) -> tuple[CollectiveSample, ...]:
         return tuple(s for s in self.collectives if s.kind is kind)

@@ -15,6 +15,7 @@ from moesim import units
 from moesim.calibration.measurements import (
     AttentionSample,
     CollectiveSample,
+    CommUnderComputeSample,
     ElementwiseSample,
     KernelSample,
     LayernormSample,
@@ -27,6 +28,7 @@ from moesim.plan import StreamKind, Task
 from moesim.workload.ops import CommSpec, Op, Phase
 
 ComputeSample = MatmulSample | ElementwiseSample | AttentionSample | LayernormSample | KernelSample
+AnyCollectiveSample = CollectiveSample | CommUnderComputeSample
 
 _COMPUTE_TASK = Task(id=0, op=0, stream=StreamKind.COMPUTE)
 _COMM_TASK = Task(id=0, op=0, stream=StreamKind.COMM)
@@ -59,7 +61,7 @@ def collective_groups(group_size: int, world_size: int) -> tuple[tuple[int, ...]
                  if start + group_size <= world_size)
 
 
-def collective_op(sample: CollectiveSample, world_size: int) -> Op:
+def collective_op(sample: AnyCollectiveSample, world_size: int) -> Op:
     comm = CommSpec(groups=collective_groups(sample.group_size, world_size), bytes=sample.bytes_per_rank)
     return Op(id=0, name=f"microbench.{sample.kind.value}", role=sample.kind.value, kind=sample.kind,
               phase=Phase.FORWARD, layer=None, comm=comm)
@@ -82,3 +84,29 @@ def predict_collectives(samples: Sequence[CollectiveSample], node: NodeSpec, wor
         return np.zeros(0)
     model = RooflineCostModel(cluster_for(node, world_size), next(iter(node.gpu.peak_tflops)))
     return np.array([model.collective_time(collective_op(s, world_size), _COMM_TASK) for s in samples])
+
+
+def bandwidth_shares(samples: Sequence[AnyCollectiveSample], node: NodeSpec, world_size: int) -> np.ndarray:
+    """Of each collective's predicted time on an idle network, the share that is transfer (bottleneck
+    volume over capacity, every stage), not latency: what the engine stretches by
+    ``1 + comm_slowdown_under_compute`` while a member rank computes. 0 for a collective with no bytes."""
+    if not samples:
+        return np.zeros(0)
+    model = RooflineCostModel(cluster_for(node, world_size), next(iter(node.gpu.peak_tflops)))
+    shares = []
+    for sample in samples:
+        op = collective_op(sample, world_size)
+        assert op.comm is not None
+        demand = model.collective_demand(op, _COMM_TASK, range(len(op.comm.groups)))
+        total = demand.uncontended_s(model.capacities)
+        latency = sum(stage.latency_s for stage in demand.stages())
+        shares.append((total - latency) / total if total > 0 else 0.0)
+    return np.array(shares, dtype=np.float64)
+
+
+def predict_comm_under_compute(samples: Sequence[CommUnderComputeSample], node: NodeSpec,
+                               world_size: int) -> np.ndarray:
+    """Predicted ``seconds_with_compute / seconds_alone`` of each sample: with compute running on every
+    member throughout, the transfer share ``f`` of the collective runs ``1 + y`` times slower, so the
+    time grows by ``1 + y * f`` (``y`` = ``comm_slowdown_under_compute``)."""
+    return 1.0 + node.cost.comm_slowdown_under_compute * bandwidth_shares(samples, node, world_size)

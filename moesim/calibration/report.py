@@ -13,11 +13,18 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from moesim.calibration.lsq import relative_rms
 from moesim.calibration.measurements import KIND_SWEEPS, Environment, Measurements, Sweep
-from moesim.calibration.predict import ComputeSample, kernel_node, predict_collectives, predict_compute
+from moesim.calibration.predict import (
+    ComputeSample,
+    kernel_node,
+    predict_collectives,
+    predict_comm_under_compute,
+    predict_compute,
+)
 from moesim.hardware.specs import NodeSpec
 from moesim.workload.ops import OpKind
 
 SWEEP_WIDTH = max(len(sweep.value) for sweep in Sweep)
+_RATIO_SWEEPS = frozenset({Sweep.INTERFERENCE, Sweep.COMM_UNDER_COMPUTE})  # errors of time ratios, not seconds
 
 
 class _Record(BaseModel):
@@ -41,7 +48,7 @@ class KeptParam(_Record):
 
 class SweepError(_Record):
     """Predicted vs measured over one sweep: relative errors, and R^2 of the seconds (None with fewer
-    than two samples, no spread, or for the interference ratio)."""
+    than two samples, no spread, or for the two interference sweeps, whose errors are of time ratios)."""
 
     sweep: Sweep
     samples: int = Field(ge=1)
@@ -100,7 +107,8 @@ class Step:
 
 
 def sweep_errors(node: NodeSpec, measurements: Measurements) -> tuple[SweepError, ...]:
-    """Each non-empty sweep's error when ``node`` predicts it (interference: the time ratio).
+    """Each non-empty sweep's error when ``node`` predicts it (the interference sweeps: the time ratio
+    with the other kind of work running over the time alone).
 
     Kernel samples of matmul and attention count in those sweeps; each memory-bound kind's kernel
     samples form a sweep of their own. Sweep samples are predicted without the executor's bookkeeping
@@ -122,15 +130,17 @@ def sweep_errors(node: NodeSpec, measurements: Measurements) -> tuple[SweepError
             pairs.append((sweep, predict_collectives(samples, node, world), _seconds(samples)))
     ratios = np.array([s.ratio for s in m.interference])
     pairs.append((Sweep.INTERFERENCE, np.full(len(ratios), 1.0 + node.cost.compute_slowdown_under_comm), ratios))
+    pairs.append((Sweep.COMM_UNDER_COMPUTE, predict_comm_under_compute(m.comm_under_compute, node, world),
+                  np.array([s.ratio for s in m.comm_under_compute])))
     return tuple(_error(sweep, predicted, measured) for sweep, predicted, measured in pairs if measured.size)
 
 
 def _error(sweep: Sweep, predicted: np.ndarray, measured: np.ndarray) -> SweepError:
-    """R^2 only where the sweep's sizes spread its times (not for the interference ratio, which the model
-    predicts as one constant)."""
+    """R^2 only where the sweep's sizes spread its times (not for the interference ratios, which the model
+    predicts as a constant, or nearly: ``1 + y * f`` with ``f`` near 1)."""
     relative = predicted / measured - 1.0
     spread = float(np.sum((measured - measured.mean()) ** 2))
-    explained = sweep is not Sweep.INTERFERENCE and measured.size >= 2 and spread > 0
+    explained = sweep not in _RATIO_SWEEPS and measured.size >= 2 and spread > 0
     r_squared = 1.0 - float(np.sum((predicted - measured) ** 2)) / spread if explained else None
     return SweepError(sweep=sweep, samples=int(measured.size), rms_relative_error=relative_rms(predicted, measured),
                       max_relative_error=float(np.max(np.abs(relative))), r_squared=r_squared)

@@ -2,7 +2,7 @@
 
 Torch-free, so the plan of a run can be inspected and tested without running it. The per-kind kernel
 sweep times the harness's own kernels on ops that ``moesim.workload.builder`` makes for the
-CALIBRATION MODELS below: small MoE transformers defined here, in code, spanning hidden 128-1024,
+CALIBRATION MODELS below: small MoE transformers defined here, in code, spanning hidden 96-1024,
 256-4096 tokens, vocabularies of 1k-8k, top-1 and top-2, GELU / ReLU / SwiGLU, SGD and Adam. Each
 sample thus carries the builder's own FLOP and byte conventions. They are deliberately not the
 validation workloads (``workloads/tiny-moe-*.yaml``): a fit that saw those would be judged on its data.
@@ -11,6 +11,7 @@ validation workloads (``workloads/tiny-moe-*.yaml``): a fit that saw those would
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 from moesim import units
@@ -23,6 +24,7 @@ from moesim.workload.ops import Op, OpGraph, OpKind, Phase
 CACHE_MULTIPLE = 2             # a case's operand sets together span this many last-level caches
 MAX_OPERAND_SETS = 256         # tiny ops: enough to leave L1 / L2 behind; more would only cost set-up
 MAX_CASE_BYTES = 1 * units.GIB  # operand memory per rank and case; a set above half of it is used alone
+DEFAULT_CACHE_BYTES = 32 * units.MIB  # when the OS does not say: this machine's L3
 
 # Ops above these FLOPs are left out of the kernel sweep: the matmul and attention sweeps already
 # cover large sizes, and one such op would take longer than every memory-bound kernel together.
@@ -40,6 +42,16 @@ def operand_sets(set_bytes: float, cache_bytes: int) -> int:
     return max(1, min(wanted, MAX_OPERAND_SETS, fitting))
 
 
+def host_cache_bytes() -> int:
+    """The host's last-level cache (L3) as the OS reports it, else ``DEFAULT_CACHE_BYTES``: whole, not a
+    share (the ranks on a host share it but do not run their cases in lockstep)."""
+    try:
+        reported = os.sysconf("SC_LEVEL3_CACHE_SIZE")
+    except (ValueError, OSError):
+        reported = 0
+    return reported if reported > 0 else DEFAULT_CACHE_BYTES
+
+
 @dataclass(frozen=True)
 class Sizes:
     """What one run measures."""
@@ -51,47 +63,72 @@ class Sizes:
     collective_bytes: tuple[int, ...]
     interference: tuple[tuple[int, int, int], ...]     # matmul shapes, each under both collectives
     interference_bytes: int
+    comm_under_compute_bytes: tuple[int, ...]          # of collective_bytes, also timed under a compute loop
+    comm_under_compute_matmul: tuple[int, int, int]    # the loop's matmul, m, n, k
     warmup: int
     repeats: int
+    paired_repeats: int                                # timed calls of each side of an interference pair
     kernel_models: tuple[str, ...]                     # names in CALIBRATION_MODELS
     kernel_flop_cap: float                             # kernel ops above this many FLOPs are skipped
     overhead_tasks: int                                # tasks of the synthetic plan timing the executor
+
+
+def bandwidth_bound(sizes: tuple[int, ...], floor_bytes: int) -> tuple[int, ...]:
+    """The sizes of a collective sweep from ``floor_bytes`` up: where a collective's transfer, the only
+    part the reverse interference stretches, dominates its time, so a ratio of two times measures it."""
+    return tuple(size for size in sizes if size >= floor_bytes)
 
 
 def sizes_for(device: str, quick: bool) -> Sizes:
     """Sweeps from launch-bound to rate-bound sizes: a CPU rank's caches, a GPU's HBM and NVLink."""
     models = tuple(CALIBRATION_MODELS)
     if device == "cuda":
+        collective_bytes = tuple(4 * 1024 * 4**i for i in range(9 if quick else 10))  # 4 KiB .. 1 GiB
         return Sizes(
             matmul=tuple((s, s, s) for s in (256, 512, 1024, 2048, 4096, 8192))
             + ((16384, 1024, 4096), (1, 8192, 8192)),
             elementwise=(10_000, 100_000, 1_000_000, 10_000_000, 64_000_000) + (() if quick else (256_000_000,)),
             attention=((8, 16, 1024, 64), (4, 16, 2048, 128), (2, 32, 4096, 128)),
             layernorm=((4096, 1024), (16384, 4096), (65536, 8192)),
-            collective_bytes=tuple(4 * 1024 * 4**i for i in range(9 if quick else 10)),  # 4 KB .. 1 GB
+            collective_bytes=collective_bytes,
             interference=((8192, 8192, 8192),),
             interference_bytes=64 * units.MIB,
+            # 64 MiB at NVLink's 150-450 GB/s: 150-450 us, at least 5x NCCL's 10-30 us latency
+            comm_under_compute_bytes=bandwidth_bound(collective_bytes, 64 * units.MIB),
+            comm_under_compute_matmul=(8192, 8192, 8192),
             warmup=3 if quick else 5,
             repeats=10 if quick else 30,
+            paired_repeats=30 if quick else 60,
             kernel_models=models,
             kernel_flop_cap=_GPU_FLOP_CAP,
             overhead_tasks=512,
         )
+    collective_bytes = tuple(1024 * 8**i for i in range(6))  # 1 KiB .. 32 MiB, quick too: two sizes >= 4 MiB
     return Sizes(
         matmul=tuple((s, s, s) for s in (32, 64, 128, 256, 384, 512) + (() if quick else (768, 1024)))
         + ((1024, 128, 256),),
         elementwise=(256, 4096, 65_536, 1_048_576, 4_194_304) + (() if quick else (16_777_216,)),
         attention=((1, 4, 128, 64), (1, 8, 256, 64), (2, 8, 256, 64)) + (() if quick else ((1, 8, 512, 64),)),
         layernorm=((64, 256), (512, 1024), (2048, 1024)) + (() if quick else ((4096, 2048),)),
-        collective_bytes=tuple(1024 * 8**i for i in range(5 if quick else 6)),
+        collective_bytes=collective_bytes,
         interference=((256, 256, 256),) if quick else ((256, 256, 256), (512, 512, 512)),
         interference_bytes=units.MIB,
+        # 4 MiB over gloo's ~2 GB/s loopback: 1 ms or more, at least 5x its ~0.2 ms latency
+        comm_under_compute_bytes=bandwidth_bound(collective_bytes, 4 * units.MIB),
+        comm_under_compute_matmul=(256, 256, 256),  # the interference sweep's matmul
         warmup=2 if quick else 3,
         repeats=5 if quick else 15,
+        paired_repeats=15 if quick else 30,  # a 32 MiB all-reduce under compute takes ~50 ms
         kernel_models=models[:2] if quick else models,
         kernel_flop_cap=_CPU_FLOP_CAP_QUICK if quick else _CPU_FLOP_CAP,
         overhead_tasks=512,
     )
+
+
+def group_sizes(world: int) -> list[int]:
+    """The collective sweeps' group sizes: powers of two from 2 up to the world size, and the world size."""
+    sizes = [g for g in (2**i for i in range(1, world.bit_length())) if world % g == 0 and g < world]
+    return sizes + ([world] if world >= 2 else [])
 
 
 def _model(name: str, *, hidden: int, heads: int, ffn: int, expert_ffn: int, experts_per_gpu: int, top_k: int,
@@ -125,10 +162,11 @@ _SGD, _ADAM = OptimizerKind.SGD_MOMENTUM, OptimizerKind.ADAM
 
 # The quick run measures the first two. Sizes are choices spread over the ranges in the module docstring.
 CALIBRATION_MODELS: dict[str, CalibrationModel] = {
-    "cal-h128": CalibrationModel(_model("cal-h128", hidden=128, heads=2, ffn=512, expert_ffn=512, experts_per_gpu=2,
-                                        top_k=1, activation=_GELU, expert_activation=_RELU, vocab=1024,
-                                        positions=512),
-                                 seq_len=512, batch=1, optimizer=_SGD, capacity_factor=1.0),
+    # hidden 96, not 128: tiny-moe-b (a validation workload) is 128 wide, and the fit must not see its shapes
+    "cal-h96": CalibrationModel(_model("cal-h96", hidden=96, heads=2, ffn=512, expert_ffn=512, experts_per_gpu=2,
+                                       top_k=1, activation=_GELU, expert_activation=_RELU, vocab=1024,
+                                       positions=512),
+                                seq_len=512, batch=1, optimizer=_SGD, capacity_factor=1.0),
     "cal-h512": CalibrationModel(_model("cal-h512", hidden=512, heads=8, ffn=1024, expert_ffn=512, experts_per_gpu=2,
                                         top_k=2, activation=_GELU, expert_activation=_SWIGLU, vocab=8192,
                                         positions=0),

@@ -1,7 +1,11 @@
 """Synthetic measurements: every time is what ``RooflineCostModel`` predicts on a node with PLANTED
 parameters, times ``1 + noise * N(0, 1)`` from a seeded Generator. The ops are built here, by the
 FLOP / byte conventions of moesim/workload/blocks.py written out again, not through the calibration
-package, so a convention the fit gets wrong shows up as a parameter it fails to recover."""
+package, so a convention the fit gets wrong shows up as a parameter it fails to recover.
+
+A collective under compute takes what the engine gives it with a member computing throughout: each
+stage's latency, plus its transfer (bottleneck volume over capacity, from the cost model's
+``CollectiveDemand``) stretched by ``1 + comm_slowdown_under_compute``."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import pytest
 from moesim.calibration.measurements import (
     AttentionSample,
     CollectiveSample,
+    CommUnderComputeSample,
     ElementwiseSample,
     Environment,
     InterferenceSample,
@@ -37,6 +42,8 @@ CPU_SHAPES = {
     "bytes": [1e3, 4e3, 1.6e4, 6.4e4, 2.56e5, 1e6, 4e6, 1.6e7],
     "interference": [((256, 256, 256), OpKind.ALL_TO_ALL, 1e6), ((512, 512, 512), OpKind.ALL_TO_ALL, 4e6),
                      ((256, 256, 256), OpKind.ALL_REDUCE, 1e6)],
+    "comm_under_compute": [1e6, 4e6, 1.6e7],  # the larger half of "bytes", both kinds, every group size
+    "compute_loop": (256, 256, 256),
 }
 GPU_SHAPES = {
     "matmul": [(256, 256, 256), (512, 512, 512), (1024, 1024, 1024), (2048, 2048, 2048), (4096, 4096, 4096),
@@ -46,6 +53,8 @@ GPU_SHAPES = {
     "layernorm": [(4096, 1024), (16384, 4096), (65536, 8192)],
     "bytes": [4e3, 6.4e4, 1e6, 1.6e7, 6.4e7, 2.56e8],
     "interference": [((4096, 4096, 4096), OpKind.ALL_TO_ALL, 6.4e7), ((8192, 8192, 8192), OpKind.ALL_TO_ALL, 2.56e8)],
+    "comm_under_compute": [1.6e7, 6.4e7, 2.56e8],
+    "compute_loop": (8192, 8192, 8192),
 }
 
 
@@ -55,7 +64,8 @@ def _planted_cpu(world: int = 2, **cost: float) -> NodeSpec:
     params = dict(matmul_efficiency=1.0, matmul_half_efficiency_us=30.0, attention_efficiency=0.4,
                   other_compute_efficiency=0.03, hbm_efficiency=1.0, launch_overhead_us=8.0,
                   intra_bandwidth_efficiency=1.0, inter_bandwidth_efficiency=1.0, collective_base_latency_us=40.0,
-                  all_to_all_peer_latency_us=10.0, compute_slowdown_under_comm=0.35)
+                  all_to_all_peer_latency_us=10.0, compute_slowdown_under_comm=0.35,
+                  comm_slowdown_under_compute=0.6)
     params.update(cost)
     return NodeSpec(
         name="planted-cpu",
@@ -71,7 +81,8 @@ def _planted_gpu(base: NodeSpec, **cost: float) -> NodeSpec:
     """``base`` (a datasheet GPU node) with planted efficiencies, latencies and slowdown."""
     params = dict(matmul_efficiency=0.62, matmul_half_efficiency_us=12.0, attention_efficiency=0.41,
                   hbm_efficiency=0.83, launch_overhead_us=5.0, intra_bandwidth_efficiency=0.71,
-                  collective_base_latency_us=9.0, all_to_all_peer_latency_us=0.8, compute_slowdown_under_comm=0.18)
+                  collective_base_latency_us=9.0, all_to_all_peer_latency_us=0.8, compute_slowdown_under_comm=0.18,
+                  comm_slowdown_under_compute=0.12)
     params.update(cost)
     return base.model_copy(update={"cost": base.cost.model_copy(update=params),
                                    "intra": base.intra.model_copy(update={"latency_us": 4.0})})
@@ -109,7 +120,15 @@ def _synthesize(node: NodeSpec, *, world: int, dtype: DType, shapes: dict, noise
     layernorm = [LayernormSample(tokens=t, hidden=h, dtype=dtype,
                                  seconds=noisy(compute(OpKind.LAYERNORM, 5 * t * h, 2 * t * h * b)))
                  for t, h in shapes["layernorm"]]
-    collectives = []
+    def under_compute(op: Op) -> float:
+        assert op.comm is not None
+        stages = model.collective_demand(op, comm_task, range(len(op.comm.groups))).stages()
+        stretch = 1.0 + node.cost.comm_slowdown_under_compute
+        return sum(stage.latency_s + stretch * float(np.max(stage.volume / model.capacities[stage.resources]))
+                   for stage in stages)
+
+    collectives, comm_under_compute = [], []
+    m, n, k = shapes["compute_loop"]
     for g in group_sizes or (world,):
         groups = tuple(tuple(range(s, s + g)) for s in range(0, world, g))
         for kind in (OpKind.ALL_TO_ALL, OpKind.ALL_REDUCE):
@@ -117,6 +136,12 @@ def _synthesize(node: NodeSpec, *, world: int, dtype: DType, shapes: dict, noise
                 seconds = model.collective_time(_op(kind, comm=CommSpec(groups=groups, bytes=size)), comm_task)
                 collectives.append(CollectiveSample(kind=kind, group_size=g, bytes_per_rank=size,
                                                     seconds=noisy(seconds)))
+            for size in shapes["comm_under_compute"]:
+                op = _op(kind, comm=CommSpec(groups=groups, bytes=size))
+                comm_under_compute.append(CommUnderComputeSample(
+                    kind=kind, group_size=g, bytes_per_rank=size, m=m, n=n, k=k, dtype=dtype,
+                    seconds_alone=noisy(model.collective_time(op, comm_task)), seconds_with_compute=noisy(
+                        under_compute(op))))
     slowdown = 1.0 + node.cost.compute_slowdown_under_comm
     interference = []
     for (m, n, k), kind, size in shapes["interference"]:
@@ -128,7 +153,8 @@ def _synthesize(node: NodeSpec, *, world: int, dtype: DType, shapes: dict, noise
                       devices=("planted",))
     return Measurements(measured_at=MEASURED_AT, environment=env, warmup=1, repeats=5, matmul=tuple(matmul),
                         elementwise=tuple(elementwise), attention=tuple(attention), layernorm=tuple(layernorm),
-                        collectives=tuple(collectives), interference=tuple(interference))
+                        collectives=tuple(collectives), interference=tuple(interference),
+                        comm_under_compute=tuple(comm_under_compute))
 
 
 @pytest.fixture

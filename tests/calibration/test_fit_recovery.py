@@ -6,8 +6,10 @@ With 2% multiplicative noise per time, tolerances follow from how each parameter
 - intercept-like terms (launch, t_half, latencies) rest on the few smallest samples, where they are
   most of the time: their error is 2-3x the noise, so 20%;
 - the slowdown s is the excess of a ratio of two noisy times (2.8% each ratio, 2-3 ratios): its
-  absolute error has sigma ~0.025, so 0.08.
-(60 seeds, measured once: worst cases 3.7%, 15%, 0.067.)
+  absolute error has sigma ~0.025, so 0.08;
+- the reverse slowdown y likewise, over 12 (CPU) or 18 (GPU) ratios, each divided by a transfer share
+  near 1: sigma ~0.028 * (1 + y) / sqrt(12) = 0.013 on the CPU's 0.6, so 0.06.
+(60 seeds, measured once: worst cases 3.7%, 15%, 0.067, 0.029.)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ GPU_RATES = ["cost.matmul_efficiency", "cost.hbm_efficiency", "cost.attention_ef
              "cost.intra_bandwidth_efficiency"]
 GPU_INTERCEPTS = CPU_INTERCEPTS
 SLOWDOWN = "cost.compute_slowdown_under_comm"
+REVERSE = "cost.comm_slowdown_under_compute"
 ONE_HOST = ["network.nic_gbps", "network.latency_us", "cost.inter_bandwidth_efficiency"]
 
 
@@ -39,7 +42,7 @@ def at(node, path: str):
 def test_noise_free_cpu_fit_recovers_every_planted_parameter(cpu_measurements, planted_cpu) -> None:
     planted = planted_cpu(world=4)
     fit = fit_node(cpu_measurements, load_node("cpu-loopback"), name="cpu-test")
-    for path in CPU_RATES + CPU_INTERCEPTS + [SLOWDOWN]:
+    for path in CPU_RATES + CPU_INTERCEPTS + [SLOWDOWN, REVERSE]:
         assert at(fit.node, path) == pytest.approx(at(planted, path), rel=1e-3), path
         assert fit.report.fitted_value(path) == at(fit.node, path)
     # A CPU has no datasheet peak: the achieved rates are the peaks, their efficiencies 1.
@@ -64,6 +67,7 @@ def test_noisy_cpu_fit_recovers_within_tolerance(seed, synthesize, planted_cpu, 
     for path in CPU_INTERCEPTS:
         assert at(fit.node, path) == pytest.approx(at(planted, path), rel=0.20), path
     assert at(fit.node, SLOWDOWN) == pytest.approx(at(planted, SLOWDOWN), abs=0.08)
+    assert at(fit.node, REVERSE) == pytest.approx(at(planted, REVERSE), abs=0.06)
     for error in fit.report.sweeps:  # residuals of a right model are the noise: ~2% RMS
         assert error.rms_relative_error < 0.05, error
 
@@ -73,7 +77,7 @@ def test_noise_free_gpu_fit_keeps_datasheet_peaks_and_fits_efficiencies(synthesi
     planted = planted_gpu(base)
     measured = synthesize(planted, world=8, dtype=DType.BF16, shapes=gpu_shapes, group_sizes=(2, 4, 8))
     fit = fit_node(measured, base, name="h100-test")
-    for path in GPU_RATES + GPU_INTERCEPTS + [SLOWDOWN]:
+    for path in GPU_RATES + GPU_INTERCEPTS + [SLOWDOWN, REVERSE]:
         assert at(fit.node, path) == pytest.approx(at(planted, path), rel=1e-3), path
     assert fit.node.gpu == base.gpu and fit.node.intra.bandwidth_gb_per_s == 450
     assert fit.node.gpus_per_node == 8
@@ -98,6 +102,7 @@ def test_noisy_gpu_fit_recovers_within_tolerance(seed, synthesize, planted_gpu, 
     for path in GPU_INTERCEPTS:
         assert at(fit.node, path) == pytest.approx(at(planted, path), rel=0.20), path
     assert at(fit.node, SLOWDOWN) == pytest.approx(at(planted, SLOWDOWN), abs=0.08)
+    assert at(fit.node, REVERSE) == pytest.approx(at(planted, REVERSE), abs=0.06)
 
 
 def test_one_group_size_keeps_the_base_per_peer_latency(synthesize, planted_cpu, cpu_shapes) -> None:
@@ -137,7 +142,8 @@ def test_missing_sweeps_keep_base_values(cpu_measurements) -> None:
     """Only the matmul sweep: the launch overhead stays cpu-loopback's 10 us, so the size term absorbs
     the planted launch: t_half = 30 + 8 - 10 = 28 us; the rate is still the planted 50 GFLOP/s."""
     only_matmul = cpu_measurements.model_copy(update={"elementwise": (), "attention": (), "layernorm": (),
-                                                      "collectives": (), "interference": ()})
+                                                      "collectives": (), "interference": (),
+                                                      "comm_under_compute": ()})
     base = load_node("cpu-loopback")
     fit = fit_node(only_matmul, base, name="cpu-test")
     assert fit.node.gpu.peak_tflops[DType.FP32] == pytest.approx(0.05, rel=1e-3)
@@ -145,7 +151,7 @@ def test_missing_sweeps_keep_base_values(cpu_measurements) -> None:
     kept = fit.report.kept_paths()
     for path in ("cost.launch_overhead_us", "gpu.hbm_gb_per_s", "cost.attention_efficiency",
                  "cost.other_compute_efficiency", "intra.bandwidth_gb_per_s", "intra.latency_us",
-                 "cost.collective_base_latency_us", "cost.all_to_all_peer_latency_us", SLOWDOWN):
+                 "cost.collective_base_latency_us", "cost.all_to_all_peer_latency_us", SLOWDOWN, REVERSE):
         assert path in kept, path
         assert at(fit.node, path) == at(base, path), path
     assert [e.sweep for e in fit.report.sweeps] == [Sweep.MATMUL]

@@ -8,7 +8,9 @@ from pydantic import ValidationError
 from moesim.calibration.measurements import (
     AttentionSample,
     CollectiveSample,
+    CommUnderComputeSample,
     ElementwiseSample,
+    Environment,
     KernelSample,
     LayernormSample,
     MatmulSample,
@@ -55,7 +57,7 @@ def test_only_measured_collectives_are_accepted() -> None:
 
 
 def test_kernel_and_overhead_samples() -> None:
-    kernel = KernelSample(model="cal-h128", name="loss", kind=OpKind.LOSS, phase=Phase.FORWARD, flops=8.0,
+    kernel = KernelSample(model="cal-h96", name="loss", kind=OpKind.LOSS, phase=Phase.FORWARD, flops=8.0,
                           mem_bytes=2.0, dtype=DType.FP32, seconds=1e-3, operand_sets=16)
     assert (kernel.kind, kernel.flops, kernel.mem_bytes, kernel.operand_sets) == (OpKind.LOSS, 8.0, 2.0, 16)
     with pytest.raises(ValidationError, match="must be a compute kind"):
@@ -69,10 +71,34 @@ def test_kernel_and_overhead_samples() -> None:
     assert MatmulSample(m=1, n=1, k=1, dtype=DType.FP32, seconds=1.0).kind is OpKind.MATMUL
 
 
-def test_a_version_1_file_still_loads(cpu_measurements, tmp_path) -> None:
+def test_older_files_still_load(cpu_measurements, tmp_path) -> None:
+    assert cpu_measurements.schema_version == 3 and cpu_measurements.comm_under_compute
     path = tmp_path / "m.json"
-    path.write_text(cpu_measurements.model_dump_json(exclude={"kernels", "task_overhead"}).replace(
-        '"schema_version":2', '"schema_version":1'))
+    path.write_text(cpu_measurements.model_dump_json(exclude={"kernels", "task_overhead", "comm_under_compute"})
+                    .replace('"schema_version":3', '"schema_version":1'))
     old = load_measurements(path)
     assert old.schema_version == 1 and old.kernels == () and old.task_overhead is None
-    assert old.bookkeeping_seconds == 0.0
+    assert old.bookkeeping_seconds == 0.0 and old.comm_under_compute == ()
+    path.write_text(cpu_measurements.model_dump_json(exclude={"comm_under_compute"}).replace(
+        '"schema_version":3', '"schema_version":2'))
+    two = load_measurements(path)
+    assert two.schema_version == 2 and two.kernels == cpu_measurements.kernels and two.comm_under_compute == ()
+
+
+def test_a_comm_under_compute_sample_is_a_measured_collective_with_its_ratio() -> None:
+    sample = CommUnderComputeSample(kind=OpKind.ALL_TO_ALL, group_size=2, bytes_per_rank=4e6, m=256, n=256, k=256,
+                                    dtype=DType.FP32, seconds_alone=2e-3, seconds_with_compute=3e-3)
+    assert sample.ratio == pytest.approx(1.5)
+    with pytest.raises(ValidationError, match="all_to_all or all_reduce"):
+        sample.model_validate({**sample.model_dump(), "kind": OpKind.ALL_GATHER})
+    with pytest.raises(ValidationError, match="greater than 0"):
+        sample.model_validate({**sample.model_dump(), "seconds_with_compute": 0.0})
+
+
+def test_the_environment_from_a_ranks_description() -> None:
+    info = {"torch": "2.13.0+cpu", "backend": "gloo", "world_size": 2, "devices": ["x86_64"], "threads_per_rank": 1,
+            "cpu_count": 2, "python": "3.11.9", "platform": None, "nested": {"not": "a scalar"}}
+    env = Environment.from_info(info, device="cpu", ranks_per_host=2)
+    assert (env.torch, env.backend, env.device, env.world_size, env.ranks_per_host, env.devices) == (
+        "2.13.0+cpu", "gloo", "cpu", 2, 2, ("x86_64",))
+    assert env.details == {"cpu_count": 2, "python": "3.11.9", "platform": None}

@@ -6,10 +6,14 @@ from collections import Counter
 
 import pytest
 
+from moesim.calibration import sweeps
 from moesim.calibration.measurements import KIND_SWEEPS
 from moesim.calibration.sweeps import (
     CALIBRATION_MODELS,
+    DEFAULT_CACHE_BYTES,
     MAX_OPERAND_SETS,
+    group_sizes,
+    host_cache_bytes,
     kernel_cases,
     operand_sets,
     overhead_plan,
@@ -63,7 +67,7 @@ def test_cases_are_distinct_and_under_the_flop_cap() -> None:
              tuple(sorted(c.op.dims.items())), c.op.flops, c.op.mem_bytes) for c in cases]
     assert len(keys) == len(set(keys))
     # ln1 and ln2 of a block have one shape: one case, not two per layer
-    assert sum(1 for c in cases if c.model == "cal-h128" and c.op.kind is OpKind.LAYERNORM
+    assert sum(1 for c in cases if c.model == "cal-h96" and c.op.kind is OpKind.LAYERNORM
                and c.op.phase is Phase.FORWARD) == 1
 
 
@@ -71,6 +75,7 @@ def test_the_quick_run_is_a_subset_of_the_full_one() -> None:
     quick, full = sizes_for("cpu", quick=True), sizes_for("cpu", quick=False)
     assert set(quick.kernel_models) < set(full.kernel_models) == set(CALIBRATION_MODELS)
     assert quick.kernel_flop_cap < full.kernel_flop_cap and quick.repeats < full.repeats
+    assert quick.paired_repeats < full.paired_repeats and quick.paired_repeats % 3 == full.paired_repeats % 3 == 0
 
 
 def test_no_calibration_model_is_a_validation_workload() -> None:
@@ -94,3 +99,21 @@ def test_the_overhead_plan_is_a_chain_of_one_element_adds() -> None:
     for op in plan.graph.ops:  # the harness runs a residual op as torch.add: 1 FLOP, 3 x 4 bytes per element
         assert (op.kind, op.role, dict(op.dims), op.flops, op.mem_bytes) == (
             OpKind.ELEMENTWISE, "residual", {"numel": 1}, 1.0, 12.0)
+
+
+@pytest.mark.parametrize(("world", "expected"), [(1, []), (2, [2]), (4, [2, 4]), (6, [2, 6]), (8, [2, 4, 8])])
+def test_group_sizes_are_powers_of_two_dividing_the_world_and_the_world(world, expected) -> None:
+    assert group_sizes(world) == expected
+
+
+@pytest.mark.parametrize(("reported", "expected"), [(8 * MIB, 8 * MIB), (0, DEFAULT_CACHE_BYTES),
+                                                    (-1, DEFAULT_CACHE_BYTES), (ValueError, DEFAULT_CACHE_BYTES)])
+def test_the_host_cache_is_what_the_os_reports_else_the_default(monkeypatch, reported, expected) -> None:
+    def sysconf(name: str) -> int:
+        assert name == "SC_LEVEL3_CACHE_SIZE"
+        if reported is ValueError:
+            raise ValueError(name)
+        return reported
+
+    monkeypatch.setattr(sweeps.os, "sysconf", sysconf)
+    assert host_cache_bytes() == expected

@@ -1,7 +1,7 @@
 """The real microbenchmark on 2 gloo ranks (--quick): its JSON validates and makes physical sense, the
 kernel sweep ran the harness's kernels on the calibration models' ops, the executor's task overhead was
-measured, it fits, and the calibrated spec loads. One torchrun for the JSON checks, one through
-``calibrate``."""
+measured, the larger collectives were timed under compute, it fits, and the calibrated spec loads. One
+torchrun for the JSON checks, one through ``calibrate``."""
 
 from __future__ import annotations
 
@@ -42,6 +42,23 @@ def test_the_json_validates_and_describes_the_run(measured: Path) -> None:
     assert m.interference and all(s.seconds_alone > 0 and s.seconds_with_comm > 0 for s in m.interference)
 
 
+def test_the_larger_collectives_were_timed_alone_and_under_compute(measured: Path) -> None:
+    m = load_measurements(measured)
+    sizes = sizes_for("cpu", quick=True)
+    assert sizes.comm_under_compute_bytes == (4 * units.MIB, 32 * units.MIB)
+    expected = {(kind, 2, float(nbytes)) for kind in (OpKind.ALL_TO_ALL, OpKind.ALL_REDUCE)
+                for nbytes in sizes.comm_under_compute_bytes}  # whole float32 chunks already: nothing rounded
+    assert {(s.kind, s.group_size, s.bytes_per_rank) for s in m.comm_under_compute} == expected
+    sweep = {(s.kind, s.bytes_per_rank): s for s in m.collectives}
+    for sample in m.comm_under_compute:
+        assert (sample.m, sample.n, sample.k) == sizes.comm_under_compute_matmul and sample.dtype is DType.FP32
+        assert len(sample.rank_seconds_alone) == len(sample.rank_seconds_with_compute) == 2
+        assert sample.seconds_with_compute == max(sample.rank_seconds_with_compute) > 0
+        # the time alone is the collective sweep's own sample of that case (the slowest rank's median)
+        alone = sweep[(sample.kind, sample.bytes_per_rank)]
+        assert (sample.seconds_alone, sample.rank_seconds_alone) == (alone.seconds, alone.rank_seconds)
+
+
 def test_bigger_work_takes_longer(measured: Path) -> None:
     m = load_measurements(measured)
     squares = sorted((s.m, s.seconds) for s in m.matmul if s.m == s.n == s.k and s.m >= 64)
@@ -72,7 +89,7 @@ def test_the_kernel_sweep_ran_every_kind_of_the_calibration_models_cold(measured
     for sample in (*m.matmul, *m.elementwise, *m.attention, *m.layernorm, *m.kernels):
         assert sample.operand_sets >= 2, sample
     # a GELU costs 8 FLOP per element and a ReLU 1, on the same bytes: the GELU of one model is slower
-    acts = {k.name: k.seconds for k in m.kernels if k.model == "cal-h128" and k.phase is Phase.FORWARD}
+    acts = {k.name: k.seconds for k in m.kernels if k.model == "cal-h96" and k.phase is Phase.FORWARD}
     assert acts["L1.act"] > acts["L0.expert_act"]  # 262144 elements each: GELU (dense) vs ReLU (experts)
 
 
@@ -96,6 +113,9 @@ def test_the_measurements_fit_and_the_spec_loads(measured: Path, tmp_path: Path)
         assert result.report.error_of(KIND_SWEEPS[kind]) is not None, kind
     assert node.cost.kind_efficiency and all(0 < e <= 1 for e in node.cost.kind_efficiency.values())
     assert node.cost.launch_overhead_us >= units.to_us(m.bookkeeping_seconds) > 0
+    assert node.cost.comm_slowdown_under_compute >= 0
+    assert result.report.fitted_value("cost.comm_slowdown_under_compute") == node.cost.comm_slowdown_under_compute
+    assert result.report.error_of(Sweep.COMM_UNDER_COMPUTE).samples == len(m.comm_under_compute) == 4
 
 
 def test_calibrate_runs_end_to_end(tmp_path: Path) -> None:
