@@ -91,23 +91,28 @@ def fit_interference(node: NodeSpec, samples: Sequence[InterferenceSample]) -> S
 
 
 def fit_comm_slowdown(node: NodeSpec, measurements: Measurements) -> Step:
-    """``comm_slowdown_under_compute`` ``y``: each sample's measured ratio (with compute / alone) against
-    the model's ``1 + y * f``, ``f`` the transfer share of the collective's time on ``node`` as fitted so
-    far (so this step runs after the collective fit). Relative least squares, closed form:
-    ``y = sum(w * (1 - 1 / r)) / sum(w ** 2)`` with ``w = f / r``; below 0 it is written as 0."""
-    path = "cost.comm_slowdown_under_compute"
+    """The reverse interference, two parameters: a collective started while its ranks compute waits
+    ``z`` (``comm_latency_under_compute_us``) and its transfer runs ``1 + y`` times slower
+    (``comm_slowdown_under_compute``). Each sample: extra time ``t_with - t_alone = z + y * f * t_alone``
+    (``f`` the transfer share of the collective's time on ``node`` as fitted so far, so this step runs
+    after the collective fit); least squares relative to ``t_with``, both parameters >= 0 (one at its
+    bound 0 is written as 0 and the other refitted alone)."""
+    paths = ("cost.comm_latency_under_compute_us", "cost.comm_slowdown_under_compute")
+    bases = (node.cost.comm_latency_under_compute_us, node.cost.comm_slowdown_under_compute)
     samples = measurements.comm_under_compute
     if not samples:
-        return Step(kept=(kept(path, node.cost.comm_slowdown_under_compute, "no comm-under-compute samples"),))
-    ratio = np.array([s.ratio for s in samples])
-    weight = bandwidth_shares(samples, node, measurements.environment.world_size) / ratio
-    if not np.any(weight > 0):
-        reason = "the model gives these collectives no transfer time to stretch"
-        return Step(kept=(kept(path, node.cost.comm_slowdown_under_compute, reason),))
-    slowdown = float(np.sum(weight * (1 - 1 / ratio)) / np.sum(weight**2))
-    note = "at its bound 0: collectives ran no slower while computing" if slowdown <= 0 else ""
-    entry = fitted(path, max(0.0, slowdown), (Sweep.COMM_UNDER_COMPUTE,), note)
-    return Step(updates={path: entry.value}, fitted=(entry,))
+        return Step(kept=tuple(kept(p, b, "no comm-under-compute samples") for p, b in zip(paths, bases, strict=True)))
+    alone = np.array([s.seconds_alone for s in samples])
+    shares = bandwidth_shares(samples, node, measurements.environment.world_size)
+    design = np.column_stack([np.ones(len(samples)), shares * alone])
+    fit = relative_nnls(design, np.array([s.seconds_with_compute for s in samples]),
+                        fallback=np.array([units.us(bases[0]), bases[1]]), priority=(1, 0), offset=alone)
+    delay_s, slowdown = (float(v) for v in fit.values)
+    entries = (fitted(paths[0], delay_s / units.US, (Sweep.COMM_UNDER_COMPUTE,),
+                      "at its bound 0: no wait for the device" if delay_s <= 0 else ""),
+               fitted(paths[1], slowdown, (Sweep.COMM_UNDER_COMPUTE,),
+                      "at its bound 0: collectives ran no slower while computing" if slowdown <= 0 else ""))
+    return Step(updates={e.path: e.value for e in entries}, fitted=entries)
 
 
 def _row(res: ResourceMap, node: NodeSpec, sample: CollectiveSample, world_size: int) -> list[float]:

@@ -107,6 +107,10 @@ def bandwidth_shares(samples: Sequence[AnyCollectiveSample], node: NodeSpec, wor
 def predict_comm_under_compute(samples: Sequence[CommUnderComputeSample], node: NodeSpec,
                                world_size: int) -> np.ndarray:
     """Predicted ``seconds_with_compute / seconds_alone`` of each sample: with compute running on every
-    member throughout, the transfer share ``f`` of the collective runs ``1 + y`` times slower, so the
-    time grows by ``1 + y * f`` (``y`` = ``comm_slowdown_under_compute``)."""
-    return 1.0 + node.cost.comm_slowdown_under_compute * bandwidth_shares(samples, node, world_size)
+    member throughout, the collective first waits ``z`` (``comm_latency_under_compute``) and its
+    transfer share ``f`` runs ``1 + y`` times slower (``y`` = ``comm_slowdown_under_compute``), so the
+    measured time alone ``t`` grows to ``t + z + y * f * t``."""
+    alone = np.array([s.seconds_alone for s in samples], dtype=np.float64)
+    cost = node.cost
+    return 1.0 + cost.comm_latency_under_compute_s / alone + cost.comm_slowdown_under_compute * bandwidth_shares(
+        samples, node, world_size)

@@ -94,7 +94,9 @@ def sizes_for(device: str, quick: bool) -> Sizes:
             interference=((8192, 8192, 8192),),
             interference_bytes=64 * units.MIB,
             # 64 MiB at NVLink's 150-450 GB/s: 150-450 us, at least 5x NCCL's 10-30 us latency
-            comm_under_compute_bytes=bandwidth_bound(collective_bytes, 64 * units.MIB),
+            # a latency-bound size (the delay a collective waits for the device) and the bandwidth-bound
+            # ones (the transfer's slowdown): 64 MiB at NVLink's 150-450 GB/s is at least 5x NCCL's latency
+            comm_under_compute_bytes=(collective_bytes[0], *bandwidth_bound(collective_bytes, 64 * units.MIB)),
             comm_under_compute_matmul=(8192, 8192, 8192),
             warmup=3 if quick else 5,
             repeats=10 if quick else 30,
@@ -114,7 +116,9 @@ def sizes_for(device: str, quick: bool) -> Sizes:
         interference=((256, 256, 256),) if quick else ((256, 256, 256), (512, 512, 512)),
         interference_bytes=units.MIB,
         # 4 MiB over gloo's ~2 GB/s loopback: 1 ms or more, at least 5x its ~0.2 ms latency
-        comm_under_compute_bytes=bandwidth_bound(collective_bytes, 4 * units.MIB),
+        # every size of the sweep: from latency-bound (the wait for a core) through the middle, where a
+        # transfer needs many scheduling rounds of gloo's threads, to bandwidth-bound (the slower copy)
+        comm_under_compute_bytes=collective_bytes,
         comm_under_compute_matmul=(256, 256, 256),  # the interference sweep's matmul
         warmup=2 if quick else 3,
         repeats=5 if quick else 15,

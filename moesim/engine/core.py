@@ -76,7 +76,9 @@ class _Play:
         self.symmetric = symmetric
         self.ranks = (0,) if symmetric else tuple(range(plan.graph.num_ranks))
         self.env = simpy.Environment()
-        self.network = FlowNetwork(self.env, cost.capacities, float(cost.comm_slowdown))
+        self.contention_delay = float(cost.comm_latency_under_compute)
+        self.network = FlowNetwork(self.env, cost.capacities, float(cost.comm_slowdown),
+                                   track_compute=self.contention_delay > 0)
         slowdown = float(cost.compute_slowdown)
         self.compute = {rank: RankCompute(self.env, slowdown) for rank in self.ranks}
         self.ops = [plan.op_of(task) for task in plan.tasks]
@@ -194,8 +196,11 @@ class _Play:
             def transfer(_: object = None) -> None:
                 self.network.transfer(stage.resources, stage.volume, after, tuple(members))
 
-            if stage.latency_s > 0:
-                self.env.timeout(stage.latency_s).callbacks.append(transfer)
+            latency = stage.latency_s
+            if self.contention_delay and self.network.any_computing(tuple(members)):
+                latency += self.contention_delay  # the communication thread waits for a busy core
+            if latency > 0:
+                self.env.timeout(latency).callbacks.append(transfer)
             else:
                 transfer()
 

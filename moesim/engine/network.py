@@ -90,34 +90,42 @@ class Coflow:
 class FlowNetwork:
     """The shared network of one simulation: resource capacities and the coflows crossing them."""
 
-    def __init__(self, env: simpy.Environment, capacities: np.ndarray, comm_slowdown: float = 0.0) -> None:
+    def __init__(self, env: simpy.Environment, capacities: np.ndarray, comm_slowdown: float = 0.0,
+                 track_compute: bool = False) -> None:
         self._env = env
         self._capacities = np.asarray(capacities, dtype=np.float64)
         self._next_seq = 0
         self._active: dict[int, Coflow] = {}  # by seq, so in start order
         self._slow_factor = 1.0 / (1.0 + comm_slowdown)
-        self._computing: dict[int, int] = {}  # rank -> compute kernels running (reverse interference only)
+        self._track = track_compute or comm_slowdown != 0.0
+        self._computing: dict[int, int] = {}  # rank -> compute kernels running (when tracked)
 
     def compute_started(self, rank: int) -> None:
         """A compute kernel of ``rank`` started: its coflows slow down (if the model has that effect)."""
-        if self._slow_factor == 1.0:
+        if not self._track:
             return
         self._computing[rank] = self._computing.get(rank, 0) + 1
         if self._computing[rank] == 1:
             self._refactor(rank)
 
     def compute_ended(self, rank: int) -> None:
-        if self._slow_factor == 1.0:
+        if not self._track:
             return
         assert self._computing.get(rank, 0) > 0, "compute_ended without compute_started"
         self._computing[rank] -= 1
         if self._computing[rank] == 0:
             self._refactor(rank)
 
+    def any_computing(self, members: tuple[int, ...]) -> bool:
+        """Whether a member rank runs a compute kernel now (always False when compute is not tracked)."""
+        return any(self._computing.get(rank, 0) for rank in members)
+
     def _factor(self, members: tuple[int, ...]) -> float:
-        return self._slow_factor if any(self._computing.get(rank, 0) for rank in members) else 1.0
+        return self._slow_factor if self.any_computing(members) else 1.0
 
     def _refactor(self, rank: int) -> None:
+        if self._slow_factor == 1.0:
+            return
         now = self._env.now
         for coflow in self._active.values():
             if rank in coflow.members:

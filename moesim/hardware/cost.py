@@ -80,6 +80,10 @@ class RooflineCostModel:
     def comm_slowdown(self) -> float:
         return self._params.comm_slowdown_under_compute
 
+    @property
+    def comm_latency_under_compute(self) -> float:
+        return self._params.comm_latency_under_compute_s
+
     def resource_name(self, resource: int) -> str:
         return self._resources.name(resource)
 

@@ -75,6 +75,12 @@ class CostModel(Protocol):
         transfer runs ``1 + comm_slowdown`` times slower."""
         ...
 
+    @property
+    def comm_latency_under_compute(self) -> float:
+        """Seconds a collective stage waits before moving bytes when it starts while a member rank
+        computes (on a CPU host, the communication thread waiting for a core)."""
+        ...
+
     def resource_name(self, resource: int) -> str: ...
 
     def compute_time(self, op: Op, task: Task, rank: int) -> float:

@@ -151,6 +151,10 @@ class CostParams(_Spec):
     # [assumption, to be calibrated]. On a CPU host the same cores move the bytes and compute, so
     # calibration measures it.
     comm_slowdown_under_compute: float = Field(default=0.0, ge=0)
+    # A collective that starts while a member rank computes also waits this long before moving bytes:
+    # on a CPU host its communication thread waits for a core (a scheduler time slice). 0 on a GPU,
+    # where NCCL's kernels are queued ahead [assumption, to be calibrated].
+    comm_latency_under_compute_us: float = Field(default=0.0, ge=0)
     # Per-kind FLOP efficiency of the memory-bound kinds (keys: OpKind values such as "loss",
     # "elementwise"), overriding other_compute_efficiency where a kind's kernels are slower or faster
     # per FLOP than the generic figure; empty by default, filled by calibration.
@@ -177,6 +181,10 @@ class CostParams(_Spec):
     @property
     def matmul_half_efficiency_s(self) -> float:
         return units.us(self.matmul_half_efficiency_us)
+
+    @property
+    def comm_latency_under_compute_s(self) -> float:
+        return units.us(self.comm_latency_under_compute_us)
 
     @property
     def collective_base_latency_s(self) -> float:

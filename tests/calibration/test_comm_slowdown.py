@@ -103,13 +103,29 @@ def test_the_calibrated_file_carries_y_with_its_sweep_error(cpu_measurements, tm
     assert any(line.strip().startswith("comm_under_compute") for line in fit.report.summary_lines())
 
 
+def test_a_wait_for_the_core_and_a_slower_transfer_are_told_apart(two_ranks) -> None:
+    # z = 300 us before any byte moves, y = 0.5 on the transfer. A 1 KB all-to-all sends 512 B to the
+    # peer: 512 / 1.5e9 s = 0.341 us of transfer after its 65 us latency; the 3 MB cases as above.
+    z, small_transfer = 300e-6, 512 / 1.5e9
+    small = CommUnderComputeSample(kind=OpKind.ALL_TO_ALL, group_size=2, bytes_per_rank=1024, m=256, n=256, k=256,
+                                   dtype=DType.FP32, seconds_alone=65e-6 + small_transfer,
+                                   seconds_with_compute=65e-6 + z + 1.5 * small_transfer)
+    large = tuple(s.model_copy(update={"seconds_with_compute": s.seconds_with_compute + z}) for s in hand_samples())
+    measured = two_ranks.model_copy(update={"comm_under_compute": (small, *large)})
+    cost = fit_node(measured, load_node("cpu-loopback"), name="cpu-test").node.cost
+    assert cost.comm_latency_under_compute_us == pytest.approx(300.0, rel=1e-3)
+    assert cost.comm_slowdown_under_compute == pytest.approx(0.5, rel=1e-3)
+
+
 @pytest.mark.parametrize(("device", "quick", "expected"), [
-    ("cpu", True, (4 * units.MIB, 32 * units.MIB)),    # 1 KiB x 8^i up to 32 MiB, from 4 MiB up
-    ("cpu", False, (4 * units.MIB, 32 * units.MIB)),
-    ("cuda", True, (64 * units.MIB, 256 * units.MIB)),  # 4 KiB x 4^i up to 256 MiB, from 64 MiB up
-    ("cuda", False, (64 * units.MIB, 256 * units.MIB, units.GIB)),
+    # CPU: every size of the sweep, 1 KiB x 8^i up to 32 MiB
+    ("cpu", True, tuple(units.KIB * 8**i for i in range(6))),
+    ("cpu", False, tuple(units.KIB * 8**i for i in range(6))),
+    # 4 KiB, then 4 KiB x 4^i up to 256 MiB (1 GiB in full), from 64 MiB up
+    ("cuda", True, (4 * units.KIB, 64 * units.MIB, 256 * units.MIB)),
+    ("cuda", False, (4 * units.KIB, 64 * units.MIB, 256 * units.MIB, units.GIB)),
 ])
-def test_the_collectives_under_compute_are_the_sweeps_bandwidth_bound_sizes(device, quick, expected) -> None:
+def test_the_collectives_under_compute_are_latency_and_bandwidth_bound_sizes(device, quick, expected) -> None:
     sizes = sizes_for(device, quick)
     assert sizes.comm_under_compute_bytes == expected
     assert set(expected) <= set(sizes.collective_bytes)

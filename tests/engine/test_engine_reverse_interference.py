@@ -40,3 +40,13 @@ def test_both_directions_together(story, assert_times):
     s.compute("gemm", 1.0)
     s.collective("a2a", stream=StreamKind.COMM, volumes=[{0: 10.0}])
     assert_times(s.run(), {"gemm": (0.0, 2.0), "a2a": (0.0, 2.0)})
+
+
+def test_a_collective_starting_under_compute_waits_for_a_core(story, assert_times):
+    # z = 0.3 s extra latency when a member computes at the stage's start: 0.1 s latency + 0.3 s + 1 s.
+    s = story(capacities=[10.0])
+    s.cost.comm_latency_under_compute = 0.3
+    s.compute("gemm", 5.0)
+    s.collective("a2a", latency=0.1, volumes=[{0: 10.0}])
+    s.collective("later", latency=0.1, volumes=[{0: 10.0}], deps=[0])  # after the kernel: no wait
+    assert_times(s.run(), {"gemm": (0.0, 5.0), "a2a": (0.0, 1.4), "later": (5.0, 6.1)})

@@ -42,10 +42,10 @@ def test_the_json_validates_and_describes_the_run(measured: Path) -> None:
     assert m.interference and all(s.seconds_alone > 0 and s.seconds_with_comm > 0 for s in m.interference)
 
 
-def test_the_larger_collectives_were_timed_alone_and_under_compute(measured: Path) -> None:
+def test_the_chosen_collectives_were_timed_alone_and_under_compute(measured: Path) -> None:
     m = load_measurements(measured)
     sizes = sizes_for("cpu", quick=True)
-    assert sizes.comm_under_compute_bytes == (4 * units.MIB, 32 * units.MIB)
+    assert sizes.comm_under_compute_bytes == sizes.collective_bytes
     expected = {(kind, 2, float(nbytes)) for kind in (OpKind.ALL_TO_ALL, OpKind.ALL_REDUCE)
                 for nbytes in sizes.comm_under_compute_bytes}  # whole float32 chunks already: nothing rounded
     assert {(s.kind, s.group_size, s.bytes_per_rank) for s in m.comm_under_compute} == expected
@@ -113,9 +113,11 @@ def test_the_measurements_fit_and_the_spec_loads(measured: Path, tmp_path: Path)
         assert result.report.error_of(KIND_SWEEPS[kind]) is not None, kind
     assert node.cost.kind_efficiency and all(0 < e <= 1 for e in node.cost.kind_efficiency.values())
     assert node.cost.launch_overhead_us >= units.to_us(m.bookkeeping_seconds) > 0
-    assert node.cost.comm_slowdown_under_compute >= 0
+    assert node.cost.comm_slowdown_under_compute >= 0 and node.cost.comm_latency_under_compute_us >= 0
     assert result.report.fitted_value("cost.comm_slowdown_under_compute") == node.cost.comm_slowdown_under_compute
-    assert result.report.error_of(Sweep.COMM_UNDER_COMPUTE).samples == len(m.comm_under_compute) == 4
+    assert (result.report.fitted_value("cost.comm_latency_under_compute_us")
+            == node.cost.comm_latency_under_compute_us)
+    assert result.report.error_of(Sweep.COMM_UNDER_COMPUTE).samples == len(m.comm_under_compute) == 12
 
 
 def test_calibrate_runs_end_to_end(tmp_path: Path) -> None:
