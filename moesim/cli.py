@@ -46,15 +46,14 @@ def _parser() -> argparse.ArgumentParser:
     _scenario_options(run)
     run.add_argument("--schedule", default="sequential")
     run.add_argument("--trace", type=Path, help="write a Chrome/Perfetto trace (JSON) here")
-    run.add_argument("--plot", type=Path, help="write a Gantt chart (PNG) here")
-    run.add_argument("--layers", help="with --plot: layer range A-B to show, e.g. 2-3")
+    _plot_options(run, "write a Gantt chart (PNG) here", "layer range A-B to show, e.g. 2-3")
     run.set_defaults(handler=cmd_run)
 
     compare = commands.add_parser("compare", help="simulate several schedules on the same inputs")
     _scenario_options(compare)
     compare.add_argument("--schedules", help="comma-separated names (default: every registered schedule)")
-    compare.add_argument("--plot", type=Path, help="write the schedules' Gantt charts (PNG) here")
-    compare.add_argument("--layers", help="with --plot: layer range A-B to show (default: the middle MoE block)")
+    _plot_options(compare, "write the schedules' Gantt charts (PNG) here",
+                  "layer range A-B to show (default: the middle MoE block)")
     compare.set_defaults(handler=cmd_compare)
 
     calibrate = commands.add_parser("calibrate", help="microbenchmark this machine and fit the cost model")
@@ -82,6 +81,11 @@ def _parser() -> argparse.ArgumentParser:
 
     parser.set_defaults(handler=lambda _args: cmd_compare(compare.parse_args([])))
     return parser
+
+
+def _plot_options(sub: argparse.ArgumentParser, plot_help: str, layers_help: str) -> None:
+    sub.add_argument("--plot", type=Path, help=plot_help)
+    sub.add_argument("--layers", help=f"with --plot: {layers_help}")
 
 
 def _scenario_options(sub: argparse.ArgumentParser) -> None:

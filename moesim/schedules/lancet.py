@@ -63,8 +63,9 @@ def plan(graph: OpGraph, cost: CostModel, config: LancetConfig) -> ExecutionPlan
     order = list(range(len(graph.ops)))
     if config.dw_scheduling:
         # Moving dW ops changes the order gradients become ready, and DDP fills its buckets in that order.
-        graph, _ = rebucket(graph, program_order(graph, _place_dw(graph, cost)))
-        placement = _place_dw(graph, cost)
+        placed = _place_dw(graph, cost)
+        graph, new_id = rebucket(graph, program_order(graph, placed))
+        placement = placed.renumbered(new_id)
         order = program_order(graph, placement)
     partitions = plan_partitions(graph, cost, max_parts=config.max_partitions) if config.partition else None
 

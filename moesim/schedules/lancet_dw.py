@@ -44,6 +44,16 @@ class DWPlacement:
     covered_s: Mapping[int, float]               # a2a op id -> seconds of compute placed after it
     a2a_s: Mapping[int, float]                   # a2a op id -> its time as given
 
+    def renumbered(self, new_id: Mapping[int, int]) -> DWPlacement:
+        """The same placement with op ids mapped through ``new_id`` (e.g. after buckets were rebuilt)."""
+        return DWPlacement(
+            after=MappingProxyType({new_id[a]: tuple(new_id[o] for o in ops) for a, ops in self.after.items()}),
+            overlappable=MappingProxyType({new_id[c]: tuple(new_id[a] for a in a2as)
+                                           for c, a2as in self.overlappable.items()}),
+            covered_s=MappingProxyType({new_id[a]: s for a, s in self.covered_s.items()}),
+            a2a_s=MappingProxyType({new_id[a]: s for a, s in self.a2a_s.items()}),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class _Reach:
