@@ -77,6 +77,7 @@ class _Play:
         self.ranks = (0,) if symmetric else tuple(range(plan.graph.num_ranks))
         self.env = simpy.Environment()
         self.contention_delay = float(cost.comm_latency_under_compute)
+        self.handoff = float(cost.stream_handoff)
         self.network = FlowNetwork(self.env, cost.capacities, float(cost.comm_slowdown),
                                    track_compute=self.contention_delay > 0)
         slowdown = float(cost.compute_slowdown)
@@ -110,11 +111,15 @@ class _Play:
         for position, task_id in enumerate(order):
             cursor.position = position
             task = tasks[task_id]
+            handed_over = False
             for dep in task.deps:
                 if not finished[dep]:
                     cursor.dependency = dep
                     yield self._finish_of(rank, dep)
+                    handed_over = handed_over or tasks[dep].stream is not kind
             cursor.dependency = None
+            if handed_over and self.handoff:  # woken by another stream: the hand-over between them
+                yield env.timeout(self.handoff)
             op = ops[task_id]
             start = env.now
             if op.kind.is_collective:

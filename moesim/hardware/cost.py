@@ -1,6 +1,6 @@
 """RooflineCostModel: the CostModel the engine uses (moesim/hardware/interface.py).
 
-Compute: ``max(flops / (peak * eff(kind, size)), mem_bytes / (hbm * hbm_efficiency)) + launch``.
+Compute: ``max(flops / (peak * eff(kind, size, shape)), mem_bytes / (hbm * hbm_efficiency)) + launch``.
 Communication: alpha-beta per collective algorithm (``collectives.py``); the alpha is the returned
 latency, the beta is left to the engine's flow model sharing each resource's capacity.
 """
@@ -18,7 +18,7 @@ from moesim.hardware.interface import CollectiveDemand
 from moesim.hardware.resources import ResourceMap
 from moesim.hardware.specs import ClusterSpec, DType
 from moesim.plan import A2AAlgorithm, Task
-from moesim.workload.ops import Op, OpKind
+from moesim.workload.ops import Op, OpKind, Phase
 
 _TENSOR_KINDS = frozenset({OpKind.MATMUL, OpKind.ATTENTION})
 _RING_TRAVERSALS = {OpKind.ALL_REDUCE: 2, OpKind.ALL_GATHER: 1, OpKind.REDUCE_SCATTER: 1}
@@ -33,7 +33,9 @@ class RooflineCostModel:
     kinds run on the vector units, so their FLOP roof is the FP32 peak (never above the dtype's).
 
     Size term: a matmul or attention whose ideal time at peak is ``t = flops / peak`` reaches
-    efficiency ``eff_max * t / (t + t_half)``, so it takes ``(t + t_half) / eff_max``.
+    efficiency ``eff_max * t / (t + t_half)``, so it takes ``(t + t_half) / eff_max``. Shape term: a
+    matmul whose smallest dimension is ``d`` takes ``1 + d_half / d`` times that (``d_half`` =
+    ``matmul_half_efficiency_dim``, 0 = off).
     """
 
     def __init__(self, cluster: ClusterSpec, dtype: DType) -> None:
@@ -84,6 +86,10 @@ class RooflineCostModel:
     def comm_latency_under_compute(self) -> float:
         return self._params.comm_latency_under_compute_s
 
+    @property
+    def stream_handoff(self) -> float:
+        return self._params.stream_handoff_s
+
     def resource_name(self, resource: int) -> str:
         return self._resources.name(resource)
 
@@ -92,7 +98,11 @@ class RooflineCostModel:
         assert not op.kind.is_collective, f"{op.name} is a collective: cost it with collective_demand"
         flops = op.flops_on(rank) * task.fraction_on(rank)
         mem_bytes = op.mem_bytes_on(rank) * task.fraction_on(rank)
-        return max(self._flop_time(op.kind, flops), mem_bytes / self._hbm) + self._launch
+        flop_time = self._flop_time(op.kind, flops)
+        half_dim = self._params.matmul_half_efficiency_dim
+        if half_dim and op.kind is OpKind.MATMUL:
+            flop_time *= 1.0 + half_dim / smallest_matmul_dim(op, task, rank)
+        return max(flop_time, mem_bytes / self._hbm) + self._launch
 
     def collective_demand(self, op: Op, task: Task, groups: Sequence[int]) -> CollectiveDemand:
         """One coflow for ``op.comm.groups[i] for i in groups``; see ``collectives`` for each algorithm.
@@ -162,6 +172,19 @@ class RooflineCostModel:
             return [op.comm.traffic[i] * task.fraction for i in groups]
         sizes = [len(op.comm.groups[i]) for i in groups]
         return [np.full((g, g), op.comm.bytes * task.fraction / g) for g in sizes]
+
+
+def smallest_matmul_dim(op: Op, task: Task, rank: int) -> float:
+    """The smallest of a matmul task's m, n, k on ``rank``: the token dimension (k of a weight gradient,
+    m otherwise) scaled by the task's share of the op, as the harness shapes its kernel. Inf when the op
+    does not carry its dims (no shape term then)."""
+    dims = op.dims
+    if not all(name in dims for name in ("m", "n", "k")):
+        return float("inf")
+    scale = op.rank_scale[rank] if op.rank_scale is not None else 1.0
+    token = "k" if op.phase is Phase.BACKWARD_WEIGHT else "m"
+    sizes = [dims[name] * (task.fraction_on(rank) * scale if name == token else 1.0) for name in ("m", "n", "k")]
+    return max(1.0, min(sizes))
 
 
 def _demand_of(volume: np.ndarray, latency_s: float) -> CollectiveDemand:

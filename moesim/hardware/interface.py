@@ -81,6 +81,11 @@ class CostModel(Protocol):
         computes (on a CPU host, the communication thread waiting for a core)."""
         ...
 
+    @property
+    def stream_handoff(self) -> float:
+        """Seconds a task that waited for a task of another stream starts after that task ended."""
+        ...
+
     def resource_name(self, resource: int) -> str: ...
 
     def compute_time(self, op: Op, task: Task, rank: int) -> float:

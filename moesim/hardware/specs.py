@@ -118,6 +118,11 @@ class CostParams(_Spec):
     # i.e. it takes (t + t_half) / matmul_efficiency: small kernels cannot fill every SM (wave
     # quantisation, prologue/epilogue). Expressed as time so one value fits GPUs of any speed [assumption].
     matmul_half_efficiency_us: float = Field(default=10.0, ge=0)
+    # Shape term: a matmul whose smallest dimension (m, n or k; the batch of a batched one aside) is d
+    # runs 1 + d_half / d times longer again: a skinny GEMM re-reads its operands per tile and fills
+    # partial tiles. 0 = off, the default on GPU presets [assumption, to be calibrated]; on a CPU the
+    # calibration measures it (hidden sizes of 96-192 run 10-25% below square GEMMs).
+    matmul_half_efficiency_dim: float = Field(default=0.0, ge=0)
     # Unfused attention (bmm, softmax, bmm) runs well below GEMM efficiency; fused kernels reach
     # ~50-70% on H100 [assumption]. The size term above applies to attention as well.
     attention_efficiency: float = Field(default=0.5, gt=0, le=1)
@@ -155,6 +160,11 @@ class CostParams(_Spec):
     # on a CPU host its communication thread waits for a core (a scheduler time slice). 0 on a GPU,
     # where NCCL's kernels are queued ahead [assumption, to be calibrated].
     comm_latency_under_compute_us: float = Field(default=0.0, ge=0)
+    # A task that waited for a task of another stream starts this long after that task ended: the
+    # hand-over between streams. On a CPU host the harness runs each stream in its own thread, so the
+    # waiting thread must be woken and get a core (measured by `moesim calibrate`). 0 on a GPU, where
+    # the host queues work ahead and a CUDA event wait costs a few us at most [assumption].
+    stream_handoff_us: float = Field(default=0.0, ge=0)
     # Per-kind FLOP efficiency of the memory-bound kinds (keys: OpKind values such as "loss",
     # "elementwise"), overriding other_compute_efficiency where a kind's kernels are slower or faster
     # per FLOP than the generic figure; empty by default, filled by calibration.
@@ -181,6 +191,10 @@ class CostParams(_Spec):
     @property
     def matmul_half_efficiency_s(self) -> float:
         return units.us(self.matmul_half_efficiency_us)
+
+    @property
+    def stream_handoff_s(self) -> float:
+        return units.us(self.stream_handoff_us)
 
     @property
     def comm_latency_under_compute_s(self) -> float:

@@ -50,3 +50,16 @@ def test_a_collective_starting_under_compute_waits_for_a_core(story, assert_time
     s.collective("a2a", latency=0.1, volumes=[{0: 10.0}])
     s.collective("later", latency=0.1, volumes=[{0: 10.0}], deps=[0])  # after the kernel: no wait
     assert_times(s.run(), {"gemm": (0.0, 5.0), "a2a": (0.0, 1.4), "later": (5.0, 6.1)})
+
+
+def test_a_task_woken_by_another_stream_starts_a_handoff_later(story, assert_times):
+    # h = 0.05 s: the collective waited for the gemm (another stream) and starts at 1.05; the second gemm
+    # waited for the collective and starts 0.05 after it ends; a task whose dependency had already ended,
+    # or that followed its own stream, pays nothing.
+    s = story(capacities=[10.0])
+    s.cost.stream_handoff = 0.05
+    s.compute("gemm", 1.0)
+    s.collective("a2a", latency=0.0, volumes=[{0: 10.0}], deps=[0])
+    s.compute("gemm2", 1.0, deps=[1])
+    s.compute("gemm3", 1.0, deps=[0])  # same stream, its dependency long done
+    assert_times(s.run(), {"gemm": (0.0, 1.0), "a2a": (1.05, 2.05), "gemm2": (2.1, 3.1), "gemm3": (3.1, 4.1)})

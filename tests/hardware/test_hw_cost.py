@@ -6,7 +6,7 @@ import pytest
 
 from moesim.errors import MoesimError
 from moesim.hardware import CostModel, DType, RooflineCostModel, load_cluster
-from moesim.workload.ops import OpKind
+from moesim.workload.ops import Op, OpKind, Phase
 
 GB = 1e9
 US = 1e-6
@@ -148,3 +148,26 @@ def test_single_node_clusters_still_have_nic_resources(tiny_cluster) -> None:
         "node0.nic0.in",
         "node0.nic1.in",
     ]
+
+
+def test_skinny_matmuls_pay_the_shape_term_on_their_smallest_dimension(tiny_cluster, task) -> None:
+    model = RooflineCostModel(tiny_cluster(matmul_efficiency=1.0, matmul_half_efficiency_us=0.0,
+                                           matmul_half_efficiency_dim=64.0, launch_overhead_us=0.0), DType.FP32)
+    m, n, k = 2048, 128, 256  # smallest 128: 1 + 64 / 128 = 1.5 times the time at the fp32 peak (10 TFLOP/s)
+    flops = 2.0 * m * n * k
+
+    def op(phase: Phase, dims: dict[str, int]) -> Op:
+        return Op(id=0, name="x.matmul", role="fc1", kind=OpKind.MATMUL, phase=phase, layer=0, flops=flops,
+                  mem_bytes=0.0, dims=dims)
+
+    assert model.compute_time(op(Phase.FORWARD, {"m": m, "n": n, "k": k}), task(), 0) == pytest.approx(
+        flops / 10e12 * 1.5)
+    # a quarter of the tokens: m = 512 stays above n, so still 1.5. A weight gradient's tokens are its k
+    # (2048): a sixteenth leaves k = 128, still 1.5; a 128th leaves k = 16, so 1 + 64 / 16 = 5
+    assert model.compute_time(op(Phase.FORWARD, {"m": m, "n": n, "k": k}), task(fraction=0.25), 0) == pytest.approx(
+        flops / 4 / 10e12 * 1.5)
+    weight = op(Phase.BACKWARD_WEIGHT, {"m": n, "n": k, "k": m})
+    assert model.compute_time(weight, task(fraction=1 / 16), 0) == pytest.approx(flops / 16 / 10e12 * 1.5)
+    assert model.compute_time(weight, task(fraction=1 / 128), 0) == pytest.approx(flops / 128 / 10e12 * 5.0)
+    # an op without its dims (or with the term off) pays nothing extra
+    assert model.compute_time(op(Phase.FORWARD, {}), task(), 0) == pytest.approx(flops / 10e12)
