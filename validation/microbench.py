@@ -11,8 +11,9 @@ tensors, so timing calls on the same operands would measure the cache, not the k
 cycles through independent operand sets spanning twice the last-level cache (L3, a GPU's L2) where
 memory allows. Task overhead: a synthetic plan of tiny tasks through the executor, against the same
 kernel alone. Collectives: all-to-all and all-reduce at every group size (powers of two up to the
-world size), the slowest rank's median; the larger ones also under a matmul loop in a second thread
-of every rank. Interference: a matmul alone, then under a loop of collectives in a second thread.
+world size), the slowest rank's median; some sizes also issued from a second thread, as the executor's
+communication streams issue them, alone and while every rank's calling thread runs a matmul loop (each of
+a few kernel lengths). Interference: a matmul alone, then under a loop of collectives in a second thread.
 The JSON follows ``moesim.calibration.measurements.Measurements``.
 """
 
@@ -48,6 +49,7 @@ from moesim.calibration.measurements import (
     LayernormSample,
     MatmulSample,
     Measurements,
+    StreamHandoffSample,
     TaskOverheadSample,
 )
 from moesim.dtypes import DType
@@ -217,6 +219,19 @@ def task_overhead(ctx: RankContext, clock: Clock, sizes: sweeps.Sizes, dtype: DT
                               kernel_seconds=alone, flops=op.flops, mem_bytes=op.mem_bytes, dtype=dtype)
 
 
+def stream_handoff(ctx: RankContext, sizes: sweeps.Sizes, dtype: DType) -> StreamHandoffSample | None:
+    """The executor's hand-over between streams on ``handoff_plan``: in its median iteration, the mean of
+    start minus the dependency's end over every task woken by the other stream, on every rank."""
+    if ctx.world_size < 2:
+        return None
+    plan = sweeps.handoff_plan(sizes.handoff_rounds, ctx.world_size, dtype)
+    run = execute_plan(plan, ctx, warmup=_OVERHEAD_WARMUP, iterations=_OVERHEAD_ITERATIONS)
+    ends = {(span.rank, span.task): span.end for span in run.timeline.spans}
+    gaps = [span.start - ends[span.rank, dep] for span in run.timeline.spans
+            for dep in plan.tasks[span.task].deps if plan.tasks[dep].stream is not span.stream]
+    return StreamHandoffSample(rounds=sizes.handoff_rounds, seconds=max(0.0, statistics.fmean(gaps)))
+
+
 def collective_groups(ctx: RankContext) -> dict[int, Any]:
     """This rank's group at every size of ``group_sizes``: consecutive ranks, as the fit assumes
     (``predict.collective_groups``). Every rank creates every group, in order (``new_group`` is collective)."""
@@ -284,36 +299,101 @@ def _paired(clock: Clock, call: Callable[[], object], step: Callable[[bool], boo
 def collective_sweeps(ctx: RankContext, clock: Clock, sizes: sweeps.Sizes,
                       dtype: DType) -> tuple[list[CollectiveSample], list[CommUnderComputeSample]]:
     """All-to-all and all-reduce on every group of ``collective_groups`` (``bytes_per_rank`` rounded to whole
-    equal chunks), each timed call started together (a barrier before it). At ``comm_under_compute_bytes``,
-    alone and while every rank runs a matmul loop in a second thread (``_paired``), which starts before a
-    block's warm-up and barriers and stops after a barrier behind its last call: it runs during every one."""
-    m, n, k = sizes.comm_under_compute_matmul
-    matmul, swept, under_compute = _matmul(m, n, k, dtype, ctx.device), [], []
-
-    def compute(stopping: bool) -> bool:  # one matmul, waited for on a GPU so the loop never queues ahead
-        matmul()
-        if ctx.device.type == "cuda":
-            torch.cuda.current_stream().synchronize()
-        return stopping
-
+    equal chunks), each timed call started together (a barrier before it). At ``comm_under_compute_bytes``
+    also as the executor runs them under compute (``_under_compute``), under a loop of each matmul of
+    ``comm_under_compute_matmuls``, whose length alone is measured first."""
+    swept, under_compute = [], []
+    loops = [(shape, _matmul(*shape, dtype, ctx.device)) for shape in sizes.comm_under_compute_matmuls]
+    kernel_s = [max(_gathered(statistics.median(clock.times([mm], sizes.warmup, sizes.repeats)))) for _, mm in loops]
     for size, group in collective_groups(ctx).items():
         for kind in (OpKind.ALL_TO_ALL, OpKind.ALL_REDUCE):
             for nbytes in sizes.collective_bytes:
                 numel = max(size, nbytes // _WIRE.itemsize // size * size)  # whole equal chunks
                 call = _collective(kind, numel, ctx.device, group)
-                if nbytes not in sizes.comm_under_compute_bytes:
-                    mine = statistics.median(clock.times([call], sizes.warmup, sizes.repeats, before=dist.barrier))
-                    alone = tuple(_gathered(mine))
-                else:
-                    pair = _paired(clock, call, compute, ctx.device, sizes, dist.barrier)
-                    alone, busy = tuple(_gathered(pair[0])), tuple(_gathered(pair[1]))
-                    under_compute.append(CommUnderComputeSample(
-                        kind=kind, group_size=size, bytes_per_rank=numel * _WIRE.itemsize, m=m, n=n, k=k,
-                        dtype=dtype, seconds_alone=max(alone), seconds_with_compute=max(busy),
-                        rank_seconds_alone=alone, rank_seconds_with_compute=busy))
+                mine = statistics.median(clock.times([call], sizes.warmup, sizes.repeats, before=dist.barrier))
+                alone = tuple(_gathered(mine))
                 swept.append(CollectiveSample(kind=kind, group_size=size, bytes_per_rank=numel * _WIRE.itemsize,
                                               seconds=max(alone), rank_seconds=alone))
+                if nbytes not in sizes.comm_under_compute_bytes:
+                    continue
+                for ((m, n, k), matmul), seconds in zip(loops, kernel_s, strict=True):
+                    pair = _under_compute(call, _stepper(matmul, ctx.device), ctx.device, sizes)
+                    quiet, busy = tuple(_gathered(pair[0])), tuple(_gathered(pair[1]))
+                    under_compute.append(CommUnderComputeSample(
+                        kind=kind, group_size=size, bytes_per_rank=numel * _WIRE.itemsize, m=m, n=n, k=k,
+                        dtype=dtype, seconds_alone=max(quiet), seconds_with_compute=max(busy),
+                        rank_seconds_alone=quiet, rank_seconds_with_compute=busy, kernel_seconds=seconds))
     return swept, under_compute
+
+
+def _stepper(matmul: Callable[[], object], device: torch.device) -> Callable[[], object]:
+    """One matmul, waited for on a GPU so the loop never queues ahead of the clock."""
+    if device.type != "cuda":
+        return matmul
+
+    def step() -> object:
+        result = matmul()
+        torch.cuda.current_stream().synchronize()
+        return result
+
+    return step
+
+
+def _under_compute(call: Callable[[], object], compute: Callable[[], object], device: torch.device,
+                   sizes: sweeps.Sizes) -> tuple[float, float]:
+    """This rank's mean time of ``call`` issued from a second thread, as the executor issues a collective
+    from a communication stream's thread: alone (this thread waits) and while this thread runs ``compute``
+    back to back until the call returns, in alternating blocks (a drift of the host's speed biases neither).
+    A barrier starts each call on every rank together; the second thread times it (perf_counter, after a
+    synchronize on a GPU, where the call runs on a stream of its own). The mean, not the median: on a busy
+    CPU host a call's wait for a core is either about nothing or about a scheduler time slice, so the
+    median jumps between the two, while an iteration adds up many such calls: their mean."""
+    go, done, stop, seconds, errors = threading.Event(), threading.Event(), threading.Event(), list[float](), []
+
+    def worker() -> None:
+        try:
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+            with torch.cuda.stream(torch.cuda.Stream()) if device.type == "cuda" else nullcontext():
+                while go.wait() and not stop.is_set():
+                    go.clear()
+                    start = time.perf_counter()
+                    call()
+                    if device.type == "cuda":
+                        torch.cuda.current_stream().synchronize()
+                    seconds.append(time.perf_counter() - start)
+                    done.set()
+        except BaseException as err:  # reported by the calling thread
+            errors.append(err)
+            done.set()
+
+    def one(busy: bool) -> None:
+        dist.barrier()
+        done.clear()
+        go.set()
+        if busy:
+            while not done.is_set():
+                compute()
+        elif not done.wait(_LOOP_START_TIMEOUT_S):
+            raise RuntimeError("a collective under test did not return")
+        if errors:
+            raise RuntimeError(f"the collective thread failed: {errors[0]!r}")
+
+    thread = threading.Thread(target=worker, daemon=True)
+    thread.start()
+    alone, with_compute, repeats = list[float](), list[float](), sizes.paired_repeats // _PAIRED_BLOCKS
+    try:
+        for _ in range(_PAIRED_BLOCKS):
+            for busy, times in ((False, alone), (True, with_compute)):
+                for index in range(sizes.warmup + repeats):
+                    one(busy)
+                    if index >= sizes.warmup:
+                        times.append(seconds[-1])
+    finally:
+        stop.set()
+        go.set()
+        thread.join()
+    return statistics.fmean(alone), statistics.fmean(with_compute)
 
 
 def _comm_step(ctx: RankContext, group: Any, kind: OpKind, numel: int) -> Callable[[bool], bool]:
@@ -369,6 +449,7 @@ def run(out: Path, quick: bool, dtype: DType | None) -> Measurements:
     compute = compute_sweeps(ctx, clock, sizes, chosen)
     kernels = kernel_sweep(ctx, clock, sizes, chosen)
     overhead = task_overhead(ctx, clock, sizes, chosen)
+    handoff = stream_handoff(ctx, sizes, chosen)
     collectives, comm_under_compute = collective_sweeps(ctx, clock, sizes, chosen)
     interference = interference_sweep(ctx, clock, sizes, chosen)
     env = Environment.from_info(environment(ctx), device="gpu" if ctx.device.type == "cuda" else "cpu",
@@ -377,6 +458,7 @@ def run(out: Path, quick: bool, dtype: DType | None) -> Measurements:
                           repeats=sizes.repeats, matmul=tuple(compute["matmul"]),
                           elementwise=tuple(compute["elementwise"]), attention=tuple(compute["attention"]),
                           layernorm=tuple(compute["layernorm"]), kernels=tuple(kernels), task_overhead=overhead,
+                          stream_handoff=handoff,
                           collectives=tuple(collectives), interference=tuple(interference),
                           comm_under_compute=tuple(comm_under_compute))
     if ctx.rank == 0:

@@ -29,6 +29,8 @@ from moesim.hardware.specs import NodeSpec
 
 _LOWEST_EFFICIENCY = 1e-3
 _MAX_REGIME_PASSES = 10
+_DIM_PATH = "cost.matmul_half_efficiency_dim"
+_LOWEST_HALF_DIM, _HIGHEST_HALF_DIM = 0.1, 10_000.0  # the shape term's search: from nothing to "every GEMM"
 
 
 def fit_memory(node: NodeSpec, samples: Sequence[ElementwiseSample], device: Device) -> Step:
@@ -58,42 +60,71 @@ def fit_memory(node: NodeSpec, samples: Sequence[ElementwiseSample], device: Dev
 
 
 def fit_matmul(node: NodeSpec, samples: Sequence[MatmulSample | KernelSample], device: Device) -> Step:
-    """Rate and size term: ``(flops / peak + t_half) / eff + launch`` over the compute-bound samples.
+    """Rate, size and shape terms: ``(flops / peak + t_half) / eff * (1 + d_half / d) + launch`` over the
+    compute-bound samples (``d`` the sample's smallest dimension).
 
-    Linear in ``a = 1 / eff`` and ``c = t_half / eff``. Samples on the memory roof (under the bandwidth
-    fitted before) are left out, and the split is redone until it stops changing.
+    For a given ``d_half``, linear in ``a = 1 / eff`` and ``c = t_half / eff``; samples on the memory roof
+    (under the bandwidth fitted before) are left out, and the split is redone until it stops changing.
+    ``d_half`` is searched around that (0 included: it stays 0 unless it explains the samples better).
     """
-    eff_path, half_path = "cost.matmul_efficiency", "cost.matmul_half_efficiency_us"
+    eff_path, half_path, dim_path = "cost.matmul_efficiency", "cost.matmul_half_efficiency_us", _DIM_PATH
     peaks = {s.dtype: node.gpu.peak_tflops[s.dtype] for s in samples}
     x = np.array([s.flops / node.gpu.peak_flops(s.dtype) for s in samples])
+    smallest = np.array([_smallest_dim(s) for s in samples], dtype=np.float64)
     measured, launch = _seconds(samples), node.cost.launch_overhead_s
     memory = np.array([s.mem_bytes for s in samples]) / (node.gpu.hbm_bytes_per_s * node.cost.hbm_efficiency)
     fallback = np.array([1 / node.cost.matmul_efficiency,
                          node.cost.matmul_half_efficiency_s / node.cost.matmul_efficiency])
-    use = np.ones(len(samples), dtype=bool)
-    values, identified = fallback, np.zeros(2, dtype=bool)
-    for _ in range(_MAX_REGIME_PASSES):
-        if np.count_nonzero(use) < 2:
-            identified = np.zeros(2, dtype=bool)
-            break
-        fit = relative_nnls(np.column_stack([x[use], np.ones(np.count_nonzero(use))]), measured[use],
-                            fallback=fallback, priority=[0, 1], offset=launch)
-        values, identified = fit.values, fit.identified
-        compute_bound = x * values[0] + values[1] >= memory
-        if np.array_equal(compute_bound, use):
-            break
-        use = compute_bound
-    (slope, intercept), sweeps = values, (Sweep.MATMUL,)
+
+    def solve(half_dim: float) -> tuple[float, np.ndarray, np.ndarray]:
+        """(relative RMS error over every sample, values, identified) with the shape term at ``half_dim``."""
+        stretch = 1.0 + half_dim / smallest
+        design = np.column_stack([x * stretch, stretch])
+        use = np.ones(len(samples), dtype=bool)
+        values, identified = fallback, np.zeros(2, dtype=bool)
+        for _ in range(_MAX_REGIME_PASSES):
+            if np.count_nonzero(use) < 2:
+                identified = np.zeros(2, dtype=bool)
+                break
+            fit = relative_nnls(design[use], measured[use], fallback=fallback, priority=[0, 1], offset=launch)
+            values, identified = fit.values, fit.identified
+            compute_bound = design @ values >= memory
+            if np.array_equal(compute_bound, use):
+                break
+            use = compute_bound
+        error = relative_rms(np.maximum(design @ values, memory) + launch, measured) if len(samples) else 0.0
+        return error, values, identified
+
+    shaped = bool(np.any(np.isfinite(smallest))) and len(samples) > 2
+    search = minimise_scalar(lambda d: solve(d)[0], _LOWEST_HALF_DIM, _HIGHEST_HALF_DIM) if shaped else None
+    half_dim = search.value if search is not None and not search.as_good(solve(0.0)[0]) else 0.0
+    _, (slope, intercept), identified = solve(half_dim)
+    sweeps = (Sweep.MATMUL,)
     if not (identified[0] and slope > 0):
         reason = "no compute-bound matmul samples" if samples else "no matmul samples"
         return Step(kept=(kept(eff_path, node.cost.matmul_efficiency, reason),
-                          kept(half_path, node.cost.matmul_half_efficiency_us, reason)))
+                          kept(half_path, node.cost.matmul_half_efficiency_us, reason),
+                          kept(dim_path, node.cost.matmul_half_efficiency_dim, reason)))
     raw = {f"gpu.peak_tflops.{dtype.value}": peak for dtype, peak in peaks.items()}
     step = rate_step(device, 1 / slope, raw=raw, efficiency=eff_path, sweeps=sweeps)
+    if shaped:
+        note = "0: the samples' shapes did not tell a skinny GEMM apart" if half_dim == 0 else ""
+        dim_entry = fitted(dim_path, half_dim, sweeps, note)
+        step = step.plus(Step(updates={dim_path: dim_entry.value}, fitted=(dim_entry,)))
+    else:
+        step = step.plus(Step(kept=(kept(dim_path, node.cost.matmul_half_efficiency_dim, "too few shapes"),)))
     if not identified[1]:
         return step.plus(Step(kept=(kept(half_path, node.cost.matmul_half_efficiency_us, "too few sizes"),)))
     half = fitted(half_path, units.to_us(intercept * step.updates[eff_path]), sweeps)
     return step.plus(Step(updates={half_path: half.value}, fitted=(half,)))
+
+
+def _smallest_dim(sample: MatmulSample | KernelSample) -> float:
+    """The smallest of m, n, k (inf where a kernel sample does not carry them)."""
+    if isinstance(sample, MatmulSample):
+        return float(min(sample.m, sample.n, sample.k))
+    dims = sample.dims
+    return float(min(dims[name] for name in ("m", "n", "k"))) if all(n in dims for n in ("m", "n", "k")) else np.inf
 
 
 def fit_attention(node: NodeSpec, samples: Sequence[ComputeSample]) -> Step:

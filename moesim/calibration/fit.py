@@ -10,10 +10,11 @@ sweep, in the order their parameters feed each other:
 5. layernorm:     layernorm sweep    -> efficiency of the memory-bound kinds without their own
 6. kinds:         kernel sweep, per memory-bound kind -> ``kind_efficiency[kind]``
 7. task overhead: a synthetic plan through the executor -> launch overhead += executor bookkeeping
-8. collectives:   all-to-all + all-reduce sweeps -> latency terms, per-rank fabric bandwidth
-9. interference:  matmul alone vs with a collective loop -> compute slowdown under communication
-10. reverse:       collectives alone vs with a matmul loop -> communication slowdown under compute
-                   (after 8: the model's transfer share of each collective is what stretches)
+8. hand-over:     a synthetic two-stream plan through the executor -> stream hand-over
+9. collectives:   all-to-all + all-reduce sweeps -> latency terms, per-rank fabric bandwidth
+10. interference: matmul alone vs with a collective loop -> compute slowdown under communication
+11. reverse:      collectives alone vs with a matmul loop -> communication slowdown under compute
+                  (after 9: the model's transfer share of each collective is what stretches)
 
 Every parameter a step cannot identify keeps the base spec's value and is listed in the report with
 the reason; so are the inter-node parameters, which one host cannot measure. A parameter set by two
@@ -29,7 +30,7 @@ from typing import Any
 from moesim.calibration.comm_fit import fit_collectives, fit_comm_slowdown, fit_interference
 from moesim.calibration.compute_fit import fit_attention, fit_layernorm, fit_matmul, fit_memory
 from moesim.calibration.device import fitted, kept
-from moesim.calibration.kernel_fit import fit_kind_efficiencies, fit_task_overhead
+from moesim.calibration.kernel_fit import fit_kind_efficiencies, fit_stream_handoff, fit_task_overhead
 from moesim.calibration.measurements import Measurements
 from moesim.calibration.report import FitReport, KeptParam, ParamFit, Step, sweep_errors
 from moesim.errors import MoesimError
@@ -68,6 +69,7 @@ def fit_node(measurements: Measurements, base: NodeSpec, *, name: str) -> Calibr
         lambda n: fit_layernorm(n, m.layernorm),
         lambda n: fit_kind_efficiencies(n, m),
         lambda n: fit_task_overhead(n, m.task_overhead),
+        lambda n: fit_stream_handoff(n, m.stream_handoff),
         lambda n: fit_collectives(n, m, device),
         lambda n: fit_interference(n, m.interference),
         lambda n: fit_comm_slowdown(n, m),

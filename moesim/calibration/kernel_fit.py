@@ -21,8 +21,14 @@ from collections.abc import Callable
 
 from moesim import units
 from moesim.calibration.compute_fit import efficiency_step
-from moesim.calibration.device import fitted
-from moesim.calibration.measurements import KIND_SWEEPS, Measurements, Sweep, TaskOverheadSample
+from moesim.calibration.device import fitted, kept
+from moesim.calibration.measurements import (
+    KIND_SWEEPS,
+    Measurements,
+    StreamHandoffSample,
+    Sweep,
+    TaskOverheadSample,
+)
 from moesim.calibration.report import Step
 from moesim.hardware.specs import NodeSpec
 from moesim.workload.ops import OpKind
@@ -31,6 +37,7 @@ from moesim.workload.ops import OpKind
 # cross-entropy), well below the generic search floor; 1e-5 keeps them inside the search.
 _LOWEST_KIND_EFFICIENCY = 1e-5
 _LAUNCH_PATH = "cost.launch_overhead_us"
+_HANDOFF_PATH = "cost.stream_handoff_us"
 
 
 def fit_kind_efficiencies(node: NodeSpec, measurements: Measurements) -> Step:
@@ -53,6 +60,16 @@ def _setter(kind: OpKind) -> Callable[[NodeSpec, float], NodeSpec]:
         return node.model_copy(update={"cost": node.cost.model_copy(update={"kind_efficiency": efficiencies})})
 
     return with_value
+
+
+def fit_stream_handoff(node: NodeSpec, sample: StreamHandoffSample | None) -> Step:
+    """``stream_handoff_us``: the measured mean hand-over (the engine adds it to every task woken by another
+    stream, as the synthetic plan's every task is)."""
+    if sample is None:
+        return Step(kept=(kept(_HANDOFF_PATH, node.cost.stream_handoff_us, "no stream hand-over sample"),))
+    entry = fitted(_HANDOFF_PATH, units.to_us(sample.seconds), (),
+                   f"measured directly: the mean over {sample.rounds} rounds of add -> all-to-all -> add")
+    return Step(updates={_HANDOFF_PATH: entry.value}, fitted=(entry,))
 
 
 def fit_task_overhead(node: NodeSpec, sample: TaskOverheadSample | None) -> Step:

@@ -65,6 +65,7 @@ class Sweep(StrEnum):
     KERNEL_ROUTER = "kernel.router"
     KERNEL_SOFTMAX = "kernel.softmax"
     TASK_OVERHEAD = "task_overhead"
+    STREAM_HANDOFF = "stream_handoff"
     ALL_TO_ALL = "all_to_all"
     ALL_REDUCE = "all_reduce"
     INTERFERENCE = "interference"
@@ -218,6 +219,16 @@ class TaskOverheadSample(_Record):
         return max(0.0, self.seconds_per_task - self.kernel_seconds)
 
 
+class StreamHandoffSample(_Record):
+    """The executor's hand-over between streams: ``rounds`` of add -> all-to-all -> add on two streams
+    (``sweeps.handoff_plan``), run like a measured plan. ``seconds``: the mean, over every task that was
+    woken by the other stream and every rank, of its start minus its dependency's end, in the median
+    iteration (a collective starts at its rendezvous, as measured plans place it)."""
+
+    rounds: int = Field(ge=1)
+    seconds: float = Field(ge=0)
+
+
 def _measured_collective(kind: OpKind) -> OpKind:
     if kind not in _COLLECTIVE_KINDS:
         raise ValueError(f"must be all_to_all or all_reduce, got {kind.value}")
@@ -236,9 +247,10 @@ class CollectiveSample(_Timed):
 
 class CommUnderComputeSample(_Record):
     """One case of the collective sweep (same groups: ``world_size // group_size`` groups of consecutive
-    ranks at once), timed alone and while every rank ran an ``m x k @ k x n`` matmul loop in a second
-    thread, running through every timed call, in alternating blocks. Seconds: each rank's median, then
-    the slowest rank, for both; the time alone is also the sweep's sample of that case."""
+    ranks at once), issued from a second thread as the executor's communication streams issue them, timed
+    alone and while every rank's calling thread ran an ``m x k @ k x n`` matmul loop until it returned, in
+    alternating blocks. Seconds: each rank's mean (a wait for a core is all or nothing, and an iteration
+    sums many), then the slowest rank, for both."""
 
     kind: OpKind
     group_size: int = Field(ge=2)
@@ -251,6 +263,9 @@ class CommUnderComputeSample(_Record):
     seconds_with_compute: float = Field(gt=0)
     rank_seconds_alone: tuple[float, ...] = ()         # each rank's median, for inspection
     rank_seconds_with_compute: tuple[float, ...] = ()
+    # One matmul of the loop alone (the slowest rank's median), for inspection: on a 2-core host the wait
+    # for a core did not follow the kernel's length (0.3 to 9 ms). None in files from before it was kept.
+    kernel_seconds: float | None = Field(default=None, gt=0)
 
     _measured_kind = field_validator("kind")(_measured_collective)
 
@@ -290,6 +305,7 @@ class Measurements(_Record):
     layernorm: tuple[LayernormSample, ...] = ()
     kernels: tuple[KernelSample, ...] = ()
     task_overhead: TaskOverheadSample | None = None
+    stream_handoff: StreamHandoffSample | None = None
     collectives: tuple[CollectiveSample, ...] = ()
     interference: tuple[InterferenceSample, ...] = ()
     comm_under_compute: tuple[CommUnderComputeSample, ...] = ()

@@ -19,7 +19,7 @@ from moesim.dtypes import DType
 from moesim.plan import ExecutionPlan, StreamKind, Task
 from moesim.workload.builder import build_graph
 from moesim.workload.config import Activation, ModelConfig, OptimizerKind, TrainingConfig, Workload
-from moesim.workload.ops import Op, OpGraph, OpKind, Phase
+from moesim.workload.ops import CommSpec, Op, OpGraph, OpKind, Phase
 
 CACHE_MULTIPLE = 2             # a case's operand sets together span this many last-level caches
 MAX_OPERAND_SETS = 256         # tiny ops: enough to leave L1 / L2 behind; more would only cost set-up
@@ -64,13 +64,14 @@ class Sizes:
     interference: tuple[tuple[int, int, int], ...]     # matmul shapes, each under both collectives
     interference_bytes: int
     comm_under_compute_bytes: tuple[int, ...]          # of collective_bytes, also timed under a compute loop
-    comm_under_compute_matmul: tuple[int, int, int]    # the loop's matmul, m, n, k
+    comm_under_compute_matmuls: tuple[tuple[int, int, int], ...]  # the loops' matmuls, m, n, k: kernel lengths
     warmup: int
     repeats: int
     paired_repeats: int                                # timed calls of each side of an interference pair
     kernel_models: tuple[str, ...]                     # names in CALIBRATION_MODELS
     kernel_flop_cap: float                             # kernel ops above this many FLOPs are skipped
     overhead_tasks: int                                # tasks of the synthetic plan timing the executor
+    handoff_rounds: int                                # compute -> collective -> compute rounds of handoff_plan
 
 
 def bandwidth_bound(sizes: tuple[int, ...], floor_bytes: int) -> tuple[int, ...]:
@@ -97,13 +98,14 @@ def sizes_for(device: str, quick: bool) -> Sizes:
             # a latency-bound size (the delay a collective waits for the device) and the bandwidth-bound
             # ones (the transfer's slowdown): 64 MiB at NVLink's 150-450 GB/s is at least 5x NCCL's latency
             comm_under_compute_bytes=(collective_bytes[0], *bandwidth_bound(collective_bytes, 64 * units.MIB)),
-            comm_under_compute_matmul=(8192, 8192, 8192),
+            comm_under_compute_matmuls=((8192, 8192, 8192),),
             warmup=3 if quick else 5,
             repeats=10 if quick else 30,
             paired_repeats=30 if quick else 60,
             kernel_models=models,
             kernel_flop_cap=_GPU_FLOP_CAP,
             overhead_tasks=512,
+            handoff_rounds=64,
         )
     collective_bytes = tuple(1024 * 8**i for i in range(6))  # 1 KiB .. 32 MiB, quick too: two sizes >= 4 MiB
     return Sizes(
@@ -116,16 +118,19 @@ def sizes_for(device: str, quick: bool) -> Sizes:
         interference=((256, 256, 256),) if quick else ((256, 256, 256), (512, 512, 512)),
         interference_bytes=units.MIB,
         # 4 MiB over gloo's ~2 GB/s loopback: 1 ms or more, at least 5x its ~0.2 ms latency
-        # every size of the sweep: from latency-bound (the wait for a core) through the middle, where a
-        # transfer needs many scheduling rounds of gloo's threads, to bandwidth-bound (the slower copy)
-        comm_under_compute_bytes=collective_bytes,
-        comm_under_compute_matmul=(256, 256, 256),  # the interference sweep's matmul
+        # latency-bound (the wait for a core), the middle and bandwidth-bound (the slower copy)
+        comm_under_compute_bytes=collective_bytes[0:5:2],
+        # loop kernels of ~0.3, 1, 3 and 9 ms on one core of a 2-core host: the wait for a core grows with
+        # the running kernel up to a scheduler time slice, so the lengths straddle it
+        comm_under_compute_matmuls=((256, 256, 256), (512, 512, 512)) if quick
+        else tuple((s, s, s) for s in (256, 384, 512, 768)),
         warmup=2 if quick else 3,
         repeats=5 if quick else 15,
         paired_repeats=15 if quick else 30,  # a 32 MiB all-reduce under compute takes ~50 ms
         kernel_models=models[:2] if quick else models,
         kernel_flop_cap=_CPU_FLOP_CAP_QUICK if quick else _CPU_FLOP_CAP,
         overhead_tasks=512,
+        handoff_rounds=64,
     )
 
 
@@ -230,3 +235,23 @@ def overhead_plan(tasks: int, world_size: int, dtype: DType) -> ExecutionPlan:
     chain = tuple(Task(id=i, op=i, stream=StreamKind.COMPUTE, deps=(i - 1,) if i else ()) for i in range(tasks))
     return ExecutionPlan(graph=graph, schedule="task-overhead", tasks=chain,
                          streams={StreamKind.COMPUTE: tuple(range(tasks))})
+
+
+def handoff_plan(rounds: int, world_size: int, dtype: DType) -> ExecutionPlan:
+    """``rounds`` of a one-element add on the compute stream, then a one-word-per-peer all-to-all of every
+    rank on the comm stream that waits for it, which the next add waits for: every task but the first is
+    woken by the other stream, so the gaps between them are the executor's hand-overs."""
+    width, ops, tasks = dtype.bytes, [], []
+    comm = CommSpec(groups=(tuple(range(world_size)),), bytes=float(world_size * width))
+    for i in range(rounds):
+        add, a2a = 2 * i, 2 * i + 1
+        ops.append(Op(id=add, name=f"handoff.add.{i}", role="residual", kind=OpKind.ELEMENTWISE, phase=Phase.FORWARD,
+                      layer=None, flops=1.0, mem_bytes=3.0 * width, deps=(add - 1,) if i else (), dims={"numel": 1}))
+        ops.append(Op(id=a2a, name=f"handoff.a2a.{i}", role="dispatch", kind=OpKind.ALL_TO_ALL, phase=Phase.FORWARD,
+                      layer=None, flops=0.0, mem_bytes=0.0, deps=(add,), comm=comm))
+        tasks.append(Task(id=add, op=add, stream=StreamKind.COMPUTE, deps=(add - 1,) if i else ()))
+        tasks.append(Task(id=a2a, op=a2a, stream=StreamKind.COMM, deps=(add,)))
+    graph = OpGraph(ops=tuple(ops), num_ranks=world_size, num_layers=0, moe_layers=(), meta={"dtype": dtype.value})
+    return ExecutionPlan(graph=graph, schedule="stream-handoff", tasks=tuple(tasks),
+                         streams={StreamKind.COMPUTE: tuple(range(0, 2 * rounds, 2)),
+                                  StreamKind.COMM: tuple(range(1, 2 * rounds, 2))})

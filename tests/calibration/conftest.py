@@ -24,6 +24,7 @@ from moesim.calibration.measurements import (
     LayernormSample,
     MatmulSample,
     Measurements,
+    StreamHandoffSample,
 )
 from moesim.dtypes import DType
 from moesim.hardware import ClusterSpec, CostParams, GPUSpec, IntraNodeFabric, NetworkSpec, NodeSpec, RooflineCostModel
@@ -43,7 +44,7 @@ CPU_SHAPES = {
     "interference": [((256, 256, 256), OpKind.ALL_TO_ALL, 1e6), ((512, 512, 512), OpKind.ALL_TO_ALL, 4e6),
                      ((256, 256, 256), OpKind.ALL_REDUCE, 1e6)],
     "comm_under_compute": [1e6, 4e6, 1.6e7],  # the larger half of "bytes", both kinds, every group size
-    "compute_loop": (256, 256, 256),
+    "compute_loops": [(256, 256, 256), (512, 512, 512)],  # 0.7 and 5.4 ms kernels: the same wait under both
 }
 GPU_SHAPES = {
     "matmul": [(256, 256, 256), (512, 512, 512), (1024, 1024, 1024), (2048, 2048, 2048), (4096, 4096, 4096),
@@ -54,7 +55,7 @@ GPU_SHAPES = {
     "bytes": [4e3, 6.4e4, 1e6, 1.6e7, 6.4e7, 2.56e8],
     "interference": [((4096, 4096, 4096), OpKind.ALL_TO_ALL, 6.4e7), ((8192, 8192, 8192), OpKind.ALL_TO_ALL, 2.56e8)],
     "comm_under_compute": [1.6e7, 6.4e7, 2.56e8],
-    "compute_loop": (8192, 8192, 8192),
+    "compute_loops": [(8192, 8192, 8192)],
 }
 
 
@@ -65,7 +66,8 @@ def _planted_cpu(world: int = 2, **cost: float) -> NodeSpec:
                   other_compute_efficiency=0.03, hbm_efficiency=1.0, launch_overhead_us=8.0,
                   intra_bandwidth_efficiency=1.0, inter_bandwidth_efficiency=1.0, collective_base_latency_us=40.0,
                   all_to_all_peer_latency_us=10.0, compute_slowdown_under_comm=0.35,
-                  comm_slowdown_under_compute=0.6)
+                  comm_slowdown_under_compute=0.6, comm_latency_under_compute_us=2000.0,
+                  matmul_half_efficiency_dim=48.0, stream_handoff_us=50.0)
     params.update(cost)
     return NodeSpec(
         name="planted-cpu",
@@ -88,9 +90,10 @@ def _planted_gpu(base: NodeSpec, **cost: float) -> NodeSpec:
                                    "intra": base.intra.model_copy(update={"latency_us": 4.0})})
 
 
-def _op(kind: OpKind, flops: float = 0.0, mem_bytes: float = 0.0, comm: CommSpec | None = None) -> Op:
+def _op(kind: OpKind, flops: float = 0.0, mem_bytes: float = 0.0, comm: CommSpec | None = None,
+        dims: dict[str, int] | None = None) -> Op:
     return Op(id=0, name="planted", role="planted", kind=kind, phase=Phase.FORWARD, layer=None, flops=flops,
-              mem_bytes=mem_bytes, comm=comm)
+              mem_bytes=mem_bytes, comm=comm, dims=dims or {})
 
 
 def _synthesize(node: NodeSpec, *, world: int, dtype: DType, shapes: dict, noise: float = 0.0, seed: int = 0,
@@ -104,11 +107,11 @@ def _synthesize(node: NodeSpec, *, world: int, dtype: DType, shapes: dict, noise
     def noisy(seconds: float) -> float:
         return seconds * max(0.5, 1.0 + noise * rng.standard_normal())
 
-    def compute(kind: OpKind, flops: float, mem_bytes: float) -> float:
-        return model.compute_time(_op(kind, flops, mem_bytes), compute_task, rank=0)
+    def compute(kind: OpKind, flops: float, mem_bytes: float, dims: dict[str, int] | None = None) -> float:
+        return model.compute_time(_op(kind, flops, mem_bytes, dims=dims), compute_task, rank=0)
 
     def matmul_time(m: int, n: int, k: int) -> float:
-        return compute(OpKind.MATMUL, 2 * m * n * k, (m * k + k * n + m * n) * b)
+        return compute(OpKind.MATMUL, 2 * m * n * k, (m * k + k * n + m * n) * b, {"m": m, "n": n, "k": k})
 
     matmul = [MatmulSample(m=m, n=n, k=k, dtype=dtype, seconds=noisy(matmul_time(m, n, k)))
               for m, n, k in shapes["matmul"]]
@@ -121,14 +124,15 @@ def _synthesize(node: NodeSpec, *, world: int, dtype: DType, shapes: dict, noise
                                  seconds=noisy(compute(OpKind.LAYERNORM, 5 * t * h, 2 * t * h * b)))
                  for t, h in shapes["layernorm"]]
     def under_compute(op: Op) -> float:
+        """The engine's rule: each stage waits for a core, then its transfer is stretched."""
         assert op.comm is not None
         stages = model.collective_demand(op, comm_task, range(len(op.comm.groups))).stages()
         stretch = 1.0 + node.cost.comm_slowdown_under_compute
-        return sum(stage.latency_s + stretch * float(np.max(stage.volume / model.capacities[stage.resources]))
+        wait = node.cost.comm_latency_under_compute_s
+        return sum(stage.latency_s + wait + stretch * float(np.max(stage.volume / model.capacities[stage.resources]))
                    for stage in stages)
 
     collectives, comm_under_compute = [], []
-    m, n, k = shapes["compute_loop"]
     for g in group_sizes or (world,):
         groups = tuple(tuple(range(s, s + g)) for s in range(0, world, g))
         for kind in (OpKind.ALL_TO_ALL, OpKind.ALL_REDUCE):
@@ -138,10 +142,12 @@ def _synthesize(node: NodeSpec, *, world: int, dtype: DType, shapes: dict, noise
                                                     seconds=noisy(seconds)))
             for size in shapes["comm_under_compute"]:
                 op = _op(kind, comm=CommSpec(groups=groups, bytes=size))
-                comm_under_compute.append(CommUnderComputeSample(
-                    kind=kind, group_size=g, bytes_per_rank=size, m=m, n=n, k=k, dtype=dtype,
-                    seconds_alone=noisy(model.collective_time(op, comm_task)), seconds_with_compute=noisy(
-                        under_compute(op))))
+                for m, n, k in shapes["compute_loops"]:
+                    kernel_s = matmul_time(m, n, k)
+                    comm_under_compute.append(CommUnderComputeSample(
+                        kind=kind, group_size=g, bytes_per_rank=size, m=m, n=n, k=k, dtype=dtype,
+                        seconds_alone=noisy(model.collective_time(op, comm_task)),
+                        seconds_with_compute=noisy(under_compute(op)), kernel_seconds=kernel_s))
     slowdown = 1.0 + node.cost.compute_slowdown_under_comm
     interference = []
     for (m, n, k), kind, size in shapes["interference"]:
@@ -151,7 +157,9 @@ def _synthesize(node: NodeSpec, *, world: int, dtype: DType, shapes: dict, noise
     env = Environment(torch="2.13.0+synthetic", backend="gloo" if node.gpu.device == "cpu" else "nccl",
                       device=node.gpu.device, world_size=world, ranks_per_host=ranks_per_host or world,
                       devices=("planted",))
+    handoff = StreamHandoffSample(rounds=64, seconds=noisy(node.cost.stream_handoff_s)) if world > 1 else None
     return Measurements(measured_at=MEASURED_AT, environment=env, warmup=1, repeats=5, matmul=tuple(matmul),
+                        stream_handoff=handoff,
                         elementwise=tuple(elementwise), attention=tuple(attention), layernorm=tuple(layernorm),
                         collectives=tuple(collectives), interference=tuple(interference),
                         comm_under_compute=tuple(comm_under_compute))

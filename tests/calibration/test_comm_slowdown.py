@@ -99,7 +99,7 @@ def test_the_calibrated_file_carries_y_with_its_sweep_error(cpu_measurements, tm
     (line,) = [line for line in path.read_text().splitlines() if line.startswith("  comm_slowdown_under_compute: ")]
     assert "comm_under_compute sweep rel. RMS error 0.0%" in line
     error = fit.report.error_of(Sweep.COMM_UNDER_COMPUTE)
-    assert error is not None and error.samples == 2 * 3 * 2  # kinds x sizes x group sizes (2 and 4)
+    assert error is not None and error.samples == 2 * 3 * 2 * 2  # kinds x sizes x group sizes (2, 4) x loops
     assert any(line.strip().startswith("comm_under_compute") for line in fit.report.summary_lines())
 
 
@@ -118,9 +118,9 @@ def test_a_wait_for_the_core_and_a_slower_transfer_are_told_apart(two_ranks) -> 
 
 
 @pytest.mark.parametrize(("device", "quick", "expected"), [
-    # CPU: every size of the sweep, 1 KiB x 8^i up to 32 MiB
-    ("cpu", True, tuple(units.KIB * 8**i for i in range(6))),
-    ("cpu", False, tuple(units.KIB * 8**i for i in range(6))),
+    # CPU: 1 KiB, 64 KiB and 4 MiB: latency-bound, the middle, bandwidth-bound
+    ("cpu", True, (units.KIB, 64 * units.KIB, 4 * units.MIB)),
+    ("cpu", False, (units.KIB, 64 * units.KIB, 4 * units.MIB)),
     # 4 KiB, then 4 KiB x 4^i up to 256 MiB (1 GiB in full), from 64 MiB up
     ("cuda", True, (4 * units.KIB, 64 * units.MIB, 256 * units.MIB)),
     ("cuda", False, (4 * units.KIB, 64 * units.MIB, 256 * units.MIB, units.GIB)),
@@ -130,3 +130,14 @@ def test_the_collectives_under_compute_are_latency_and_bandwidth_bound_sizes(dev
     assert sizes.comm_under_compute_bytes == expected
     assert set(expected) <= set(sizes.collective_bytes)
     assert bandwidth_bound((1, 5, 9, 12), 9) == (9, 12) and bandwidth_bound((1, 5), 9) == ()
+
+
+
+def test_the_wait_for_a_core_is_recovered_beside_the_slower_transfer(cpu_measurements) -> None:
+    """The planted CPU waits 2 ms for a core under either loop kernel (0.7 and 5.4 ms), then moves its
+    bytes 1.6 times slower; the fit recovers both from the 24 samples."""
+    kernels = sorted({s.kernel_seconds or 0.0 for s in cpu_measurements.comm_under_compute})
+    assert len(kernels) == 2 and kernels[0] < 2e-3 < kernels[1]
+    cost = fit_node(cpu_measurements, load_node("cpu-loopback"), name="cpu-test").node.cost
+    assert cost.comm_latency_under_compute_us == pytest.approx(2000.0, rel=1e-3)
+    assert cost.comm_slowdown_under_compute == pytest.approx(0.6, rel=1e-3)

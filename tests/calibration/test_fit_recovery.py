@@ -23,10 +23,11 @@ from moesim.hardware import load_node
 CPU_RATES = ["gpu.peak_tflops.fp32", "gpu.hbm_gb_per_s", "intra.bandwidth_gb_per_s", "cost.attention_efficiency",
              "cost.other_compute_efficiency"]
 CPU_INTERCEPTS = ["cost.launch_overhead_us", "cost.matmul_half_efficiency_us", "cost.collective_base_latency_us",
-                  "intra.latency_us", "cost.all_to_all_peer_latency_us"]
+                  "intra.latency_us", "cost.all_to_all_peer_latency_us", "cost.matmul_half_efficiency_dim",
+                  "cost.stream_handoff_us"]
 GPU_RATES = ["cost.matmul_efficiency", "cost.hbm_efficiency", "cost.attention_efficiency",
              "cost.intra_bandwidth_efficiency"]
-GPU_INTERCEPTS = CPU_INTERCEPTS
+GPU_INTERCEPTS = CPU_INTERCEPTS[:5]
 SLOWDOWN = "cost.compute_slowdown_under_comm"
 REVERSE = "cost.comm_slowdown_under_compute"
 ONE_HOST = ["network.nic_gbps", "network.latency_us", "cost.inter_bandwidth_efficiency"]
@@ -138,16 +139,21 @@ def test_memory_bound_layernorm_keeps_the_base_or_writes_the_bound(synthesize, p
     assert "lower bound" in entry.note
 
 
-def test_missing_sweeps_keep_base_values(cpu_measurements) -> None:
-    """Only the matmul sweep: the launch overhead stays cpu-loopback's 10 us, so the size term absorbs
-    the planted launch: t_half = 30 + 8 - 10 = 28 us; the rate is still the planted 50 GFLOP/s."""
-    only_matmul = cpu_measurements.model_copy(update={"elementwise": (), "attention": (), "layernorm": (),
+def test_missing_sweeps_keep_base_values(synthesize, planted_cpu, cpu_shapes) -> None:
+    """Only the matmul sweep: the launch overhead stays cpu-loopback's 10 us, 2 us above the planted 8, and
+    the size and shape terms absorb the difference between them (no longer exactly: the shape term
+    scales what it takes by each shape's stretch), so the samples are still explained and the rate stays
+    near the planted 50 GFLOP/s."""
+    measured = synthesize(planted_cpu(world=4, matmul_half_efficiency_dim=0.0), world=4, dtype=DType.FP32,
+                          shapes=cpu_shapes, group_sizes=(2, 4))
+    only_matmul = measured.model_copy(update={"elementwise": (), "attention": (), "layernorm": (),
                                                       "collectives": (), "interference": (),
                                                       "comm_under_compute": ()})
     base = load_node("cpu-loopback")
     fit = fit_node(only_matmul, base, name="cpu-test")
-    assert fit.node.gpu.peak_tflops[DType.FP32] == pytest.approx(0.05, rel=1e-3)
-    assert fit.node.cost.matmul_half_efficiency_us == pytest.approx(28.0, rel=1e-3)
+    assert fit.node.gpu.peak_tflops[DType.FP32] == pytest.approx(0.05, rel=0.05)
+    (matmul,) = [e for e in fit.report.sweeps if e.sweep is Sweep.MATMUL]
+    assert matmul.rms_relative_error < 0.03  # 1.3%: what the 2 us of wrong launch leaves
     kept = fit.report.kept_paths()
     for path in ("cost.launch_overhead_us", "gpu.hbm_gb_per_s", "cost.attention_efficiency",
                  "cost.other_compute_efficiency", "intra.bandwidth_gb_per_s", "intra.latency_us",

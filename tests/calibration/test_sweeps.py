@@ -13,6 +13,7 @@ from moesim.calibration.sweeps import (
     DEFAULT_CACHE_BYTES,
     MAX_OPERAND_SETS,
     group_sizes,
+    handoff_plan,
     host_cache_bytes,
     kernel_cases,
     operand_sets,
@@ -20,6 +21,8 @@ from moesim.calibration.sweeps import (
     sizes_for,
 )
 from moesim.dtypes import DType
+from moesim.engine import simulate_plan
+from moesim.hardware import RooflineCostModel, load_cluster
 from moesim.plan import StreamKind
 from moesim.units import GIB, KIB, MIB
 from moesim.workload.ops import OpKind, Phase
@@ -117,3 +120,21 @@ def test_the_host_cache_is_what_the_os_reports_else_the_default(monkeypatch, rep
 
     monkeypatch.setattr(sweeps.os, "sysconf", sysconf)
     assert host_cache_bytes() == expected
+
+
+def test_the_handoff_plan_alternates_streams_and_the_engine_charges_each_handover() -> None:
+    """3 rounds: add, all-to-all, add, ...: every task but the first waits for the other stream, so with
+    the hand-over h each of the 5 waits adds h to the iteration (compute and comm times aside)."""
+    plan = handoff_plan(3, world_size=2, dtype=DType.FP32)
+    assert plan.streams == {StreamKind.COMPUTE: (0, 2, 4), StreamKind.COMM: (1, 3, 5)}
+    assert [task.deps for task in plan.tasks] == [(), (0,), (1,), (2,), (3,), (4,)]
+    assert all(plan.tasks[dep].stream is not task.stream for task in plan.tasks for dep in task.deps)
+    (a2a,) = {plan.graph.ops[t.op].comm for t in plan.tasks if t.stream is StreamKind.COMM}
+    assert a2a is not None and a2a.groups == ((0, 1),) and a2a.bytes == 8.0  # one float per peer
+
+    def iteration(handoff_us: float) -> float:
+        cluster = load_cluster("cpu-loopback", overrides={"node.cost.stream_handoff_us": handoff_us})
+        timeline = simulate_plan(plan, RooflineCostModel(cluster, DType.FP32))
+        return max(span.end for span in timeline.spans)
+
+    assert iteration(100.0) - iteration(0.0) == pytest.approx(5 * 100e-6, rel=1e-9)
