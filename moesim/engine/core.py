@@ -11,7 +11,8 @@ moment, so the rendezvous is trivial and the collective is one coflow over all s
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+import functools
+from collections.abc import Callable, Generator, Sequence
 
 import simpy
 
@@ -89,6 +90,7 @@ class _Play:
         self.cursors: dict[tuple[int, StreamKind], _Cursor] = {}
         self.meetings: dict[tuple[int, int], _Rendezvous] = {}
         self.records: list[tuple[int, float, int, int, float]] = []  # rank, start, stream, task, end
+        self.idle_waiters: dict[int, list[Callable[[], None]]] = {}  # rank -> called when its compute idles
 
     def run(self) -> None:
         """Play every stream of every simulated rank until no event is left."""
@@ -128,6 +130,8 @@ class _Play:
                 self.network.compute_started(rank)
                 yield self.compute[rank].run(self.cost.compute_time(op, task, rank))
                 self.network.compute_ended(rank)
+                if self.idle_waiters.get(rank):  # idle unless this stream starts another kernel at once
+                    self.env.timeout(0).callbacks.append(functools.partial(self._compute_idle, rank))
             finished[task_id] = True
             waiter = self.waiters[rank].pop(task_id, None)
             if waiter is not None:
@@ -201,15 +205,43 @@ class _Play:
             def transfer(_: object = None) -> None:
                 self.network.transfer(stage.resources, stage.volume, after, tuple(members))
 
-            latency = stage.latency_s
-            if self.contention_delay and self.network.any_computing(tuple(members)):
-                latency += self.contention_delay  # the communication thread waits for a busy core
-            if latency > 0:
-                self.env.timeout(latency).callbacks.append(transfer)
+            def start(_: object = None) -> None:
+                if stage.latency_s > 0:
+                    self.env.timeout(stage.latency_s).callbacks.append(transfer)
+                else:
+                    transfer()
+
+            busy = [m for m in members if self.network.any_computing((m,))] if self.contention_delay else []
+            if busy:  # the communication threads wait for a core: until each busy member's compute idles, at most z
+                self._wait_for_cores(busy, start)
             else:
-                transfer()
+                start()
 
         run_stage(demand)
+
+    def _wait_for_cores(self, busy: list[int], then: Callable[[], None]) -> None:
+        """Call ``then`` once every rank of ``busy`` has stopped computing or ``contention_delay`` has passed."""
+        pending = set(busy)
+
+        def release(rank: int | None) -> None:
+            if not pending:
+                return
+            if rank is None:
+                pending.clear()
+            else:
+                pending.discard(rank)
+            if not pending:
+                then()
+
+        for rank in busy:
+            self.idle_waiters.setdefault(rank, []).append(functools.partial(release, rank))
+        self.env.timeout(self.contention_delay).callbacks.append(lambda _: release(None))
+
+    def _compute_idle(self, rank: int, _: object = None) -> None:
+        if self.network.any_computing((rank,)):
+            return
+        for waiter in self.idle_waiters.pop(rank, []):
+            waiter()
 
     def _blocked(self) -> list[Blocked]:
         # In an SPMD plan every rank reaches a collective or none does, so plan cycles show up as

@@ -63,3 +63,24 @@ def test_a_task_woken_by_another_stream_starts_a_handoff_later(story, assert_tim
     s.compute("gemm2", 1.0, deps=[1])
     s.compute("gemm3", 1.0, deps=[0])  # same stream, its dependency long done
     assert_times(s.run(), {"gemm": (0.0, 1.0), "a2a": (1.05, 2.05), "gemm2": (2.1, 3.1), "gemm3": (3.1, 4.1)})
+
+
+def test_the_wait_for_a_core_ends_when_the_rank_stops_computing(story, assert_times):
+    # z = 0.3 s, but the rank's compute stream goes idle at 0.1 s (gemm2 waits for the collective), so the
+    # collective's threads get a core then: 0.1 + 0.1 latency + 1 s transfer = 1.2 s.
+    s = story(capacities=[10.0])
+    s.cost.comm_latency_under_compute = 0.3
+    s.compute("gemm", 0.1)
+    s.collective("a2a", latency=0.1, volumes=[{0: 10.0}])
+    s.compute("gemm2", 0.5, deps=[1])
+    assert_times(s.run(), {"gemm": (0.0, 0.1), "a2a": (0.0, 1.2), "gemm2": (1.2, 1.7)})
+
+
+def test_a_kernel_that_follows_at_once_keeps_the_core_busy(story, assert_times):
+    # gemm then gemm2 back to back on the compute stream: no idle moment at 0.1 s, so the full z = 0.3 s.
+    s = story(capacities=[10.0])
+    s.cost.comm_latency_under_compute = 0.3
+    s.compute("gemm", 0.1)
+    s.collective("a2a", latency=0.1, volumes=[{0: 10.0}])
+    s.compute("gemm2", 5.0)
+    assert_times(s.run(), {"gemm": (0.0, 0.1), "a2a": (0.0, 1.4), "gemm2": (0.1, 5.1)})
