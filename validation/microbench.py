@@ -11,9 +11,9 @@ tensors, so timing calls on the same operands would measure the cache, not the k
 cycles through independent operand sets spanning twice the last-level cache (L3, a GPU's L2) where
 memory allows. Task overhead: a synthetic plan of tiny tasks through the executor, against the same
 kernel alone. Collectives: all-to-all and all-reduce at every group size (powers of two up to the
-world size), the slowest rank's median; some sizes also issued from a second thread, as the executor's
-communication streams issue them, alone and while every rank's calling thread runs a matmul loop (each of
-a few kernel lengths). Interference: a matmul alone, then under a loop of collectives in a second thread.
+world size), issued from a second thread as the executor's communication streams issue them, each rank's
+mean, the slowest rank; some sizes also while every rank's calling thread runs a matmul loop (each of a
+few kernel lengths). Interference: a matmul alone, then under a loop of collectives in a second thread.
 The JSON follows ``moesim.calibration.measurements.Measurements``.
 """
 
@@ -299,9 +299,9 @@ def _paired(clock: Clock, call: Callable[[], object], step: Callable[[bool], boo
 def collective_sweeps(ctx: RankContext, clock: Clock, sizes: sweeps.Sizes,
                       dtype: DType) -> tuple[list[CollectiveSample], list[CommUnderComputeSample]]:
     """All-to-all and all-reduce on every group of ``collective_groups`` (``bytes_per_rank`` rounded to whole
-    equal chunks), each timed call started together (a barrier before it). At ``comm_under_compute_bytes``
-    also as the executor runs them under compute (``_under_compute``), under a loop of each matmul of
-    ``comm_under_compute_matmuls``, whose length alone is measured first."""
+    equal chunks), each call issued from a second thread as the executor issues it (``_thread_issued``). At
+    ``comm_under_compute_bytes`` also under a loop of each matmul of ``comm_under_compute_matmuls`` on the
+    calling thread, whose length alone is measured first."""
     swept, under_compute = [], []
     loops = [(shape, _matmul(*shape, dtype, ctx.device)) for shape in sizes.comm_under_compute_matmuls]
     kernel_s = [max(_gathered(statistics.median(clock.times([mm], sizes.warmup, sizes.repeats)))) for _, mm in loops]
@@ -310,15 +310,14 @@ def collective_sweeps(ctx: RankContext, clock: Clock, sizes: sweeps.Sizes,
             for nbytes in sizes.collective_bytes:
                 numel = max(size, nbytes // _WIRE.itemsize // size * size)  # whole equal chunks
                 call = _collective(kind, numel, ctx.device, group)
-                mine = statistics.median(clock.times([call], sizes.warmup, sizes.repeats, before=dist.barrier))
-                alone = tuple(_gathered(mine))
+                alone = tuple(_gathered(_thread_issued(call, None, ctx.device, sizes)[0]))
                 swept.append(CollectiveSample(kind=kind, group_size=size, bytes_per_rank=numel * _WIRE.itemsize,
                                               seconds=max(alone), rank_seconds=alone))
                 if nbytes not in sizes.comm_under_compute_bytes:
                     continue
                 for ((m, n, k), matmul), seconds in zip(loops, kernel_s, strict=True):
-                    pair = _under_compute(call, _stepper(matmul, ctx.device), ctx.device, sizes)
-                    quiet, busy = tuple(_gathered(pair[0])), tuple(_gathered(pair[1]))
+                    quiet_s, busy_s = _thread_issued(call, _stepper(matmul, ctx.device), ctx.device, sizes)
+                    quiet, busy = tuple(_gathered(quiet_s)), tuple(_gathered(busy_s or 0.0))
                     under_compute.append(CommUnderComputeSample(
                         kind=kind, group_size=size, bytes_per_rank=numel * _WIRE.itemsize, m=m, n=n, k=k,
                         dtype=dtype, seconds_alone=max(quiet), seconds_with_compute=max(busy),
@@ -339,11 +338,12 @@ def _stepper(matmul: Callable[[], object], device: torch.device) -> Callable[[],
     return step
 
 
-def _under_compute(call: Callable[[], object], compute: Callable[[], object], device: torch.device,
-                   sizes: sweeps.Sizes) -> tuple[float, float]:
+def _thread_issued(call: Callable[[], object], compute: Callable[[], object] | None, device: torch.device,
+                   sizes: sweeps.Sizes) -> tuple[float, float | None]:
     """This rank's mean time of ``call`` issued from a second thread, as the executor issues a collective
-    from a communication stream's thread: alone (this thread waits) and while this thread runs ``compute``
-    back to back until the call returns, in alternating blocks (a drift of the host's speed biases neither).
+    from a communication stream's thread: alone (this thread waits) and, given ``compute``, while this thread
+    runs it back to back until the call returns, in alternating blocks (a drift of the host's speed biases
+    neither); ``paired_repeats`` timed calls in all per side.
     A barrier starts each call on every rank together; the second thread times it (perf_counter, after a
     synchronize on a GPU, where the call runs on a stream of its own). The mean, not the median: on a busy
     CPU host a call's wait for a core is either about nothing or about a scheduler time slice, so the
@@ -371,7 +371,7 @@ def _under_compute(call: Callable[[], object], compute: Callable[[], object], de
         dist.barrier()
         done.clear()
         go.set()
-        if busy:
+        if busy and compute is not None:
             while not done.is_set():
                 compute()
         elif not done.wait(_LOOP_START_TIMEOUT_S):
@@ -382,9 +382,10 @@ def _under_compute(call: Callable[[], object], compute: Callable[[], object], de
     thread = threading.Thread(target=worker, daemon=True)
     thread.start()
     alone, with_compute, repeats = list[float](), list[float](), sizes.paired_repeats // _PAIRED_BLOCKS
+    sides = ((False, alone),) if compute is None else ((False, alone), (True, with_compute))
     try:
         for _ in range(_PAIRED_BLOCKS):
-            for busy, times in ((False, alone), (True, with_compute)):
+            for busy, times in sides:
                 for index in range(sizes.warmup + repeats):
                     one(busy)
                     if index >= sizes.warmup:
@@ -393,7 +394,7 @@ def _under_compute(call: Callable[[], object], compute: Callable[[], object], de
         stop.set()
         go.set()
         thread.join()
-    return statistics.fmean(alone), statistics.fmean(with_compute)
+    return statistics.fmean(alone), statistics.fmean(with_compute) if with_compute else None
 
 
 def _comm_step(ctx: RankContext, group: Any, kind: OpKind, numel: int) -> Callable[[bool], bool]:

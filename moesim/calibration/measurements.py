@@ -236,7 +236,9 @@ def _measured_collective(kind: OpKind) -> OpKind:
 
 
 class CollectiveSample(_Timed):
-    """``world_size // group_size`` groups of consecutive ranks ran the collective at the same time."""
+    """``world_size // group_size`` groups of consecutive ranks ran the collective at the same time, each
+    call issued from a second thread as the executor issues it, the calling thread waiting. Seconds: each
+    rank's mean (``rank_seconds``: those means), then the slowest rank."""
 
     kind: OpKind
     group_size: int = Field(ge=2)
