@@ -2,9 +2,10 @@
 and memory-bound efficiencies. Each step takes the node as fitted so far and returns a Step.
 
 The model fitted is ``RooflineCostModel``'s (moesim/hardware/cost.py), per kind:
-``max((flops / peak + t_half) / eff, bytes / (hbm * hbm_eff)) + launch`` for matmul and attention,
-``max(flops / (vector_peak * eff_kind), bytes / (hbm * hbm_eff)) + launch`` for the other kinds, where
-``eff_kind`` is ``kind_efficiency[kind]``, else ``other_compute_efficiency``.
+``max((flops / peak + t_half) / eff * shape, bytes / (hbm * hbm_eff)) + launch`` for matmul (``shape`` =
+``1 + d_half / d``, d its smallest dimension) and attention (no shape term), and
+``max(flops / (vector_peak * other_eff), bytes / (hbm * hbm_eff)) + launch`` for the other kinds until
+``kernel_fit`` gives them a kind efficiency.
 """
 
 from __future__ import annotations

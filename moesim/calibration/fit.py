@@ -8,7 +8,7 @@ sweep, in the order their parameters feed each other:
 3. matmul:        matmul sweep + the kernel sweep's matmuls -> tensor rate (or efficiency), size term
 4. attention:     attention sweep + the kernel sweep's attention ops -> attention efficiency
 5. layernorm:     layernorm sweep    -> efficiency of the memory-bound kinds without their own
-6. kinds:         kernel sweep, per memory-bound kind -> ``kind_efficiency[kind]``
+6. kinds:         kernel sweep, per memory-bound kind and phase -> ``kind_efficiency``
 7. task overhead: a synthetic plan through the executor -> launch overhead += executor bookkeeping
 8. hand-over:     a synthetic two-stream plan through the executor -> stream hand-over
 9. collectives:   all-to-all + all-reduce sweeps -> latency terms, per-rank fabric bandwidth

@@ -1,11 +1,13 @@
 """Fit steps for the harness's own kernels: one efficiency per memory-bound kind, and the executor's
 per-task overhead.
 
-Kind efficiencies. ``RooflineCostModel`` costs a memory-bound op (layernorm, elementwise, loss, ...)
-as ``max(flops / (vector_peak * eff_kind), bytes / (hbm * hbm_eff)) + launch``. The memory roof and
-the launch come from the add sweep, the vector peak from the matmul sweep; what differs between a
-GELU, a cross-entropy, an SGD update and an index_select is how fast each runs per FLOP, which is
-``eff_kind`` (``CostParams.kind_efficiency``), searched here on that kind's kernel samples.
+Kind efficiencies. ``RooflineCostModel`` costs a memory-bound op (layernorm, elementwise, loss, ...) as
+``max(flops / (vector_peak * e_f), bytes / (hbm * hbm_eff * e_m)) + launch``. The memory roof and the
+launch come from the add sweep, the vector peak from the matmul sweep; what differs between a GELU, a
+cross-entropy, an SGD update, an index_select of token rows and a router's matmul, softmax and top-k is
+how close each comes to those roofs: ``e_f`` (``CostParams.kind_efficiency``) and ``e_m``
+(``kind_memory_efficiency``), per kind and per phase (a router's forward runs three kernels, its
+backward one), fitted here on that kind's (and phase's) kernel samples.
 
 Task overhead. A sweep sample times one kernel call; a task of a measured plan also pays the
 executor's bookkeeping around it (dependency waits, clock reads, events). On a CPU host the "launch"
@@ -17,49 +19,103 @@ by running a synthetic plan through the executor; the sweeps are predicted witho
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
+
+import numpy as np
 
 from moesim import units
-from moesim.calibration.compute_fit import efficiency_step
 from moesim.calibration.device import fitted, kept
 from moesim.calibration.measurements import (
     KIND_SWEEPS,
+    KernelSample,
     Measurements,
     StreamHandoffSample,
     Sweep,
     TaskOverheadSample,
 )
+from moesim.calibration.predict import predict_compute
 from moesim.calibration.report import Step
 from moesim.hardware.specs import NodeSpec
-from moesim.workload.ops import OpKind
 
 # Some harness kernels run ~100x below the vector peak per FLOP (an index_add_ of token rows, a
-# cross-entropy), well below the generic search floor; 1e-5 keeps them inside the search.
+# cross-entropy); the floor only keeps a degenerate fit finite.
 _LOWEST_KIND_EFFICIENCY = 1e-5
 _LAUNCH_PATH = "cost.launch_overhead_us"
+_MAX_REGIME_PASSES = 20
 _HANDOFF_PATH = "cost.stream_handoff_us"
 
 
 def fit_kind_efficiencies(node: NodeSpec, measurements: Measurements) -> Step:
-    """``cost.kind_efficiency.<kind>`` for every memory-bound kind with kernel samples, each on its own
-    samples alone (every phase together: one efficiency per kind is what the cost model has)."""
+    """``cost.kind_efficiency`` and ``cost.kind_memory_efficiency`` for every memory-bound kind with kernel
+    samples: for the kind on all its samples (what an op of a phase no sample had uses), and for each
+    phase on that phase's samples (``"<kind>:<phase>"``)."""
     step = Step()
     for kind, sweep in KIND_SWEEPS.items():
         samples = measurements.kernels_of(kind)
-        if not samples:
-            continue
-        path = f"cost.kind_efficiency.{kind.value}"
-        base = node.cost.kind_efficiency.get(kind.value, node.cost.other_compute_efficiency)
-        step = step.plus(efficiency_step(node, samples, path, base, sweep, _setter(kind), _LOWEST_KIND_EFFICIENCY))
+        groups = {kind.value: samples}
+        for phase in sorted({s.phase for s in samples}, key=lambda p: p.value):
+            groups[f"{kind.value}:{phase.value}"] = tuple(s for s in samples if s.phase is phase)
+        for key, chosen in groups.items():
+            if chosen:
+                step = step.plus(_kind_step(node, key, chosen, sweep))
     return step
 
 
-def _setter(kind: OpKind) -> Callable[[NodeSpec, float], NodeSpec]:
-    def with_value(node: NodeSpec, value: float) -> NodeSpec:
-        efficiencies = {**node.cost.kind_efficiency, kind.value: value}
-        return node.model_copy(update={"cost": node.cost.model_copy(update={"kind_efficiency": efficiencies})})
+def _kind_step(node: NodeSpec, key: str, samples: Sequence[KernelSample], sweep: Sweep) -> Step:
+    """``t = max(f / e_f, m / e_m) + launch`` (``f``, ``m``: the sample's FLOP and memory roofs at efficiency
+    1) fitted by regimes: each sample counts for the roof it runs on, each efficiency is solved in closed
+    form on its samples (relative least squares), until no sample changes roof. An efficiency no sample
+    runs on is bounded only: the FLOP one from below (written when above the generic value), the memory
+    one from below by at most 1 (left out)."""
+    flop_path, memory_path = f"cost.kind_efficiency.{key}", f"cost.kind_memory_efficiency.{key}"
+    launch = node.cost.launch_overhead_s
+    roofs = node.model_copy(update={"cost": node.cost.model_copy(update={
+        "kind_efficiency": {key: 1.0}, "kind_memory_efficiency": {key: 1.0}})})
+    flop = predict_compute([s.model_copy(update={"mem_bytes": 0.0}) for s in samples], roofs) - launch
+    memory = predict_compute([s.model_copy(update={"flops": 0.0}) for s in samples], roofs) - launch
+    measured = np.array([s.seconds for s in samples], dtype=np.float64)
+    # start from the add sweep's memory roof: a sample slower than it is taken to run on the FLOP roof
+    inverse_flop, inverse_memory = 1.0, 1.0
+    on_flops = (flop > 0) & (measured - launch > memory)
+    for _ in range(_MAX_REGIME_PASSES):
+        if on_flops.any():
+            inverse_flop = _inverse_efficiency(flop[on_flops], measured[on_flops], launch)
+        if not on_flops.all():
+            inverse_memory = _inverse_efficiency(memory[~on_flops], measured[~on_flops], launch)
+        regimes = flop * inverse_flop >= memory * inverse_memory
+        if np.array_equal(regimes, on_flops):
+            break
+        on_flops = regimes
+    step = Step()
+    if on_flops.any():
+        step = step.plus(_efficiency_entry(flop_path, 1.0 / inverse_flop, sweep))
+    elif np.any(flop > 0):
+        bound = float(np.max(flop[flop > 0] / (memory[flop > 0] * inverse_memory)))
+        base = node.cost.other_compute_efficiency
+        if bound > base:
+            entry = fitted(flop_path, bound, (sweep,), "lower bound: every sample ran on the memory roof")
+            step = step.plus(Step(updates={flop_path: entry.value}, fitted=(entry,)))
+        else:
+            step = step.plus(Step(kept=(kept(flop_path, base, "the samples ran on the memory roof: they bound "
+                                                             "this only from below, and the generic value "
+                                                             "(other_compute_efficiency) is above the bound"),)))
+    if not on_flops.all():
+        step = step.plus(_efficiency_entry(memory_path, 1.0 / inverse_memory, sweep))
+    return step
 
-    return with_value
+
+def _inverse_efficiency(roof: np.ndarray, measured: np.ndarray, launch: float) -> float:
+    """``a >= 1`` minimising the relative error of ``a * roof + launch`` against ``measured``."""
+    x = roof / measured
+    if not np.any(x > 0):
+        return 1.0
+    return max(1.0, float(np.sum(x * (measured - launch) / measured) / np.sum(x * x)))
+
+
+def _efficiency_entry(path: str, value: float, sweep: Sweep) -> Step:
+    note = "at its bound 1: the kernels ran at the roof" if value >= 1.0 else ""
+    entry = fitted(path, max(_LOWEST_KIND_EFFICIENCY, value), (sweep,), note)
+    return Step(updates={path: entry.value}, fitted=(entry,))
 
 
 def fit_stream_handoff(node: NodeSpec, sample: StreamHandoffSample | None) -> Step:

@@ -40,14 +40,15 @@ def cluster_for(node: NodeSpec, world_size: int) -> ClusterSpec:
 
 
 def compute_op(sample: ComputeSample) -> Op:
-    """The op the cost model sees for a compute sample: its kind, FLOP, bytes and (a matmul's) dims, whole:
+    """The op the cost model sees for a compute sample: its kind, phase, FLOP, bytes and (a matmul's) dims, whole:
     a sample is the op's entire kernel, so the token dimension is not scaled."""
     kind = sample.kind
     if isinstance(sample, MatmulSample):
         dims = {"m": sample.m, "n": sample.n, "k": sample.k}
     else:
         dims = dict(sample.dims) if isinstance(sample, KernelSample) else {}
-    return Op(id=0, name=f"microbench.{kind.value}", role=kind.value, kind=kind, phase=Phase.FORWARD,
+    phase = sample.phase if isinstance(sample, KernelSample) else Phase.FORWARD
+    return Op(id=0, name=f"microbench.{kind.value}", role=kind.value, kind=kind, phase=phase,
               layer=None, flops=sample.flops, mem_bytes=sample.mem_bytes, dims=dims)
 
 

@@ -1,6 +1,7 @@
 """RooflineCostModel: the CostModel the engine uses (moesim/hardware/interface.py).
 
-Compute: ``max(flops / (peak * eff(kind, size, shape)), mem_bytes / (hbm * hbm_efficiency)) + launch``.
+Compute: ``max(flops / (peak * eff(kind, phase, size, shape)), mem_bytes / (hbm * hbm_efficiency * mem_eff(kind,
+phase))) + launch``.
 Communication: alpha-beta per collective algorithm (``collectives.py``); the alpha is the returned
 latency, the beta is left to the engine's flow model sharing each resource's capacity.
 """
@@ -98,11 +99,16 @@ class RooflineCostModel:
         assert not op.kind.is_collective, f"{op.name} is a collective: cost it with collective_demand"
         flops = op.flops_on(rank) * task.fraction_on(rank)
         mem_bytes = op.mem_bytes_on(rank) * task.fraction_on(rank)
-        flop_time = self._flop_time(op.kind, flops)
-        half_dim = self._params.matmul_half_efficiency_dim
-        if half_dim and op.kind is OpKind.MATMUL:
-            flop_time *= 1.0 + half_dim / smallest_matmul_dim(op, task, rank)
-        return max(flop_time, mem_bytes / self._hbm) + self._launch
+        params = self._params
+        if op.kind in _TENSOR_KINDS:
+            flop_time = self._flop_time(op.kind, flops)
+            if params.matmul_half_efficiency_dim and op.kind is OpKind.MATMUL:
+                flop_time *= 1.0 + params.matmul_half_efficiency_dim / smallest_matmul_dim(op, task, rank)
+            return max(flop_time, mem_bytes / self._hbm) + self._launch
+        flop_efficiency = _by_kind(params.kind_efficiency, op, params.other_compute_efficiency)
+        memory_efficiency = _by_kind(params.kind_memory_efficiency, op, 1.0)
+        return max(flops / (self._vector_peak * flop_efficiency),
+                   mem_bytes / (self._hbm * memory_efficiency)) + self._launch
 
     def collective_demand(self, op: Op, task: Task, groups: Sequence[int]) -> CollectiveDemand:
         """One coflow for ``op.comm.groups[i] for i in groups``; see ``collectives`` for each algorithm.
@@ -133,11 +139,8 @@ class RooflineCostModel:
         if flops <= 0:
             return 0.0
         params = self._params
-        if kind is OpKind.MATMUL or kind is OpKind.ATTENTION:
-            eff_max = params.matmul_efficiency if kind is OpKind.MATMUL else params.attention_efficiency
-            return (flops / self._tensor_peak + params.matmul_half_efficiency_s) / eff_max
-        efficiency = params.kind_efficiency.get(kind.value, params.other_compute_efficiency)
-        return flops / (self._vector_peak * efficiency)
+        eff_max = params.matmul_efficiency if kind is OpKind.MATMUL else params.attention_efficiency
+        return (flops / self._tensor_peak + params.matmul_half_efficiency_s) / eff_max
 
     def _demand(self, op: Op, task: Task, groups: Sequence[int]) -> CollectiveDemand:
         assert op.comm is not None
@@ -172,6 +175,14 @@ class RooflineCostModel:
             return [op.comm.traffic[i] * task.fraction for i in groups]
         sizes = [len(op.comm.groups[i]) for i in groups]
         return [np.full((g, g), op.comm.bytes * task.fraction / g) for g in sizes]
+
+
+def _by_kind(table: dict[str, float], op: Op, default: float) -> float:
+    """The entry of the op's kind and phase, else of its kind, else ``default``."""
+    if not table:
+        return default
+    found = table.get(f"{op.kind.value}:{op.phase.value}")
+    return table.get(op.kind.value, default) if found is None else found
 
 
 def smallest_matmul_dim(op: Op, task: Task, rank: int) -> float:

@@ -165,21 +165,28 @@ class CostParams(_Spec):
     # waiting thread must be woken and get a core (measured by `moesim calibrate`). 0 on a GPU, where
     # the host queues work ahead and a CUDA event wait costs a few us at most [assumption].
     stream_handoff_us: float = Field(default=0.0, ge=0)
-    # Per-kind FLOP efficiency of the memory-bound kinds (keys: OpKind values such as "loss",
-    # "elementwise"), overriding other_compute_efficiency where a kind's kernels are slower or faster
-    # per FLOP than the generic figure; empty by default, filled by calibration.
+    # Per-kind FLOP efficiency of the memory-bound kinds, overriding other_compute_efficiency where a
+    # kind's kernels are slower or faster per FLOP than the generic figure. Keys: an OpKind value
+    # ("loss", "router") or a kind and phase ("router:forward", "layernorm:backward_weight"); the
+    # phase's key wins over the kind's. Empty by default, filled by calibration.
     kind_efficiency: dict[str, float] = Field(default_factory=dict)
+    # And the share of the memory roof (hbm * hbm_efficiency) they reach, same keys, 1 where absent: a
+    # gather or scatter of token rows (permute, embedding) moves its bytes slower than a streaming add.
+    kind_memory_efficiency: dict[str, float] = Field(default_factory=dict)
 
-    @field_validator("kind_efficiency")
+    @field_validator("kind_efficiency", "kind_memory_efficiency")
     @classmethod
     def _known_kinds(cls, value: dict[str, float]) -> dict[str, float]:
-        from moesim.workload.ops import OpKind
+        from moesim.workload.ops import OpKind, Phase
 
         allowed = sorted(k.value for k in OpKind if not k.is_collective and k not in (OpKind.MATMUL,
                                                                                        OpKind.ATTENTION))
+        phases = sorted(p.value for p in Phase)
         for kind, efficiency in value.items():
-            if kind not in allowed:
-                raise ValueError(f"unknown kind {kind!r}; allowed: {', '.join(allowed)}")
+            name, _, phase = kind.partition(":")
+            if name not in allowed or (phase and phase not in phases):
+                raise ValueError(f"unknown kind {kind!r}; allowed: {', '.join(allowed)}, each optionally "
+                                 f"followed by ':' and a phase ({', '.join(phases)})")
             if not 0 < efficiency <= 1:
                 raise ValueError(f"{kind}: efficiency must be in (0, 1], got {efficiency}")
         return value

@@ -17,7 +17,7 @@ from moesim.calibration import Sweep, fit_node, write_calibrated
 from moesim.calibration.measurements import KernelSample, Measurements, TaskOverheadSample
 from moesim.calibration.sweeps import kernel_cases, sizes_for
 from moesim.dtypes import DType
-from moesim.hardware import ClusterSpec, RooflineCostModel, load_node
+from moesim.hardware import ClusterSpec, CostParams, RooflineCostModel, load_node
 from moesim.plan import StreamKind, Task
 from moesim.workload.ops import Op, OpKind, Phase
 
@@ -98,8 +98,8 @@ def test_a_kind_on_the_memory_roof_keeps_the_base_value(planted_cpu, synthesize,
     node = planted_cpu(world=2, launch_overhead_us=DISPATCH_US, kind_efficiency=kinds)
     measured = kernel_measurements(node, synthesize(node, world=2, dtype=DType.FP32, shapes=cpu_shapes))
     fit = fit_node(measured, load_node("cpu-loopback"), name="cpu-test")
-    assert "layernorm" not in fit.node.cost.kind_efficiency
     (entry,) = [k for k in fit.report.kept if k.path == "cost.kind_efficiency.layernorm"]
+    assert not any(key.startswith("layernorm") for key in fit.node.cost.kind_efficiency)
     assert entry.value == 0.5 and "memory roof" in entry.reason
     assert fit.report.error_of(Sweep.KERNEL_LAYERNORM).rms_relative_error < 1e-3
 
@@ -128,10 +128,50 @@ def test_the_fitted_kind_efficiencies_reach_the_cost_model(planted, measured) ->
 def test_the_calibrated_file_carries_each_kind_with_its_sweep_error(planted, measured, tmp_path) -> None:
     fit = fit_node(measured, load_node("cpu-loopback"), name="cpu-test")
     path = write_calibrated(fit, tmp_path)
-    assert load_node(path).cost.kind_efficiency == fit.node.cost.kind_efficiency == pytest.approx(PLANTED_KINDS,
-                                                                                                   rel=1e-3)
+    written = load_node(path).cost.kind_efficiency
+    assert written == fit.node.cost.kind_efficiency
+    assert {key: value for key, value in written.items() if ":" not in key} == pytest.approx(PLANTED_KINDS, rel=1e-3)
+    for key, value in written.items():  # each phase of a kind at the kind's planted value
+        assert value == pytest.approx(PLANTED_KINDS[key.split(":")[0]], rel=1e-3), key
     lines = path.read_text().splitlines()
     (loss,) = [line for line in lines if line.startswith("    loss: ")]
     assert "kernel.loss sweep rel. RMS error 0.0%" in loss
     (launch,) = [line for line in lines if line.startswith("  launch_overhead_us: ")]
     assert "elementwise sweep rel. RMS error 0.0%" in launch and "executor bookkeeping 3 us" in launch
+
+
+def test_a_phase_of_its_own_and_slower_gathers_are_recovered(planted_cpu, synthesize, cpu_shapes) -> None:
+    """A router forward (matmul, softmax, top-k) 5x slower per FLOP than its backward, and gathers of token
+    rows (permute, the embedding's forward) at 40% and 30% of the add sweep's bandwidth: each phase gets
+    its own FLOP efficiency and, where its samples run on the memory roof, its own memory efficiency."""
+    kinds = {**PLANTED_KINDS, "router:forward": 0.01}
+    memory = {"permute": 0.4, "embedding:forward": 0.3}
+    node = planted_cpu(world=2, launch_overhead_us=DISPATCH_US, kind_efficiency=kinds, kind_memory_efficiency=memory)
+    measured = kernel_measurements(node, synthesize(node, world=2, dtype=DType.FP32, shapes=cpu_shapes))
+    cost = fit_node(measured, load_node("cpu-loopback"), name="cpu-test").node.cost
+    assert cost.kind_efficiency["router:forward"] == pytest.approx(0.01, rel=1e-3)
+    assert cost.kind_efficiency["router:backward_input"] == pytest.approx(0.05, rel=1e-3)
+    assert cost.kind_memory_efficiency["permute:forward"] == pytest.approx(0.4, rel=1e-3)
+    assert cost.kind_memory_efficiency["embedding:forward"] == pytest.approx(0.3, rel=1e-3)
+    for key, value in cost.kind_memory_efficiency.items():  # every written one is the one in effect
+        kind, _, phase = key.partition(":")
+        expected = memory.get(key, memory.get(kind, 1.0)) if phase else None
+        if expected is not None:
+            assert value == pytest.approx(expected, rel=1e-3), key
+    fitted_node = node.model_copy(update={"cost": cost})
+    model = RooflineCostModel(ClusterSpec(node=fitted_node), DType.FP32)
+    for case in kernel_cases(sizes_for("cpu", quick=False), 2, DType.FP32):  # every op the sweep saw: exact
+        if case.op.kind.value in PLANTED_KINDS:
+            truth = RooflineCostModel(ClusterSpec(node=node), DType.FP32).compute_time(case.op, TASK, 0)
+            assert model.compute_time(case.op, TASK, 0) - cost.launch_overhead_s == pytest.approx(
+                truth - node.cost.launch_overhead_s, rel=1e-3), case.op.name
+
+
+@pytest.mark.parametrize(("key", "allowed"), [("router:forward", True), ("layernorm:backward_weight", True),
+                                              ("loss", True), ("router:sideways", False), ("matmul", False)])
+def test_kind_keys_are_a_kind_or_a_kind_and_phase(key, allowed) -> None:
+    if allowed:
+        assert CostParams(kind_efficiency={key: 0.5}, kind_memory_efficiency={key: 0.5}).kind_efficiency == {key: 0.5}
+    else:
+        with pytest.raises(ValueError, match="followed by ':' and a phase"):
+            CostParams(kind_memory_efficiency={key: 0.5})
