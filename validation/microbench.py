@@ -49,6 +49,7 @@ from moesim.calibration.measurements import (
     LayernormSample,
     MatmulSample,
     Measurements,
+    RendezvousSample,
     StreamHandoffSample,
     TaskOverheadSample,
 )
@@ -64,6 +65,7 @@ _WIRE = torch.float32  # collectives move float32 words; only their bytes matter
 _PAIRED_BLOCKS = 3  # alternating blocks of each side of a pair
 _LOOP_START_TIMEOUT_S = 120.0
 _OVERHEAD_WARMUP, _OVERHEAD_ITERATIONS = 2, 9
+_SKEW_ROUNDS = 12
 
 
 class Clock:
@@ -230,6 +232,25 @@ def stream_handoff(ctx: RankContext, sizes: sweeps.Sizes, dtype: DType) -> Strea
     gaps = [span.start - ends[span.rank, dep] for span in run.timeline.spans
             for dep in plan.tasks[span.task].deps if plan.tasks[dep].stream is not span.stream]
     return StreamHandoffSample(rounds=sizes.handoff_rounds, seconds=max(0.0, statistics.fmean(gaps)))
+
+
+def rendezvous_skew(ctx: RankContext, sizes: sweeps.Sizes, dtype: DType) -> list[RendezvousSample]:
+    """``skew_plan`` at each segment length of ``skew_segments``: in the median iteration, the mean compute
+    per segment and the mean wait from a segment's end to its collective's rendezvous plus that
+    collective's time, over every round and rank."""
+    if ctx.world_size < 2:
+        return []
+    samples = []
+    for segment in sizes.skew_segments:
+        plan = sweeps.skew_plan(_SKEW_ROUNDS, segment, sizes.skew_matmul, ctx.world_size, dtype)
+        run = execute_plan(plan, ctx, warmup=_OVERHEAD_WARMUP, iterations=_OVERHEAD_ITERATIONS)
+        ends = {(span.rank, span.task): span.end for span in run.timeline.spans}
+        computed = [span.duration for span in run.timeline.spans if span.stream is StreamKind.COMPUTE]
+        waits = [span.end - ends[span.rank, dep] for span in run.timeline.spans if span.stream is StreamKind.COMM
+                 for dep in plan.tasks[span.task].deps]
+        samples.append(RendezvousSample(segment=segment, segment_seconds=segment * statistics.fmean(computed),
+                                        wait_seconds=statistics.fmean(waits)))
+    return samples
 
 
 def collective_groups(ctx: RankContext) -> dict[int, Any]:
@@ -451,6 +472,7 @@ def run(out: Path, quick: bool, dtype: DType | None) -> Measurements:
     kernels = kernel_sweep(ctx, clock, sizes, chosen)
     overhead = task_overhead(ctx, clock, sizes, chosen)
     handoff = stream_handoff(ctx, sizes, chosen)
+    skews = rendezvous_skew(ctx, sizes, chosen)
     collectives, comm_under_compute = collective_sweeps(ctx, clock, sizes, chosen)
     interference = interference_sweep(ctx, clock, sizes, chosen)
     env = Environment.from_info(environment(ctx), device="gpu" if ctx.device.type == "cuda" else "cpu",
@@ -459,7 +481,7 @@ def run(out: Path, quick: bool, dtype: DType | None) -> Measurements:
                           repeats=sizes.repeats, matmul=tuple(compute["matmul"]),
                           elementwise=tuple(compute["elementwise"]), attention=tuple(compute["attention"]),
                           layernorm=tuple(compute["layernorm"]), kernels=tuple(kernels), task_overhead=overhead,
-                          stream_handoff=handoff,
+                          stream_handoff=handoff, rendezvous=tuple(skews),
                           collectives=tuple(collectives), interference=tuple(interference),
                           comm_under_compute=tuple(comm_under_compute))
     if ctx.rank == 0:

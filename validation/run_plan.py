@@ -8,8 +8,8 @@
 same scoped overrides as the CLI; ``schedule.*`` settings go to the schedules whose config knows them.
 Plans are deterministic, so every rank builds the same one. The output JSON holds, per schedule (keyed
 by the ``--schedule`` argument as written), its iteration times, median and measured timeline;
-``load_measured`` reads it back. This module imports torch only inside ``main``: callers that launch
-the job and load its output do not need torch.
+``load_measured`` reads it back. The schedules run interleaved, in ``--blocks`` rounds. This module
+imports torch only inside ``main``: callers that launch the job and load its output do not need torch.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from moesim.timeline import Span, Timeline
 from moesim.workload.ops import OpKind, Phase
 
 FORMAT = "moesim-measured/1"
+_BLOCKS = 3
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -56,6 +57,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], dest="overrides", metavar="KEY=VALUE")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--blocks", type=int, default=None,
+                        help="run the schedules in this many interleaved rounds (1: one after another; "
+                             "default: 3, or --iterations if fewer)")
     parser.add_argument("--out", type=Path, required=True)
     return parser.parse_args(argv)
 
@@ -81,14 +85,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise MoesimError(f"--schedule: each value once, got {', '.join(args.schedule)}")
         scn = scenario(args.model, args.hardware, args.nodes, parse_assignments(args.overrides))
         _check_schedule_settings(scn, args.schedule)
+        blocks = min(_BLOCKS, args.iterations) if args.blocks is None else args.blocks
+        if not 1 <= blocks <= args.iterations:
+            raise MoesimError(f"--blocks: between 1 and --iterations ({args.iterations}), got {blocks}")
         plans = [(label, plan_for(scn, label)) for label in args.schedule]
-        results = {label: _measure(label, plan, ctx, args.warmup, args.iterations) for label, plan in plans}
+        results = _measure_interleaved(plans, ctx, args.warmup, args.iterations, blocks)
     except MoesimError as err:  # every rank meets the same error: the inputs are the same
         print(f"error: {err}", file=sys.stderr)
         return 2
     if ctx.rank == 0:
         job = {"model": args.model, "hardware": args.hardware, "nodes": args.nodes, "overrides": args.overrides,
-               "warmup": args.warmup, "iterations": args.iterations}
+               "warmup": args.warmup, "iterations": args.iterations, "blocks": blocks}
         write_measured(args.out, {"format": FORMAT, "job": job, "results": results})
     rank_dist.finish()
     return 0
@@ -102,19 +109,34 @@ def _check_schedule_settings(scn: Scenario, labels: Sequence[str]) -> None:
             raise MoesimError(f"unknown setting 'schedule.{key}': no schedule among {', '.join(labels)} has it")
 
 
-def _measure(label: str, plan: ExecutionPlan, ctx: Any, warmup: int, iterations: int) -> dict[str, Any]:
-    from .executor import execute_plan
+def _measure_interleaved(plans: Sequence[tuple[str, ExecutionPlan]], ctx: Any, warmup: int, iterations: int,
+                         blocks: int) -> dict[str, dict[str, Any]]:
+    """Each plan's ``iterations`` in ``blocks`` rounds that take the plans in turn (each block after its own
+    warm-up): a drift of the host's speed during the job then weighs on every schedule alike, not on the
+    one that happened to run then. Per plan: every measured iteration, their median (the lower one), and
+    the timeline of the block whose median is nearest it."""
+    from .executor import MeasuredRun, execute_plan
 
-    run = execute_plan(plan, ctx, warmup=warmup, iterations=iterations)
-    return {
-        "label": label,
-        "schedule": plan.schedule,
-        "knobs": get_schedule(plan.schedule).summarize(plan.knobs),
-        "iteration_times_s": run.iteration_times_s,
-        "median_s": run.median_s,
-        "environment": run.environment,
-        "timeline": timeline_to_dict(run.timeline),
-    }
+    shares = [iterations // blocks + (1 if b < iterations % blocks else 0) for b in range(blocks)]
+    runs: dict[str, list[MeasuredRun]] = {label: [] for label, _ in plans}
+    for share in shares:
+        for label, plan in plans:
+            runs[label].append(execute_plan(plan, ctx, warmup=warmup, iterations=share))
+    results = {}
+    for label, plan in plans:
+        times = [t for run in runs[label] for t in run.iteration_times_s]
+        median = sorted(times)[(len(times) - 1) // 2]
+        nearest = min(runs[label], key=lambda run: abs(run.median_s - median))
+        results[label] = {
+            "label": label,
+            "schedule": plan.schedule,
+            "knobs": get_schedule(plan.schedule).summarize(plan.knobs),
+            "iteration_times_s": times,
+            "median_s": median,
+            "environment": nearest.environment,
+            "timeline": timeline_to_dict(nearest.timeline),
+        }
+    return results
 
 
 def write_measured(path: Path, document: Mapping[str, Any]) -> Path:

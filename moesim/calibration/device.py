@@ -31,7 +31,7 @@ def fitted(path: str, value: float, sweeps: tuple[Sweep, ...], note: str = "") -
     return ParamFit(path=path, value=significant(value), sweeps=sweeps, note=note)
 
 
-def kept(path: str, value: float, reason: str) -> KeptParam:
+def kept(path: str, value: float | None, reason: str) -> KeptParam:
     return KeptParam(path=path, value=value, reason=reason)
 
 

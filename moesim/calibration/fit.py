@@ -10,7 +10,7 @@ sweep, in the order their parameters feed each other:
 5. layernorm:     layernorm sweep    -> efficiency of the memory-bound kinds without their own
 6. kinds:         kernel sweep, per memory-bound kind and phase -> ``kind_efficiency``
 7. task overhead: a synthetic plan through the executor -> launch overhead += executor bookkeeping
-8. hand-over:     a synthetic two-stream plan through the executor -> stream hand-over
+8. hand-over:     synthetic two-stream plans through the executor -> stream hand-over, rendezvous skew
 9. collectives:   all-to-all + all-reduce sweeps -> latency terms, per-rank fabric bandwidth
 10. interference: matmul alone vs with a collective loop -> compute slowdown under communication
 11. reverse:      collectives alone vs with a matmul loop -> communication slowdown under compute
@@ -30,7 +30,12 @@ from typing import Any
 from moesim.calibration.comm_fit import fit_collectives, fit_comm_slowdown, fit_interference
 from moesim.calibration.compute_fit import fit_attention, fit_layernorm, fit_matmul, fit_memory
 from moesim.calibration.device import fitted, kept
-from moesim.calibration.kernel_fit import fit_kind_efficiencies, fit_stream_handoff, fit_task_overhead
+from moesim.calibration.kernel_fit import (
+    fit_kind_efficiencies,
+    fit_rendezvous_skew,
+    fit_stream_handoff,
+    fit_task_overhead,
+)
 from moesim.calibration.measurements import Measurements
 from moesim.calibration.report import FitReport, KeptParam, ParamFit, Step, sweep_errors
 from moesim.errors import MoesimError
@@ -70,6 +75,7 @@ def fit_node(measurements: Measurements, base: NodeSpec, *, name: str) -> Calibr
         lambda n: fit_kind_efficiencies(n, m),
         lambda n: fit_task_overhead(n, m.task_overhead),
         lambda n: fit_stream_handoff(n, m.stream_handoff),
+        lambda n: fit_rendezvous_skew(n, m.rendezvous),
         lambda n: fit_collectives(n, m, device),
         lambda n: fit_interference(n, m.interference),
         lambda n: fit_comm_slowdown(n, m),

@@ -29,6 +29,7 @@ from moesim.calibration.measurements import (
     KIND_SWEEPS,
     KernelSample,
     Measurements,
+    RendezvousSample,
     StreamHandoffSample,
     Sweep,
     TaskOverheadSample,
@@ -43,6 +44,7 @@ _LOWEST_KIND_EFFICIENCY = 1e-5
 _LAUNCH_PATH = "cost.launch_overhead_us"
 _MAX_REGIME_PASSES = 20
 _HANDOFF_PATH = "cost.stream_handoff_us"
+_SKEW_PATH, _SKEW_CAP_PATH = "cost.rendezvous_skew", "cost.rendezvous_skew_cap_us"
 
 
 def fit_kind_efficiencies(node: NodeSpec, measurements: Measurements) -> Step:
@@ -126,6 +128,40 @@ def fit_stream_handoff(node: NodeSpec, sample: StreamHandoffSample | None) -> St
     entry = fitted(_HANDOFF_PATH, units.to_us(sample.seconds), (),
                    f"measured directly: the mean over {sample.rounds} rounds of add -> all-to-all -> add")
     return Step(updates={_HANDOFF_PATH: entry.value}, fitted=(entry,))
+
+
+def fit_rendezvous_skew(node: NodeSpec, samples: Sequence[RendezvousSample]) -> Step:
+    """``rendezvous_skew`` and its cap: a collective's wait (to its rendezvous, and its own time) grows with
+    the compute its ranks did since the previous collective, ``min(c * T, cap)`` above the shortest
+    segment's. Least squares over every split of the segments into a rising part (``c`` through that
+    point) and a level part (``cap`` their mean); a split with no level part has no cap."""
+    if len(samples) < 2:
+        return Step(kept=(kept(_SKEW_PATH, node.cost.rendezvous_skew, "fewer than two segment lengths"),
+                          kept(_SKEW_CAP_PATH, node.cost.rendezvous_skew_cap_us, "fewer than two segment lengths")))
+    ordered = sorted(samples, key=lambda s: s.segment_seconds)
+    span = np.array([s.segment_seconds - ordered[0].segment_seconds for s in ordered[1:]])
+    extra = np.array([s.wait_seconds - ordered[0].wait_seconds for s in ordered[1:]])
+    best: tuple[float, float, float | None] | None = None
+    for rising in range(len(span), 0, -1):  # no cap first: a cap must explain the data better to be kept
+        head = span[:rising]
+        slope = max(0.0, float(np.sum(head * extra[:rising]) / np.sum(head * head))) if np.any(head > 0) else 0.0
+        cap = float(np.mean(extra[rising:])) if rising < len(span) else None
+        predicted = slope * span if cap is None else np.minimum(slope * span, max(cap, 0.0))
+        error = float(np.sum((predicted - extra) ** 2))
+        if best is None or error < best[0] * (1 - 1e-6) - 1e-18:
+            best = (error, slope, None if cap is None else max(cap, 0.0))
+    assert best is not None
+    _, slope, cap_s = best
+    lengths = ", ".join(f"{s.segment_seconds / units.MS:.2g}" for s in ordered)
+    note = f"over {len(samples)} segment lengths ({lengths} ms)"
+    entries = [fitted(_SKEW_PATH, slope, (), note + ("; at its bound 0" if slope == 0 else ""))]
+    if cap_s is None:
+        reason = "the wait still rose at the longest segment: no cap measured"
+        step = Step(kept=(kept(_SKEW_CAP_PATH, node.cost.rendezvous_skew_cap_us, reason),))
+    else:
+        entries.append(fitted(_SKEW_CAP_PATH, units.to_us(cap_s), (), note + ": where the wait levelled off"))
+        step = Step()
+    return step.plus(Step(updates={e.path: e.value for e in entries}, fitted=tuple(entries)))
 
 
 def fit_task_overhead(node: NodeSpec, sample: TaskOverheadSample | None) -> Step:

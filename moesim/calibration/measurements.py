@@ -229,6 +229,16 @@ class StreamHandoffSample(_Record):
     seconds: float = Field(ge=0)
 
 
+class RendezvousSample(_Record):
+    """``sweeps.skew_plan`` with ``segment`` matmuls between collectives, run like a measured plan, median
+    iteration: ``segment_seconds`` the mean compute per segment, ``wait_seconds`` the mean from a segment's
+    end to its collective's rendezvous plus the collective's mean time, over every round and rank."""
+
+    segment: int = Field(ge=1)
+    segment_seconds: float = Field(ge=0)
+    wait_seconds: float = Field(ge=0)
+
+
 def _measured_collective(kind: OpKind) -> OpKind:
     if kind not in _COLLECTIVE_KINDS:
         raise ValueError(f"must be all_to_all or all_reduce, got {kind.value}")
@@ -308,6 +318,7 @@ class Measurements(_Record):
     kernels: tuple[KernelSample, ...] = ()
     task_overhead: TaskOverheadSample | None = None
     stream_handoff: StreamHandoffSample | None = None
+    rendezvous: tuple[RendezvousSample, ...] = ()
     collectives: tuple[CollectiveSample, ...] = ()
     interference: tuple[InterferenceSample, ...] = ()
     comm_under_compute: tuple[CommUnderComputeSample, ...] = ()

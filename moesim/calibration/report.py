@@ -42,7 +42,7 @@ class ParamFit(_Record):
 
 class KeptParam(_Record):
     path: str
-    value: float
+    value: float | None  # None: the base spec leaves it unset (e.g. no cap)
     reason: str
 
 

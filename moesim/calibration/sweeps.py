@@ -72,6 +72,8 @@ class Sizes:
     kernel_flop_cap: float                             # kernel ops above this many FLOPs are skipped
     overhead_tasks: int                                # tasks of the synthetic plan timing the executor
     handoff_rounds: int                                # compute -> collective -> compute rounds of handoff_plan
+    skew_segments: tuple[int, ...]                     # matmuls per compute segment of skew_plan, one run each
+    skew_matmul: int                                   # their size (square)
 
 
 def bandwidth_bound(sizes: tuple[int, ...], floor_bytes: int) -> tuple[int, ...]:
@@ -106,6 +108,8 @@ def sizes_for(device: str, quick: bool) -> Sizes:
             kernel_flop_cap=_GPU_FLOP_CAP,
             overhead_tasks=512,
             handoff_rounds=64,
+            skew_segments=(1, 8, 24),
+            skew_matmul=4096,
         )
     collective_bytes = tuple(1024 * 8**i for i in range(6))  # 1 KiB .. 32 MiB, quick too: two sizes >= 4 MiB
     return Sizes(
@@ -131,6 +135,10 @@ def sizes_for(device: str, quick: bool) -> Sizes:
         kernel_flop_cap=_CPU_FLOP_CAP_QUICK if quick else _CPU_FLOP_CAP,
         overhead_tasks=512,
         handoff_rounds=64,
+        # 0.3 to 23 ms of 256^3 matmuls between collectives on one core: the gaps between the validation
+        # workloads' collectives run from ~1 ms (chunked all-to-alls) to ~40 ms (dense blocks)
+        skew_segments=(1, 8, 24, 64),
+        skew_matmul=256,
     )
 
 
@@ -255,3 +263,29 @@ def handoff_plan(rounds: int, world_size: int, dtype: DType) -> ExecutionPlan:
     return ExecutionPlan(graph=graph, schedule="stream-handoff", tasks=tuple(tasks),
                          streams={StreamKind.COMPUTE: tuple(range(0, 2 * rounds, 2)),
                                   StreamKind.COMM: tuple(range(1, 2 * rounds, 2))})
+
+
+def skew_plan(rounds: int, segment: int, size: int, world_size: int, dtype: DType) -> ExecutionPlan:
+    """``rounds`` of ``segment`` chained ``size``-cubed matmuls on the compute stream, then a one-word-per-peer
+    all-to-all of every rank that waits for them, which the next segment waits for: how long a collective
+    waits for its last member, and runs, after a segment of compute."""
+    width, ops, tasks = dtype.bytes, list[Op](), list[Task]()
+    comm = CommSpec(groups=(tuple(range(world_size)),), bytes=float(world_size * width))
+    compute_ids, comm_ids = list[int](), list[int]()
+    for r in range(rounds):
+        for j in range(segment):
+            i = len(ops)
+            deps = (i - 1,) if i else ()
+            ops.append(Op(id=i, name=f"skew.mm.{r}.{j}", role="fc1", kind=OpKind.MATMUL, phase=Phase.FORWARD,
+                          layer=None, flops=2.0 * size**3, mem_bytes=3.0 * size * size * width, deps=deps,
+                          dims={"m": size, "n": size, "k": size}))
+            tasks.append(Task(id=i, op=i, stream=StreamKind.COMPUTE, deps=deps))
+            compute_ids.append(i)
+        i = len(ops)
+        ops.append(Op(id=i, name=f"skew.a2a.{r}", role="dispatch", kind=OpKind.ALL_TO_ALL, phase=Phase.FORWARD,
+                      layer=None, flops=0.0, mem_bytes=0.0, deps=(i - 1,), comm=comm))
+        tasks.append(Task(id=i, op=i, stream=StreamKind.COMM, deps=(i - 1,)))
+        comm_ids.append(i)
+    graph = OpGraph(ops=tuple(ops), num_ranks=world_size, num_layers=0, moe_layers=(), meta={"dtype": dtype.value})
+    return ExecutionPlan(graph=graph, schedule="rendezvous-skew", tasks=tuple(tasks),
+                         streams={StreamKind.COMPUTE: tuple(compute_ids), StreamKind.COMM: tuple(comm_ids)})

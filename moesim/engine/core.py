@@ -79,6 +79,9 @@ class _Play:
         self.env = simpy.Environment()
         self.contention_delay = float(cost.comm_latency_under_compute)
         self.handoff = float(cost.stream_handoff)
+        self.skew = float(cost.rendezvous_skew)
+        self.skew_cap = float(cost.rendezvous_skew_cap)
+        self.since_sync = {rank: 0.0 for rank in self.ranks}  # compute seconds since the rank's last collective
         self.network = FlowNetwork(self.env, cost.capacities, float(cost.comm_slowdown),
                                    track_compute=self.contention_delay > 0)
         slowdown = float(cost.compute_slowdown)
@@ -127,9 +130,11 @@ class _Play:
             if op.kind.is_collective:
                 start = yield from self._collective(rank, op, task, cursor)
             else:
+                seconds = self.cost.compute_time(op, task, rank)
                 self.network.compute_started(rank)
-                yield self.compute[rank].run(self.cost.compute_time(op, task, rank))
+                yield self.compute[rank].run(seconds)
                 self.network.compute_ended(rank)
+                self.since_sync[rank] += seconds
                 if self.idle_waiters.get(rank):  # idle unless this stream starts another kernel at once
                     self.env.timeout(0).callbacks.append(functools.partial(self._compute_idle, rank))
             finished[task_id] = True
@@ -189,6 +194,11 @@ class _Play:
         demand = self.cost.collective_demand(op, task, groups)
         for member in members:
             self.compute[member].comm_started()
+        drift = max((self.since_sync[m] for m in members if m in self.since_sync), default=0.0)
+        for member in members:
+            if member in self.since_sync:
+                self.since_sync[member] = 0.0
+        skew = min(self.skew * drift, self.skew_cap)  # the wait for the member that arrives last
 
         def finish() -> None:
             for member in members:
@@ -206,8 +216,9 @@ class _Play:
                 self.network.transfer(stage.resources, stage.volume, after, tuple(members))
 
             def start(_: object = None) -> None:
-                if stage.latency_s > 0:
-                    self.env.timeout(stage.latency_s).callbacks.append(transfer)
+                latency = stage.latency_s + (skew if stage is demand else 0.0)
+                if latency > 0:
+                    self.env.timeout(latency).callbacks.append(transfer)
                 else:
                     transfer()
 

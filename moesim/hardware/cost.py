@@ -88,6 +88,14 @@ class RooflineCostModel:
         return self._params.comm_latency_under_compute_s
 
     @property
+    def rendezvous_skew(self) -> float:
+        return self._params.rendezvous_skew
+
+    @property
+    def rendezvous_skew_cap(self) -> float:
+        return self._params.rendezvous_skew_cap_s
+
+    @property
     def stream_handoff(self) -> float:
         return self._params.stream_handoff_s
 

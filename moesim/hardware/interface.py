@@ -82,6 +82,17 @@ class CostModel(Protocol):
         ...
 
     @property
+    def rendezvous_skew(self) -> float:
+        """A collective starts this fraction of its members' compute time since their previous collective
+        later (the expected wait for the last member to arrive), at most ``rendezvous_skew_cap``."""
+        ...
+
+    @property
+    def rendezvous_skew_cap(self) -> float:
+        """The most seconds of that wait (inf: no cap)."""
+        ...
+
+    @property
     def stream_handoff(self) -> float:
         """Seconds a task that waited for a task of another stream starts after that task ended."""
         ...

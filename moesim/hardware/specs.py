@@ -165,6 +165,13 @@ class CostParams(_Spec):
     # waiting thread must be woken and get a core (measured by `moesim calibrate`). 0 on a GPU, where
     # the host queues work ahead and a CUDA event wait costs a few us at most [assumption].
     stream_handoff_us: float = Field(default=0.0, ge=0)
+    # Ranks drift apart between collectives (kernel-time jitter, late wake-ups) and a collective starts
+    # when the last member arrives: a collective whose members computed T seconds since their previous
+    # collective starts this fraction of T later than the played rank arrived, at most the cap below
+    # (None: no cap). 0 on GPU presets [assumption, to be calibrated]; on a CPU host `moesim calibrate`
+    # measures several percent, levelling off near a millisecond.
+    rendezvous_skew: float = Field(default=0.0, ge=0)
+    rendezvous_skew_cap_us: float | None = Field(default=None, ge=0)
     # Per-kind FLOP efficiency of the memory-bound kinds, overriding other_compute_efficiency where a
     # kind's kernels are slower or faster per FLOP than the generic figure. Keys: an OpKind value
     # ("loss", "router") or a kind and phase ("router:forward", "layernorm:backward_weight"); the
@@ -198,6 +205,10 @@ class CostParams(_Spec):
     @property
     def matmul_half_efficiency_s(self) -> float:
         return units.us(self.matmul_half_efficiency_us)
+
+    @property
+    def rendezvous_skew_cap_s(self) -> float:
+        return float("inf") if self.rendezvous_skew_cap_us is None else units.us(self.rendezvous_skew_cap_us)
 
     @property
     def stream_handoff_s(self) -> float:

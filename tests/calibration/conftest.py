@@ -24,6 +24,7 @@ from moesim.calibration.measurements import (
     LayernormSample,
     MatmulSample,
     Measurements,
+    RendezvousSample,
     StreamHandoffSample,
 )
 from moesim.dtypes import DType
@@ -67,7 +68,8 @@ def _planted_cpu(world: int = 2, **cost: float) -> NodeSpec:
                   intra_bandwidth_efficiency=1.0, inter_bandwidth_efficiency=1.0, collective_base_latency_us=40.0,
                   all_to_all_peer_latency_us=10.0, compute_slowdown_under_comm=0.35,
                   comm_slowdown_under_compute=0.6, comm_latency_under_compute_us=2000.0,
-                  matmul_half_efficiency_dim=48.0, stream_handoff_us=50.0)
+                  matmul_half_efficiency_dim=48.0, stream_handoff_us=50.0, rendezvous_skew=0.04,
+                  rendezvous_skew_cap_us=500.0)
     params.update(cost)
     return NodeSpec(
         name="planted-cpu",
@@ -158,8 +160,15 @@ def _synthesize(node: NodeSpec, *, world: int, dtype: DType, shapes: dict, noise
                       device=node.gpu.device, world_size=world, ranks_per_host=ranks_per_host or world,
                       devices=("planted",))
     handoff = StreamHandoffSample(rounds=64, seconds=noisy(node.cost.stream_handoff_s)) if world > 1 else None
+    # a collective after T seconds of compute: 0.3 ms of its own, plus the planted share of T up to the cap
+    # (0.04 x 0.3 ms stays in the first sample: the fit measures from it)
+    skew, cap, first = node.cost.rendezvous_skew, node.cost.rendezvous_skew_cap_s, 3e-4
+    rendezvous = tuple(RendezvousSample(segment=n, segment_seconds=t,
+                                        wait_seconds=noisy(3e-4 + skew * first + min(skew * (t - first), cap)))
+                       for n, t in ((1, first), (8, 4e-3), (24, 8.5e-3), (64, 2.2e-2), (96, 3.3e-2))
+                       ) if world > 1 else ()
     return Measurements(measured_at=MEASURED_AT, environment=env, warmup=1, repeats=5, matmul=tuple(matmul),
-                        stream_handoff=handoff,
+                        stream_handoff=handoff, rendezvous=rendezvous,
                         elementwise=tuple(elementwise), attention=tuple(attention), layernorm=tuple(layernorm),
                         collectives=tuple(collectives), interference=tuple(interference),
                         comm_under_compute=tuple(comm_under_compute))

@@ -24,7 +24,7 @@ CPU_RATES = ["gpu.peak_tflops.fp32", "gpu.hbm_gb_per_s", "intra.bandwidth_gb_per
              "cost.other_compute_efficiency"]
 CPU_INTERCEPTS = ["cost.launch_overhead_us", "cost.matmul_half_efficiency_us", "cost.collective_base_latency_us",
                   "intra.latency_us", "cost.all_to_all_peer_latency_us", "cost.matmul_half_efficiency_dim",
-                  "cost.stream_handoff_us"]
+                  "cost.stream_handoff_us", "cost.rendezvous_skew", "cost.rendezvous_skew_cap_us"]
 GPU_RATES = ["cost.matmul_efficiency", "cost.hbm_efficiency", "cost.attention_efficiency",
              "cost.intra_bandwidth_efficiency"]
 GPU_INTERCEPTS = CPU_INTERCEPTS[:5]
@@ -193,3 +193,15 @@ def test_a_gpu_faster_than_its_datasheet_is_capped_at_efficiency_one(synthesize,
     assert fit.node.cost.hbm_efficiency == 1.0 and fit.node.gpu.hbm_gb_per_s == 3350
     (entry,) = [f for f in fit.report.fitted if f.path == "cost.hbm_efficiency"]
     assert "1.2 of the datasheet" in entry.note  # 4020 / 3350 = 1.2
+
+
+def test_a_wait_that_keeps_rising_gets_no_cap(synthesize, planted_cpu, cpu_shapes) -> None:
+    """Planted without a cap, the wait rises at every segment length: the slope comes back, the cap is kept
+    from the base (none) with the reason."""
+    measured = synthesize(planted_cpu(world=2, rendezvous_skew_cap_us=None), world=2, dtype=DType.FP32,
+                          shapes=cpu_shapes)
+    fit = fit_node(measured, load_node("cpu-loopback"), name="cpu-test")
+    assert fit.node.cost.rendezvous_skew == pytest.approx(0.04, rel=1e-3)
+    assert fit.node.cost.rendezvous_skew_cap_us is None
+    (entry,) = [k for k in fit.report.kept if k.path == "cost.rendezvous_skew_cap_us"]
+    assert "no cap" in entry.reason

@@ -19,6 +19,7 @@ from moesim.calibration.sweeps import (
     operand_sets,
     overhead_plan,
     sizes_for,
+    skew_plan,
 )
 from moesim.dtypes import DType
 from moesim.engine import simulate_plan
@@ -138,3 +139,21 @@ def test_the_handoff_plan_alternates_streams_and_the_engine_charges_each_handove
         return max(span.end for span in timeline.spans)
 
     assert iteration(100.0) - iteration(0.0) == pytest.approx(5 * 100e-6, rel=1e-9)
+
+
+def test_the_skew_plan_puts_segments_of_matmuls_between_collectives() -> None:
+    """2 rounds of 3 matmuls then an all-to-all; with skew 0.1 the engine delays each collective by a tenth
+    of its segment's compute, so the iteration grows by 0.1 x the compute of both segments."""
+    plan = skew_plan(2, 3, 64, world_size=2, dtype=DType.FP32)
+    assert plan.streams == {StreamKind.COMPUTE: (0, 1, 2, 4, 5, 6), StreamKind.COMM: (3, 7)}
+    assert [task.deps for task in plan.tasks] == [(), (0,), (1,), (2,), (3,), (4,), (5,), (6,)]
+    assert {plan.graph.ops[i].dims["m"] for i in plan.streams[StreamKind.COMPUTE]} == {64}
+
+    def run(skew: float) -> tuple[float, float]:
+        cluster = load_cluster("cpu-loopback", overrides={"node.cost.rendezvous_skew": skew})
+        timeline = simulate_plan(plan, RooflineCostModel(cluster, DType.FP32))
+        compute = sum(span.duration for span in timeline.spans if span.stream is StreamKind.COMPUTE)
+        return max(span.end for span in timeline.spans), compute
+
+    (plain, compute), (skewed, _) = run(0.0), run(0.1)
+    assert skewed - plain == pytest.approx(0.1 * compute, rel=1e-9)

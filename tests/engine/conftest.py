@@ -35,6 +35,8 @@ class FakeCost:
         self.comm_slowdown = 0.0
         self.comm_latency_under_compute = 0.0
         self.stream_handoff = 0.0
+        self.rendezvous_skew = 0.0
+        self.rendezvous_skew_cap = float("inf")
         self.seconds: dict[str, float | tuple[float, ...]] = {}
         self.demands: dict[str, tuple[float, list[dict[int, float]]]] = {}
         self.next_stage: dict[str, tuple[float, dict[int, float]]] = {}  # name -> a second stage

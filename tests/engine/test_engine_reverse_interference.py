@@ -84,3 +84,24 @@ def test_a_kernel_that_follows_at_once_keeps_the_core_busy(story, assert_times):
     s.collective("a2a", latency=0.1, volumes=[{0: 10.0}])
     s.compute("gemm2", 5.0)
     assert_times(s.run(), {"gemm": (0.0, 0.1), "a2a": (0.0, 1.4), "gemm2": (0.1, 5.1)})
+
+
+def test_a_collective_waits_a_share_of_the_compute_since_the_last_one(story, assert_times):
+    # skew 0.1: the a2a follows 2 s of compute, so it starts moving bytes 0.2 s late; the second follows
+    # 1 s more of compute since the first (not 3), so 0.1 s late.
+    s = story(capacities=[10.0])
+    s.cost.rendezvous_skew = 0.1
+    s.compute("gemm", 2.0)
+    s.collective("a2a", latency=0.0, volumes=[{0: 10.0}], deps=[0])
+    s.compute("gemm2", 1.0, deps=[1])
+    s.collective("a2a2", latency=0.0, volumes=[{0: 10.0}], deps=[2])
+    assert_times(s.run(), {"gemm": (0.0, 2.0), "a2a": (2.0, 3.2), "gemm2": (3.2, 4.2), "a2a2": (4.2, 5.3)})
+
+
+def test_the_rendezvous_wait_levels_off_at_its_cap(story, assert_times):
+    # skew 0.1 of 2 s would be 0.2 s; the cap holds it to 0.05 s.
+    s = story(capacities=[10.0])
+    s.cost.rendezvous_skew, s.cost.rendezvous_skew_cap = 0.1, 0.05
+    s.compute("gemm", 2.0)
+    s.collective("a2a", latency=0.0, volumes=[{0: 10.0}], deps=[0])
+    assert_times(s.run(), {"gemm": (0.0, 2.0), "a2a": (2.0, 3.05)})

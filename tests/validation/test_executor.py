@@ -15,6 +15,7 @@ from moesim.dtypes import DType  # noqa: E402
 from moesim.engine import simulate_plan  # noqa: E402
 from moesim.errors import DeadlockError, MoesimError  # noqa: E402
 from moesim.plan import ExecutionPlan, StreamKind, Task  # noqa: E402
+from moesim.timeline import Timeline  # noqa: E402
 from moesim.validation.executor import topological_order  # noqa: E402
 from moesim.validation.kernels import KERNELS, TensorPool, a2a_splits, compute_kernel  # noqa: E402
 from moesim.validation.launch import free_port, torchrun  # noqa: E402
@@ -245,3 +246,28 @@ def test_bad_schedules_and_files_raise_one_line_errors(scn, tmp_path):
     (tmp_path / "other.json").write_text('{"traceEvents": []}')
     with pytest.raises(MoesimError, match="not a measured-run file"):
         load_measured(tmp_path / "other.json")
+
+
+def test_schedules_run_interleaved_in_blocks_and_keep_every_iteration(monkeypatch, plans):
+    """7 iterations in 3 blocks: 3, 2 and 2 per plan, the plans in turn within each block; the median is over
+    all 7, and the timeline is the one of the block whose own median is nearest it."""
+    from moesim.validation import executor, run_plan
+
+    calls, clock = [], iter(range(1, 100))
+
+    def fake(plan, ctx, *, warmup, iterations):
+        calls.append((plan.schedule, iterations, warmup))
+        times = [float(next(clock)) for _ in range(iterations)]
+        timeline = Timeline(spans=(), num_ranks=2, represents={0: (0,)}, task_deps=(), schedule=plan.schedule,
+                            source="measured", meta={"block": len(calls)})
+        return executor.MeasuredRun(timeline=timeline, iteration_times_s=times, environment={"backend": "fake"})
+
+    monkeypatch.setattr(executor, "execute_plan", fake)
+    chosen = [(label, plans[label]) for label in ("sequential", "lancet")]
+    results = run_plan._measure_interleaved(chosen, ctx=None, warmup=1, iterations=7, blocks=3)
+    assert calls == [("sequential", 3, 1), ("lancet", 3, 1), ("sequential", 2, 1), ("lancet", 2, 1),
+                     ("sequential", 2, 1), ("lancet", 2, 1)]
+    sequential = results["sequential"]
+    assert sequential["iteration_times_s"] == [1.0, 2.0, 3.0, 7.0, 8.0, 11.0, 12.0]
+    assert sequential["median_s"] == 7.0
+    assert sequential["timeline"]["meta"] == {"block": 3}  # block medians 2, 7, 11: the second is nearest

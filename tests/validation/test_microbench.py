@@ -61,6 +61,16 @@ def test_the_chosen_collectives_were_timed_alone_and_under_compute(measured: Pat
     assert [t for _, t in lengths] == sorted(t for _, t in lengths)
 
 
+def test_the_two_stream_plans_were_timed(measured: Path) -> None:
+    m = load_measurements(measured)
+    sizes = sizes_for("cpu", quick=True)
+    assert m.stream_handoff is not None and m.stream_handoff.rounds == sizes.handoff_rounds
+    assert [s.segment for s in m.rendezvous] == list(sizes.skew_segments)
+    lengths = [s.segment_seconds for s in m.rendezvous]
+    assert lengths == sorted(lengths) and lengths[0] > 0  # more matmuls per segment: more compute
+    assert all(s.wait_seconds > 0 for s in m.rendezvous)
+
+
 def test_bigger_work_takes_longer(measured: Path) -> None:
     m = load_measurements(measured)
     squares = sorted((s.m, s.seconds) for s in m.matmul if s.m == s.n == s.k and s.m >= 64)
