@@ -222,9 +222,12 @@ def _print_validation(report: Any) -> None:
     print(f"\nMAPE {report.mape:.1%}")
     for ranking in report.rankings:
         verdict = "matches" if ranking.match else (
-            "differs only within measurement noise" if ranking.match_beyond_noise else "differs")
+            "differs only where the measurement cannot tell the schedules apart" if ranking.match_beyond_noise
+            else "differs")
+        told = ", ".join(f"{fast} < {slow}" for fast, slow in ranking.separated) or "none"
         print(f"{ranking.workload}: predicted {' < '.join(ranking.predicted)}; "
-              f"measured {' < '.join(ranking.measured)} — ranking {verdict}")
+              f"measured {' < '.join(ranking.measured)} — ranking {verdict} "
+              f"(told apart by a rank-sum test at 5%: {told})")
 
 
 def _print_run(result: Any) -> None:

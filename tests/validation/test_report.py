@@ -30,3 +30,24 @@ def test_report_compares_predicted_and_measured_per_schedule(tmp_path):
         assert any(event["ph"] == "X" for event in trace["traceEvents"])
     saved = json.loads(write_report(report, tmp_path / "report.json").read_text())
     assert saved["mape"] == pytest.approx(report.mape) and len(saved["rows"]) == 2
+
+
+def test_the_ranking_counts_only_pairs_a_rank_sum_test_tells_apart():
+    from moesim.validation.report import Row, _ranking, rank_sum_z
+
+    fast, slow = (1.0, 1.1, 1.2, 1.05, 1.15), (2.0, 2.1, 2.2, 2.05, 2.15)
+    assert rank_sum_z(fast, slow) > 1.96 and rank_sum_z(slow, fast) < -1.96  # every fast iteration beats every slow
+    assert rank_sum_z((1.0, 2.0, 1.5), (1.1, 1.9, 1.6)) == pytest.approx(0.0, abs=0.5)
+    assert rank_sum_z((1.0,), (2.0,)) == 0.0
+    mixed = (1.5, 1.6, 1.4, 1.55, 1.45)
+    rows = [Row("w", "a", 1.0, 1.1, 0.1, fast), Row("w", "b", 3.0, 2.1, 0.1, slow), Row("w", "c", 2.0, 1.5, 0.1, mixed)]
+    ranking = _ranking("w", rows)
+    assert ranking.predicted == ("a", "c", "b") and ranking.measured == ("a", "c", "b") and ranking.match
+    assert set(ranking.separated) == {("a", "b"), ("a", "c"), ("c", "b")} and ranking.match_beyond_noise
+    # predicting b faster than c, which the measurement separates, is a real disagreement
+    wrong = _ranking("w", [rows[0], Row("w", "b", 1.5, 2.1, 0.1, slow), rows[2]])
+    assert not wrong.match and not wrong.match_beyond_noise
+    # two schedules the test cannot tell apart may be ordered either way
+    close = (1.52, 1.58, 1.41, 1.56, 1.47)
+    tie = _ranking("w", [Row("w", "c", 2.0, 1.5, 0.1, mixed), Row("w", "d", 1.9, 1.51, 0.1, close)])
+    assert tie.separated == () and tie.match_beyond_noise and not tie.match
