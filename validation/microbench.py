@@ -331,18 +331,21 @@ def collective_sweeps(ctx: RankContext, clock: Clock, sizes: sweeps.Sizes,
             for nbytes in sizes.collective_bytes:
                 numel = max(size, nbytes // _WIRE.itemsize // size * size)  # whole equal chunks
                 call = _collective(kind, numel, ctx.device, group)
-                alone = tuple(_gathered(_thread_issued(call, None, ctx.device, sizes)[0]))
+                alone = tuple(_gathered(_thread_issued(call, None, ctx.device, sizes).alone_s))
                 swept.append(CollectiveSample(kind=kind, group_size=size, bytes_per_rank=numel * _WIRE.itemsize,
                                               seconds=max(alone), rank_seconds=alone))
                 if nbytes not in sizes.comm_under_compute_bytes:
                     continue
                 for ((m, n, k), matmul), seconds in zip(loops, kernel_s, strict=True):
-                    quiet_s, busy_s = _thread_issued(call, _stepper(matmul, ctx.device), ctx.device, sizes)
-                    quiet, busy = tuple(_gathered(quiet_s)), tuple(_gathered(busy_s or 0.0))
+                    issued = _thread_issued(call, _stepper(matmul, ctx.device), ctx.device, sizes)
+                    quiet, busy = tuple(_gathered(issued.alone_s)), tuple(_gathered(issued.busy_s or 0.0))
+                    windows, kernels = _gathered(issued.window_s or 0.0), _gathered(issued.kernels or 0.0)
                     under_compute.append(CommUnderComputeSample(
                         kind=kind, group_size=size, bytes_per_rank=numel * _WIRE.itemsize, m=m, n=n, k=k,
                         dtype=dtype, seconds_alone=max(quiet), seconds_with_compute=max(busy),
-                        rank_seconds_alone=quiet, rank_seconds_with_compute=busy, kernel_seconds=seconds))
+                        rank_seconds_alone=quiet, rank_seconds_with_compute=busy, kernel_seconds=seconds,
+                        compute_window_seconds=statistics.fmean(windows), compute_kernels=statistics.fmean(kernels),
+                        rank_busy_mean_seconds=statistics.fmean(busy)))
     return swept, under_compute
 
 
@@ -359,8 +362,19 @@ def _stepper(matmul: Callable[[], object], device: torch.device) -> Callable[[],
     return step
 
 
+@dataclass(frozen=True)
+class _Issued:
+    """``_thread_issued``'s means for this rank: the call alone and under compute, and how long the calling
+    thread's compute loop ran per call under compute and how many of its kernels that was."""
+
+    alone_s: float
+    busy_s: float | None = None
+    window_s: float | None = None
+    kernels: float | None = None
+
+
 def _thread_issued(call: Callable[[], object], compute: Callable[[], object] | None, device: torch.device,
-                   sizes: sweeps.Sizes) -> tuple[float, float | None]:
+                   sizes: sweeps.Sizes) -> _Issued:
     """This rank's mean time of ``call`` issued from a second thread, as the executor issues a collective
     from a communication stream's thread: alone (this thread waits) and, given ``compute``, while this thread
     runs it back to back until the call returns, in alternating blocks (a drift of the host's speed biases
@@ -388,34 +402,44 @@ def _thread_issued(call: Callable[[], object], compute: Callable[[], object] | N
             errors.append(err)
             done.set()
 
-    def one(busy: bool) -> None:
+    def one(busy: bool) -> tuple[float, int]:
         dist.barrier()
         done.clear()
         go.set()
+        start, kernels = time.perf_counter(), 0
         if busy and compute is not None:
             while not done.is_set():
                 compute()
+                kernels += 1
         elif not done.wait(_LOOP_START_TIMEOUT_S):
             raise RuntimeError("a collective under test did not return")
         if errors:
             raise RuntimeError(f"the collective thread failed: {errors[0]!r}")
+        return time.perf_counter() - start, kernels
 
     thread = threading.Thread(target=worker, daemon=True)
     thread.start()
     alone, with_compute, repeats = list[float](), list[float](), sizes.paired_repeats // _PAIRED_BLOCKS
+    windows, counts = list[float](), list[int]()
     sides = ((False, alone),) if compute is None else ((False, alone), (True, with_compute))
     try:
         for _ in range(_PAIRED_BLOCKS):
             for busy, times in sides:
                 for index in range(sizes.warmup + repeats):
-                    one(busy)
+                    window, kernels = one(busy)
                     if index >= sizes.warmup:
                         times.append(seconds[-1])
+                        if busy:
+                            windows.append(window)
+                            counts.append(kernels)
     finally:
         stop.set()
         go.set()
         thread.join()
-    return statistics.fmean(alone), statistics.fmean(with_compute) if with_compute else None
+    if not with_compute:
+        return _Issued(statistics.fmean(alone))
+    return _Issued(statistics.fmean(alone), statistics.fmean(with_compute), statistics.fmean(windows),
+                   statistics.fmean(counts))
 
 
 def _comm_step(ctx: RankContext, group: Any, kind: OpKind, numel: int) -> Callable[[bool], bool]:

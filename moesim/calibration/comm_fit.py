@@ -16,7 +16,6 @@ the sweep's samples are bandwidth-dominated (``f`` near 1), so they could not te
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -24,7 +23,7 @@ import numpy as np
 from moesim import units
 from moesim.calibration.device import Device, fitted, kept, rate_step
 from moesim.calibration.lsq import relative_nnls
-from moesim.calibration.measurements import CollectiveSample, InterferenceSample, Measurements, Sweep
+from moesim.calibration.measurements import CollectiveSample, Measurements, Sweep
 from moesim.calibration.predict import bandwidth_shares, cluster_for, collective_groups
 from moesim.calibration.report import Step
 from moesim.hardware import collectives
@@ -77,16 +76,32 @@ def fit_collectives(node: NodeSpec, measurements: Measurements, device: Device) 
     return step
 
 
-def fit_interference(node: NodeSpec, samples: Sequence[InterferenceSample]) -> Step:
-    """``compute_slowdown_under_comm``: the engine stretches compute by ``1 + s`` while a collective is
-    in flight, so ``1 + s`` is fitted to the measured ratios (relative least squares, closed form)."""
+def fit_interference(node: NodeSpec, measurements: Measurements) -> Step:
+    """``compute_slowdown_under_comm``: the engine stretches compute by ``1 + s`` while a collective is in
+    flight. From the comm-under-compute sweep where it kept the calling thread's compute loop (as the
+    executor overlaps them: one collective from a second thread, kernels on the calling one): a loop of
+    ``c`` kernels of ``K`` seconds ran ``W = c K + s D`` over a collective in flight for ``D``; ``s`` by
+    least squares over the samples. Else from the interference sweep (a matmul under a loop of
+    collectives): ``1 + s`` fitted to the time ratios (relative least squares, closed form)."""
     path = "cost.compute_slowdown_under_comm"
-    if not samples:
+    looped = [(s.compute_window_seconds - s.compute_kernels * s.kernel_seconds, s.rank_busy_mean_seconds)
+              for s in measurements.comm_under_compute
+              if s.compute_window_seconds is not None and s.compute_kernels is not None
+              and s.kernel_seconds is not None and s.rank_busy_mean_seconds is not None]
+    if looped:
+        extra, flight = (np.array(column) for column in zip(*looped, strict=True))
+        slowdown = float(np.sum(extra * flight) / np.sum(flight * flight))
+        sweeps: tuple[Sweep, ...] = (Sweep.COMM_UNDER_COMPUTE,)
+        how = f"compute loops under {len(looped)} collectives issued as the executor issues them"
+    elif measurements.interference:
+        ratio = np.array([s.ratio for s in measurements.interference])
+        slowdown = float(np.sum(1 / ratio) / np.sum(1 / ratio**2)) - 1.0
+        sweeps, how = (Sweep.INTERFERENCE,), ""
+    else:
         return Step(kept=(kept(path, node.cost.compute_slowdown_under_comm, "no interference samples"),))
-    ratio = np.array([s.ratio for s in samples])
-    slowdown = float(np.sum(1 / ratio) / np.sum(1 / ratio**2)) - 1.0
-    note = "at its bound 0: compute ran no slower while communicating" if slowdown <= 0 else ""
-    entry = fitted(path, max(0.0, slowdown), (Sweep.INTERFERENCE,), note)
+    note = "; ".join(filter(None, (how, "at its bound 0: compute ran no slower while communicating"
+                                   if slowdown <= 0 else "")))
+    entry = fitted(path, max(0.0, slowdown), sweeps, note)
     return Step(updates={path: entry.value}, fitted=(entry,))
 
 

@@ -278,6 +278,13 @@ class CommUnderComputeSample(_Record):
     # One matmul of the loop alone (the slowest rank's median), for inspection: on a 2-core host the wait
     # for a core did not follow the kernel's length (0.3 to 9 ms). None in files from before it was kept.
     kernel_seconds: float | None = Field(default=None, gt=0)
+    # The calling thread's compute under it, means over calls and ranks: how long its loop ran per call
+    # (from the call's start to the loop's last kernel) and how many kernels that was, and the ranks' mean
+    # time of the call under compute: the compute slowdown while a collective is in flight, as the
+    # executor runs them. None in files from before they were kept.
+    compute_window_seconds: float | None = Field(default=None, gt=0)
+    compute_kernels: float | None = Field(default=None, ge=0)
+    rank_busy_mean_seconds: float | None = Field(default=None, gt=0)
 
     _measured_kind = field_validator("kind")(_measured_collective)
 

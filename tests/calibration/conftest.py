@@ -9,6 +9,7 @@ stage's latency, plus its transfer (bottleneck volume over capacity, from the co
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 
 import numpy as np
@@ -145,11 +146,17 @@ def _synthesize(node: NodeSpec, *, world: int, dtype: DType, shapes: dict, noise
             for size in shapes["comm_under_compute"]:
                 op = _op(kind, comm=CommSpec(groups=groups, bytes=size))
                 for m, n, k in shapes["compute_loops"]:
-                    kernel_s = matmul_time(m, n, k)
+                    kernel_s, flight = matmul_time(m, n, k), under_compute(op)
+                    # the calling thread's loop: whole kernels until the collective ends, each slowed by
+                    # 1 + s while it is in flight: c kernels take c K + s D
+                    kernels = math.ceil(flight * (1 + node.cost.compute_slowdown_under_comm) / kernel_s)
+                    window = kernels * kernel_s + node.cost.compute_slowdown_under_comm * flight
                     comm_under_compute.append(CommUnderComputeSample(
                         kind=kind, group_size=g, bytes_per_rank=size, m=m, n=n, k=k, dtype=dtype,
                         seconds_alone=noisy(model.collective_time(op, comm_task)),
-                        seconds_with_compute=noisy(under_compute(op)), kernel_seconds=kernel_s))
+                        seconds_with_compute=noisy(flight), kernel_seconds=kernel_s,
+                        compute_window_seconds=noisy(window), compute_kernels=float(kernels),
+                        rank_busy_mean_seconds=flight))
     slowdown = 1.0 + node.cost.compute_slowdown_under_comm
     interference = []
     for (m, n, k), kind, size in shapes["interference"]:

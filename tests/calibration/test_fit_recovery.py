@@ -175,13 +175,31 @@ def test_a_run_across_hosts_keeps_every_collective_parameter(cpu_measurements) -
 
 
 def test_no_slowdown_under_communication_fits_zero(cpu_measurements) -> None:
-    faster = tuple(s.model_copy(update={"seconds_with_comm": 0.97 * s.seconds_alone})
-                   for s in cpu_measurements.interference)
-    fit = fit_node(cpu_measurements.model_copy(update={"interference": faster}), load_node("cpu-loopback"),
+    """Compute loops that ran their kernels no slower under the collectives (each window a little under its
+    kernels' time alone): the slowdown is written at its bound 0."""
+    quick = tuple(s.model_copy(update={"compute_window_seconds": 0.97 * (s.compute_kernels or 1)
+                                       * (s.kernel_seconds or 1)}) for s in cpu_measurements.comm_under_compute)
+    fit = fit_node(cpu_measurements.model_copy(update={"comm_under_compute": quick}), load_node("cpu-loopback"),
                    name="cpu-test")
     assert fit.node.cost.compute_slowdown_under_comm == 0.0
     (entry,) = [f for f in fit.report.fitted if f.path == SLOWDOWN]
-    assert "bound 0" in entry.note
+    assert "bound 0" in entry.note and entry.sweeps == (Sweep.COMM_UNDER_COMPUTE,)
+
+
+def test_without_compute_loops_the_interference_sweep_sets_the_slowdown(cpu_measurements) -> None:
+    """Measurements from before the loops were kept: the matmul under a loop of collectives decides, and a
+    matmul that ran 3% faster under it gives 0."""
+    bare = tuple(s.model_copy(update={"compute_window_seconds": None, "compute_kernels": None})
+                 for s in cpu_measurements.comm_under_compute)
+    faster = tuple(s.model_copy(update={"seconds_with_comm": 0.97 * s.seconds_alone})
+                   for s in cpu_measurements.interference)
+    measured = cpu_measurements.model_copy(update={"comm_under_compute": bare})
+    planted = fit_node(measured, load_node("cpu-loopback"), name="cpu-test")
+    assert planted.node.cost.compute_slowdown_under_comm == pytest.approx(0.35, rel=1e-3)
+    (entry,) = [f for f in planted.report.fitted if f.path == SLOWDOWN]
+    assert entry.sweeps == (Sweep.INTERFERENCE,)
+    fit = fit_node(measured.model_copy(update={"interference": faster}), load_node("cpu-loopback"), name="cpu-test")
+    assert fit.node.cost.compute_slowdown_under_comm == 0.0
 
 
 def test_a_gpu_faster_than_its_datasheet_is_capped_at_efficiency_one(synthesize, planted_gpu, gpu_shapes) -> None:
