@@ -5,6 +5,12 @@ A task starts when its stream is free and its dependencies (same rank, any strea
 collective task also waits until every member of its group has reached it (the rendezvous), then
 runs as one coflow on the shared flow network. Compute slows down while its rank communicates.
 
+Host-side delays, all 0 unless the cost model sets them (a calibrated CPU host does): a task woken by
+another stream starts ``stream_handoff`` later; a collective first waits for its last member, a share
+``rendezvous_skew`` of the compute its ranks did since their previous collective (at most
+``rendezvous_skew_cap``), and, where a member computes when it starts, for a core until that member's
+compute stream goes idle (at most ``comm_latency_under_compute``).
+
 Under rank symmetry only rank 0 is simulated: every rank reaches each collective at the same
 moment, so the rendezvous is trivial and the collective is one coflow over all sibling groups.
 """
