@@ -94,7 +94,7 @@ def _kind_step(node: NodeSpec, key: str, samples: Sequence[KernelSample], sweep:
     elif np.any(flop > 0):
         bound = float(np.max(flop[flop > 0] / (memory[flop > 0] * inverse_memory)))
         base = node.cost.other_compute_efficiency
-        if bound > base:
+        if bound > base or ":" in key:  # a phase's own bound: else its kind's value, which may lie below it
             entry = fitted(flop_path, bound, (sweep,), "lower bound: every sample ran on the memory roof")
             step = step.plus(Step(updates={flop_path: entry.value}, fitted=(entry,)))
         else:
