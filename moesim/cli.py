@@ -227,7 +227,7 @@ def _print_validation(report: Any) -> None:
         told = ", ".join(f"{fast} < {slow}" for fast, slow in ranking.separated) or "none"
         print(f"{ranking.workload}: predicted {' < '.join(ranking.predicted)}; "
               f"measured {' < '.join(ranking.measured)} — ranking {verdict} "
-              f"(told apart by a rank-sum test at 5%: {told})")
+              f"(told apart by rank-sum tests, family-wise 5%: {told})")
 
 
 def _print_run(result: Any) -> None:

@@ -51,3 +51,21 @@ def test_the_ranking_counts_only_pairs_a_rank_sum_test_tells_apart():
     close = (1.52, 1.58, 1.41, 1.56, 1.47)
     tie = _ranking("w", [Row("w", "c", 2.0, 1.5, 0.1, mixed), Row("w", "d", 1.9, 1.51, 0.1, close)])
     assert tie.separated == () and tie.match_beyond_noise and not tie.match
+
+
+def test_pairs_are_called_apart_at_a_family_wise_five_percent():
+    """Four schedules, six pairs: b runs 4 steps behind a over 9 iterations (p = 0.013 alone), c and d with
+    a. At 5% per pair that would count; Holm's first threshold is 0.05 / 6 = 0.0083, so nothing is called
+    apart and any predicted order stands. 5 steps (p = 0.004) is called apart."""
+    from moesim.validation.report import Row, _ranking
+
+    base = tuple(float(x) for x in range(1, 10))
+
+    def rows(offset):
+        behind = tuple(x + offset for x in base)
+        return [Row("w", "a", 2.0, 5.0, 0.1, base), Row("w", "b", 1.0, 5.0 + offset, 0.1, behind),
+                Row("w", "c", 3.0, 5.0, 0.1, base), Row("w", "d", 4.0, 5.0, 0.1, base)]
+
+    assert _ranking("w", rows(4)).separated == () and _ranking("w", rows(4)).match_beyond_noise
+    called = _ranking("w", rows(5))
+    assert ("a", "b") in called.separated and not called.match_beyond_noise  # predicted b faster than a
