@@ -109,7 +109,7 @@ class Environment(_Record):
 
 class _Timed(_Record):
     seconds: float = Field(gt=0)
-    rank_seconds: tuple[float, ...] = ()  # each rank's median, for inspection
+    rank_seconds: tuple[float, ...] = ()  # each rank's median (a collective's: mean), for inspection
 
 
 class _ComputeTimed(_Timed):
