@@ -85,7 +85,8 @@ class FitReport(_Record):
         lines += [f"  {e.path:<36} {e.value:<10.4g} {', '.join(s.value for s in e.sweeps) or 'from the run'}"
                   + (f" ({e.note})" if e.note else "") for e in self.fitted]
         lines.append(f"kept from {self.base}:")
-        lines += [f"  {e.path:<36} {e.value:<10.4g} {e.reason}" for e in self.kept]
+        lines += [f"  {e.path:<36} {'none' if e.value is None else format(e.value, '<10.4g'):<10} {e.reason}"
+                  for e in self.kept]
         lines.append("fit error per sweep (relative RMS / max relative):")
         lines += [f"  {e.sweep.value:<{SWEEP_WIDTH}} {e.rms_relative_error:6.1%} / {e.max_relative_error:6.1%}  "
                   f"({e.samples} samples)" for e in self.sweeps]

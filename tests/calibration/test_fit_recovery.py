@@ -223,3 +223,5 @@ def test_a_wait_that_keeps_rising_gets_no_cap(synthesize, planted_cpu, cpu_shape
     assert fit.node.cost.rendezvous_skew_cap_us is None
     (entry,) = [k for k in fit.report.kept if k.path == "cost.rendezvous_skew_cap_us"]
     assert "no cap" in entry.reason
+    (line,) = [line for line in fit.report.summary_lines() if "cost.rendezvous_skew_cap_us" in line]
+    assert line.split()[1] == "none"  # a value the base leaves unset prints as such
