@@ -54,9 +54,10 @@ from moesim.calibration.measurements import (
     TaskOverheadSample,
 )
 from moesim.dtypes import DType
-from moesim.plan import StreamKind, Task
+from moesim.plan import ExecutionPlan, StreamKind, Task
+from moesim.timeline import Span
 from moesim.validation.dist import RankContext, environment, finish, init
-from moesim.validation.executor import execute_plan
+from moesim.validation.executor import MeasuredRun, execute_plan
 from moesim.validation.kernels import Kernel, TensorPool, compute_kernel
 from moesim.workload.ops import Op, OpKind
 
@@ -228,10 +229,15 @@ def stream_handoff(ctx: RankContext, sizes: sweeps.Sizes, dtype: DType) -> Strea
         return None
     plan = sweeps.handoff_plan(sizes.handoff_rounds, ctx.world_size, dtype)
     run = execute_plan(plan, ctx, warmup=_OVERHEAD_WARMUP, iterations=_OVERHEAD_ITERATIONS)
-    ends = {(span.rank, span.task): span.end for span in run.timeline.spans}
-    gaps = [span.start - ends[span.rank, dep] for span in run.timeline.spans
-            for dep in plan.tasks[span.task].deps if plan.tasks[dep].stream is not span.stream]
+    gaps = [span.start - dep_end for span, dep_end in _woken_by_other_stream(plan, run)]
     return StreamHandoffSample(rounds=sizes.handoff_rounds, seconds=max(0.0, statistics.fmean(gaps)))
+
+
+def _woken_by_other_stream(plan: ExecutionPlan, run: MeasuredRun) -> list[tuple[Span, float]]:
+    """Each measured span whose task waits for a task of another stream, with that task's end on its rank."""
+    ends = {(span.rank, span.task): span.end for span in run.timeline.spans}
+    return [(span, ends[span.rank, dep]) for span in run.timeline.spans
+            for dep in plan.tasks[span.task].deps if plan.tasks[dep].stream is not span.stream]
 
 
 def rendezvous_skew(ctx: RankContext, sizes: sweeps.Sizes, dtype: DType) -> list[RendezvousSample]:
@@ -244,10 +250,9 @@ def rendezvous_skew(ctx: RankContext, sizes: sweeps.Sizes, dtype: DType) -> list
     for segment in sizes.skew_segments:
         plan = sweeps.skew_plan(_SKEW_ROUNDS, segment, sizes.skew_matmul, ctx.world_size, dtype)
         run = execute_plan(plan, ctx, warmup=_OVERHEAD_WARMUP, iterations=_OVERHEAD_ITERATIONS)
-        ends = {(span.rank, span.task): span.end for span in run.timeline.spans}
         computed = [span.duration for span in run.timeline.spans if span.stream is StreamKind.COMPUTE]
-        waits = [span.end - ends[span.rank, dep] for span in run.timeline.spans if span.stream is StreamKind.COMM
-                 for dep in plan.tasks[span.task].deps]
+        waits = [span.end - dep_end for span, dep_end in _woken_by_other_stream(plan, run)
+                 if span.stream is StreamKind.COMM]
         samples.append(RendezvousSample(segment=segment, segment_seconds=segment * statistics.fmean(computed),
                                         wait_seconds=statistics.fmean(waits)))
     return samples

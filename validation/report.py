@@ -155,9 +155,9 @@ def _ranking(workload: str, rows: Sequence[Row]) -> Ranking:
     in about a quarter of runs)."""
     predicted = tuple(r.variant for r in sorted(rows, key=lambda r: r.predicted_s))
     measured = tuple(r.variant for r in sorted(rows, key=lambda r: r.measured_s))
-    tests = sorted(((rank_sum_p(z), z, a, b) for a, b in itertools.combinations(rows, 2)
-                    for z in (rank_sum_z(a.measured_iterations_s, b.measured_iterations_s),)),
-                   key=lambda test: test[0])
+    pairs = [(rank_sum_z(a.measured_iterations_s, b.measured_iterations_s), a, b)
+             for a, b in itertools.combinations(rows, 2)]
+    tests = sorted(((rank_sum_p(z), z, a, b) for z, a, b in pairs), key=lambda test: test[0])
     separated, agree = [], True
     for position, (p_value, z, a, b) in enumerate(tests):
         if p_value > _FAMILY_ALPHA / (len(tests) - position):

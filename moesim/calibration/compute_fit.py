@@ -24,7 +24,7 @@ from moesim.calibration.measurements import (
     MatmulSample,
     Sweep,
 )
-from moesim.calibration.predict import ComputeSample, predict_compute
+from moesim.calibration.predict import ComputeSample, predict_compute, smallest_dim
 from moesim.calibration.report import Step
 from moesim.hardware.specs import NodeSpec
 
@@ -71,7 +71,7 @@ def fit_matmul(node: NodeSpec, samples: Sequence[MatmulSample | KernelSample], d
     eff_path, half_path, dim_path = "cost.matmul_efficiency", "cost.matmul_half_efficiency_us", _DIM_PATH
     peaks = {s.dtype: node.gpu.peak_tflops[s.dtype] for s in samples}
     x = np.array([s.flops / node.gpu.peak_flops(s.dtype) for s in samples])
-    smallest = np.array([_smallest_dim(s) for s in samples], dtype=np.float64)
+    smallest = np.array([smallest_dim(s) for s in samples], dtype=np.float64)
     measured, launch = _seconds(samples), node.cost.launch_overhead_s
     memory = np.array([s.mem_bytes for s in samples]) / (node.gpu.hbm_bytes_per_s * node.cost.hbm_efficiency)
     fallback = np.array([1 / node.cost.matmul_efficiency,
@@ -118,14 +118,6 @@ def fit_matmul(node: NodeSpec, samples: Sequence[MatmulSample | KernelSample], d
         return step.plus(Step(kept=(kept(half_path, node.cost.matmul_half_efficiency_us, "too few sizes"),)))
     half = fitted(half_path, units.to_us(intercept * step.updates[eff_path]), sweeps)
     return step.plus(Step(updates={half_path: half.value}, fitted=(half,)))
-
-
-def _smallest_dim(sample: MatmulSample | KernelSample) -> float:
-    """The smallest of m, n, k (inf where a kernel sample does not carry them)."""
-    if isinstance(sample, MatmulSample):
-        return float(min(sample.m, sample.n, sample.k))
-    dims = sample.dims
-    return float(min(dims[name] for name in ("m", "n", "k"))) if all(n in dims for n in ("m", "n", "k")) else np.inf
 
 
 def fit_attention(node: NodeSpec, samples: Sequence[ComputeSample]) -> Step:

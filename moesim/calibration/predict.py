@@ -22,7 +22,7 @@ from moesim.calibration.measurements import (
     MatmulSample,
 )
 from moesim.dtypes import DType
-from moesim.hardware.cost import RooflineCostModel
+from moesim.hardware.cost import RooflineCostModel, smallest_matmul_dim
 from moesim.hardware.specs import ClusterSpec, NodeSpec
 from moesim.plan import StreamKind, Task
 from moesim.workload.ops import CommSpec, Op, Phase
@@ -50,6 +50,11 @@ def compute_op(sample: ComputeSample) -> Op:
     phase = sample.phase if isinstance(sample, KernelSample) else Phase.FORWARD
     return Op(id=0, name=f"microbench.{kind.value}", role=kind.value, kind=kind, phase=phase,
               layer=None, flops=sample.flops, mem_bytes=sample.mem_bytes, dims=dims)
+
+
+def smallest_dim(sample: ComputeSample) -> float:
+    """The smallest of a matmul sample's m, n, k, as the cost model's shape term reads it (inf without dims)."""
+    return smallest_matmul_dim(compute_op(sample), _COMPUTE_TASK, rank=0)
 
 
 def kernel_node(node: NodeSpec, bookkeeping_s: float) -> NodeSpec:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from moesim import units
@@ -249,43 +250,41 @@ def handoff_plan(rounds: int, world_size: int, dtype: DType) -> ExecutionPlan:
     """``rounds`` of a one-element add on the compute stream, then a one-word-per-peer all-to-all of every
     rank on the comm stream that waits for it, which the next add waits for: every task but the first is
     woken by the other stream, so the gaps between them are the executor's hand-overs."""
-    width, ops, tasks = dtype.bytes, [], []
-    comm = CommSpec(groups=(tuple(range(world_size)),), bytes=float(world_size * width))
-    for i in range(rounds):
-        add, a2a = 2 * i, 2 * i + 1
-        ops.append(Op(id=add, name=f"handoff.add.{i}", role="residual", kind=OpKind.ELEMENTWISE, phase=Phase.FORWARD,
-                      layer=None, flops=1.0, mem_bytes=3.0 * width, deps=(add - 1,) if i else (), dims={"numel": 1}))
-        ops.append(Op(id=a2a, name=f"handoff.a2a.{i}", role="dispatch", kind=OpKind.ALL_TO_ALL, phase=Phase.FORWARD,
-                      layer=None, flops=0.0, mem_bytes=0.0, deps=(add,), comm=comm))
-        tasks.append(Task(id=add, op=add, stream=StreamKind.COMPUTE, deps=(add - 1,) if i else ()))
-        tasks.append(Task(id=a2a, op=a2a, stream=StreamKind.COMM, deps=(add,)))
-    graph = OpGraph(ops=tuple(ops), num_ranks=world_size, num_layers=0, moe_layers=(), meta={"dtype": dtype.value})
-    return ExecutionPlan(graph=graph, schedule="stream-handoff", tasks=tuple(tasks),
-                         streams={StreamKind.COMPUTE: tuple(range(0, 2 * rounds, 2)),
-                                  StreamKind.COMM: tuple(range(1, 2 * rounds, 2))})
+    def add(op_id: int, name: str, deps: tuple[int, ...]) -> Op:
+        return Op(id=op_id, name=name, role="residual", kind=OpKind.ELEMENTWISE, phase=Phase.FORWARD, layer=None,
+                  flops=1.0, mem_bytes=3.0 * dtype.bytes, deps=deps, dims={"numel": 1})
+
+    return _two_stream_plan("stream-handoff", rounds, 1, add, world_size, dtype)
 
 
 def skew_plan(rounds: int, segment: int, size: int, world_size: int, dtype: DType) -> ExecutionPlan:
     """``rounds`` of ``segment`` chained ``size``-cubed matmuls on the compute stream, then a one-word-per-peer
     all-to-all of every rank that waits for them, which the next segment waits for: how long a collective
     waits for its last member, and runs, after a segment of compute."""
-    width, ops, tasks = dtype.bytes, list[Op](), list[Task]()
-    comm = CommSpec(groups=(tuple(range(world_size)),), bytes=float(world_size * width))
-    compute_ids, comm_ids = list[int](), list[int]()
+    def matmul(op_id: int, name: str, deps: tuple[int, ...]) -> Op:
+        return Op(id=op_id, name=name, role="fc1", kind=OpKind.MATMUL, phase=Phase.FORWARD, layer=None,
+                  flops=2.0 * size**3, mem_bytes=3.0 * size * size * dtype.bytes, deps=deps,
+                  dims={"m": size, "n": size, "k": size})
+
+    return _two_stream_plan("rendezvous-skew", rounds, segment, matmul, world_size, dtype)
+
+
+def _two_stream_plan(schedule: str, rounds: int, segment: int, compute: Callable[[int, str, tuple[int, ...]], Op],
+                     world_size: int, dtype: DType) -> ExecutionPlan:
+    """``rounds`` of ``segment`` chained ``compute`` ops on the compute stream, then a one-word-per-peer
+    all-to-all of every rank on the comm stream that waits for the segment and that the next segment waits
+    for (``compute(id, name, deps)`` makes each compute op)."""
+    comm = CommSpec(groups=(tuple(range(world_size)),), bytes=float(world_size * dtype.bytes))
+    ops, streams = list[Op](), {StreamKind.COMPUTE: list[int](), StreamKind.COMM: list[int]()}
     for r in range(rounds):
         for j in range(segment):
-            i = len(ops)
-            deps = (i - 1,) if i else ()
-            ops.append(Op(id=i, name=f"skew.mm.{r}.{j}", role="fc1", kind=OpKind.MATMUL, phase=Phase.FORWARD,
-                          layer=None, flops=2.0 * size**3, mem_bytes=3.0 * size * size * width, deps=deps,
-                          dims={"m": size, "n": size, "k": size}))
-            tasks.append(Task(id=i, op=i, stream=StreamKind.COMPUTE, deps=deps))
-            compute_ids.append(i)
-        i = len(ops)
-        ops.append(Op(id=i, name=f"skew.a2a.{r}", role="dispatch", kind=OpKind.ALL_TO_ALL, phase=Phase.FORWARD,
-                      layer=None, flops=0.0, mem_bytes=0.0, deps=(i - 1,), comm=comm))
-        tasks.append(Task(id=i, op=i, stream=StreamKind.COMM, deps=(i - 1,)))
-        comm_ids.append(i)
+            ops.append(compute(len(ops), f"{schedule}.{r}.{j}", (len(ops) - 1,) if ops else ()))
+            streams[StreamKind.COMPUTE].append(ops[-1].id)
+        ops.append(Op(id=len(ops), name=f"{schedule}.a2a.{r}", role="dispatch", kind=OpKind.ALL_TO_ALL,
+                      phase=Phase.FORWARD, layer=None, flops=0.0, mem_bytes=0.0, deps=(len(ops) - 1,), comm=comm))
+        streams[StreamKind.COMM].append(ops[-1].id)
+    stream_of = {op_id: kind for kind, ids in streams.items() for op_id in ids}
+    tasks = tuple(Task(id=op.id, op=op.id, stream=stream_of[op.id], deps=op.deps) for op in ops)
     graph = OpGraph(ops=tuple(ops), num_ranks=world_size, num_layers=0, moe_layers=(), meta={"dtype": dtype.value})
-    return ExecutionPlan(graph=graph, schedule="rendezvous-skew", tasks=tuple(tasks),
-                         streams={StreamKind.COMPUTE: tuple(compute_ids), StreamKind.COMM: tuple(comm_ids)})
+    return ExecutionPlan(graph=graph, schedule=schedule, tasks=tasks,
+                         streams={kind: tuple(ids) for kind, ids in streams.items()})

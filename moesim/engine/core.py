@@ -200,10 +200,10 @@ class _Play:
         demand = self.cost.collective_demand(op, task, groups)
         for member in members:
             self.compute[member].comm_started()
-        drift = max((self.since_sync[m] for m in members if m in self.since_sync), default=0.0)
+        drift = 0.0  # the most compute a (played) member did since its previous collective; reset for all
         for member in members:
             if member in self.since_sync:
-                self.since_sync[member] = 0.0
+                drift, self.since_sync[member] = max(drift, self.since_sync[member]), 0.0
         skew = min(self.skew * drift, self.skew_cap)  # the wait for the member that arrives last
 
         def finish() -> None:
