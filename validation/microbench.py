@@ -349,8 +349,7 @@ def collective_sweeps(ctx: RankContext, clock: Clock, sizes: sweeps.Sizes,
                         kind=kind, group_size=size, bytes_per_rank=numel * _WIRE.itemsize, m=m, n=n, k=k,
                         dtype=dtype, seconds_alone=max(quiet), seconds_with_compute=max(busy),
                         rank_seconds_alone=quiet, rank_seconds_with_compute=busy, kernel_seconds=seconds,
-                        compute_window_seconds=statistics.fmean(windows), compute_kernels=statistics.fmean(kernels),
-                        rank_busy_mean_seconds=statistics.fmean(busy)))
+                        compute_window_seconds=statistics.fmean(windows), compute_kernels=statistics.fmean(kernels)))
     return swept, under_compute
 
 

@@ -84,10 +84,10 @@ def fit_interference(node: NodeSpec, measurements: Measurements) -> Step:
     least squares over the samples. Else from the interference sweep (a matmul under a loop of
     collectives): ``1 + s`` fitted to the time ratios (relative least squares, closed form)."""
     path = "cost.compute_slowdown_under_comm"
-    looped = [(s.compute_window_seconds - s.compute_kernels * s.kernel_seconds, s.rank_busy_mean_seconds)
+    looped = [(s.compute_window_seconds - s.compute_kernels * s.kernel_seconds, s.mean_seconds_with_compute)
               for s in measurements.comm_under_compute
               if s.compute_window_seconds is not None and s.compute_kernels is not None
-              and s.kernel_seconds is not None and s.rank_busy_mean_seconds is not None]
+              and s.kernel_seconds is not None]
     if looped:
         extra, flight = (np.array(column) for column in zip(*looped, strict=True))
         slowdown = float(np.sum(extra * flight) / np.sum(flight * flight))

@@ -279,18 +279,23 @@ class CommUnderComputeSample(_Record):
     # for a core did not follow the kernel's length (0.3 to 9 ms). None in files from before it was kept.
     kernel_seconds: float | None = Field(default=None, gt=0)
     # The calling thread's compute under it, means over calls and ranks: how long its loop ran per call
-    # (from the call's start to the loop's last kernel) and how many kernels that was, and the ranks' mean
-    # time of the call under compute: the compute slowdown while a collective is in flight, as the
-    # executor runs them. None in files from before they were kept.
+    # (from the call's start to the loop's last kernel) and how many kernels that was: the compute
+    # slowdown while a collective is in flight, as the executor runs them. None in files from before.
     compute_window_seconds: float | None = Field(default=None, gt=0)
     compute_kernels: float | None = Field(default=None, ge=0)
-    rank_busy_mean_seconds: float | None = Field(default=None, gt=0)
 
     _measured_kind = field_validator("kind")(_measured_collective)
 
     @property
     def ratio(self) -> float:
         return self.seconds_with_compute / self.seconds_alone
+
+    @property
+    def mean_seconds_with_compute(self) -> float:
+        """The ranks' mean time under compute (what each rank's compute loop ran beside); the slowest
+        rank's where the per-rank times were not kept."""
+        per_rank = self.rank_seconds_with_compute
+        return sum(per_rank) / len(per_rank) if per_rank else self.seconds_with_compute
 
 
 class InterferenceSample(_Record):

@@ -155,8 +155,7 @@ def _synthesize(node: NodeSpec, *, world: int, dtype: DType, shapes: dict, noise
                         kind=kind, group_size=g, bytes_per_rank=size, m=m, n=n, k=k, dtype=dtype,
                         seconds_alone=noisy(model.collective_time(op, comm_task)),
                         seconds_with_compute=noisy(flight), kernel_seconds=kernel_s,
-                        compute_window_seconds=noisy(window), compute_kernels=float(kernels),
-                        rank_busy_mean_seconds=flight))
+                        compute_window_seconds=noisy(window), compute_kernels=float(kernels)))
     slowdown = 1.0 + node.cost.compute_slowdown_under_comm
     interference = []
     for (m, n, k), kind, size in shapes["interference"]:
