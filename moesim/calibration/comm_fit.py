@@ -77,20 +77,26 @@ def fit_collectives(node: NodeSpec, measurements: Measurements, device: Device) 
 
 
 def fit_interference(node: NodeSpec, measurements: Measurements) -> Step:
-    """``compute_slowdown_under_comm``: the engine stretches compute by ``1 + s`` while a collective is in
-    flight. From the comm-under-compute sweep where it kept the calling thread's compute loop (as the
-    executor overlaps them: one collective from a second thread, kernels on the calling one): a loop of
-    ``c`` kernels of ``K`` seconds ran ``W = c K + s D`` over a collective in flight for ``D``; ``s`` by
-    least squares over the samples. Else from the interference sweep (a matmul under a loop of
-    collectives): ``1 + s`` fitted to the time ratios (relative least squares, closed form)."""
+    """``compute_slowdown_under_comm``: the engine stretches compute by ``1 + s`` while a collective runs
+    (not while its thread waits for a core: that takes no cycles). From the comm-under-compute sweep where
+    it kept the calling thread's compute loop (as the executor overlaps them: one collective from a second
+    thread, kernels on the calling one): a loop of ``c`` kernels of ``K`` seconds ran ``W = c K + s T``,
+    ``T`` the collective's running time under compute as the engine plays it, its time alone with the
+    transfer share ``f`` stretched by the reverse slowdown: ``T = t_alone (1 + y f)`` (so this step runs
+    after ``fit_comm_slowdown``); ``s`` by least squares over the samples. Else from the interference
+    sweep (a matmul under a loop of collectives): ``1 + s`` fitted to the time ratios (relative least
+    squares, closed form)."""
     path = "cost.compute_slowdown_under_comm"
-    looped = [(s.compute_window_seconds - s.compute_kernels * s.kernel_seconds, s.mean_seconds_with_compute)
-              for s in measurements.comm_under_compute
+    looped = [s for s in measurements.comm_under_compute
               if s.compute_window_seconds is not None and s.compute_kernels is not None
               and s.kernel_seconds is not None]
     if looped:
-        extra, flight = (np.array(column) for column in zip(*looped, strict=True))
-        slowdown = float(np.sum(extra * flight) / np.sum(flight * flight))
+        extra = np.array([s.compute_window_seconds - s.compute_kernels * s.kernel_seconds  # type: ignore[operator]
+                          for s in looped])
+        shares = bandwidth_shares(looped, node, measurements.environment.world_size)
+        stretch = 1 + node.cost.comm_slowdown_under_compute * shares
+        running = np.array([s.mean_seconds_alone for s in looped]) * stretch
+        slowdown = float(np.sum(extra * running) / np.sum(running * running))
         sweeps: tuple[Sweep, ...] = (Sweep.COMM_UNDER_COMPUTE,)
         how = f"compute loops under {len(looped)} collectives issued as the executor issues them"
     elif measurements.interference:

@@ -77,8 +77,8 @@ def fit_node(measurements: Measurements, base: NodeSpec, *, name: str) -> Calibr
         lambda n: fit_stream_handoff(n, m.stream_handoff),
         lambda n: fit_rendezvous_skew(n, m.rendezvous),
         lambda n: fit_collectives(n, m, device),
-        lambda n: fit_interference(n, m),
         lambda n: fit_comm_slowdown(n, m),
+        lambda n: fit_interference(n, m),
         lambda n: _network_step(n),
     )
     for run in steps:

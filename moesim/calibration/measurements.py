@@ -291,6 +291,12 @@ class CommUnderComputeSample(_Record):
         return self.seconds_with_compute / self.seconds_alone
 
     @property
+    def mean_seconds_alone(self) -> float:
+        """The ranks' mean time alone; the slowest rank's where the per-rank times were not kept."""
+        per_rank = self.rank_seconds_alone
+        return sum(per_rank) / len(per_rank) if per_rank else self.seconds_alone
+
+    @property
     def mean_seconds_with_compute(self) -> float:
         """The ranks' mean time under compute (what each rank's compute loop ran beside); the slowest
         rank's where the per-rank times were not kept."""

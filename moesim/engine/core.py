@@ -3,13 +3,14 @@
 Every simulated rank runs one SimPy process per stream, which walks that stream's tasks in order.
 A task starts when its stream is free and its dependencies (same rank, any stream) are done; a
 collective task also waits until every member of its group has reached it (the rendezvous), then
-runs as one coflow on the shared flow network. Compute slows down while its rank communicates.
+runs as one coflow on the shared flow network. Compute slows down while a collective of its rank runs.
 
 Host-side delays, all 0 unless the cost model sets them (a calibrated CPU host does): a task woken by
 another stream starts ``stream_handoff`` later; a collective first waits for its last member, a share
 ``rendezvous_skew`` of the compute its ranks did since their previous collective (at most
-``rendezvous_skew_cap``), and, where a member computes when it starts, for a core until that member's
-compute stream goes idle (at most ``comm_latency_under_compute``).
+``rendezvous_skew_cap``), and then, where a member computes, for a core until that member's compute
+stream goes idle (at most ``comm_latency_under_compute``). Neither wait slows compute: a thread that
+waits takes no cycles.
 
 Under rank symmetry only rank 0 is simulated: every rank reaches each collective at the same
 moment, so the rendezvous is trivial and the collective is one coflow over all sibling groups.
@@ -195,36 +196,40 @@ class _Play:
     ) -> None:
         """Run collective ``task`` of ``groups`` now as one coflow; succeed ``done`` when it ends.
 
-        Every rank in ``members`` counts it as in flight (compute interference) until then.
+        In order: the wait for the member that arrives last (the rendezvous skew), then, stage by stage,
+        the wait for a core where a member computes, the stage's latency and its transfer. Every rank in
+        ``members`` counts it as running (compute interference) from the end of each wait for a core to
+        the end of the stage: a communication thread that waits for a peer or for a core takes no cycles.
         """
         demand = self.cost.collective_demand(op, task, groups)
-        for member in members:
-            self.compute[member].comm_started()
         drift = 0.0  # the most compute a (played) member did since its previous collective; reset for all
         for member in members:
             if member in self.since_sync:
                 drift, self.since_sync[member] = max(drift, self.since_sync[member]), 0.0
         skew = min(self.skew * drift, self.skew_cap)  # the wait for the member that arrives last
 
-        def finish() -> None:
+        def running(flag: bool) -> None:
             for member in members:
-                self.compute[member].comm_ended()
-            done.succeed()
+                if flag:
+                    self.compute[member].comm_started()
+                else:
+                    self.compute[member].comm_ended()
 
         def run_stage(stage: CollectiveDemand) -> None:
             def after() -> None:
+                running(False)
                 if stage.then is None:
-                    finish()
+                    done.succeed()
                 else:
                     run_stage(stage.then)
 
             def transfer(_: object = None) -> None:
                 self.network.transfer(stage.resources, stage.volume, after, tuple(members))
 
-            def start(_: object = None) -> None:
-                latency = stage.latency_s + (skew if stage is demand else 0.0)
-                if latency > 0:
-                    self.env.timeout(latency).callbacks.append(transfer)
+            def start() -> None:
+                running(True)
+                if stage.latency_s > 0:
+                    self.env.timeout(stage.latency_s).callbacks.append(transfer)
                 else:
                     transfer()
 
@@ -234,7 +239,10 @@ class _Play:
             else:
                 start()
 
-        run_stage(demand)
+        if skew > 0:
+            self.env.timeout(skew).callbacks.append(lambda _: run_stage(demand))
+        else:
+            run_stage(demand)
 
     def _wait_for_cores(self, busy: list[int], then: Callable[[], None]) -> None:
         """Call ``then`` once every rank of ``busy`` has stopped computing or ``contention_delay`` has passed."""

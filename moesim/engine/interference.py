@@ -1,8 +1,9 @@
 """Compute/communication interference on one rank: a fluid model with exact piecewise rates.
 
-While any collective of the rank is in flight (any stream), every compute kernel of that rank
-progresses at ``1 / (1 + slowdown)`` of full speed; otherwise at full speed. Rates change exactly
-when the rank's in-flight collective count moves between zero and non-zero, and only the running
+While any collective of the rank runs (any stream; the engine does not count its waits for a peer or
+a core), every compute kernel of that rank progresses at ``1 / (1 + slowdown)`` of full speed; otherwise
+at full speed. Rates change exactly when the rank's running collective count moves between zero and
+non-zero, and only the running
 compute kernels of that rank are rescheduled: each keeps one valid wake-up, invalidated by a
 version number when its rate changes.
 """

@@ -65,8 +65,8 @@ class CostModel(Protocol):
 
     @property
     def compute_slowdown(self) -> float:
-        """Interference: while communication of a GPU is in flight, its compute runs
-        ``1 + compute_slowdown`` times slower."""
+        """Interference: while a collective of a GPU runs (not while it waits for a peer or for a core),
+        its compute runs ``1 + compute_slowdown`` times slower."""
         ...
 
     @property

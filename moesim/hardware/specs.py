@@ -146,9 +146,9 @@ class CostParams(_Spec):
     # DeepEP low-latency dispatch grows 77 -> 194 us from EP8 to EP256: ~0.47 us per extra peer
     # (REFERENCE.md §3).
     all_to_all_peer_latency_us: float = Field(default=0.5, ge=0)
-    # Compute runs 1 + x times slower while the GPU communicates. DeepEP reserves 20 of 132 SMs (15%)
-    # and loses ~20% GEMM throughput (REFERENCE.md §3); NCCL's default 8-16 channels hold 7-15% of an
-    # A100's 108 SMs, plus HBM traffic, so ~10% [assumption, to be calibrated].
+    # Compute runs 1 + x times slower while a collective of the GPU runs (not while it waits). DeepEP
+    # reserves 20 of 132 SMs (15%) and loses ~20% GEMM throughput (REFERENCE.md §3); NCCL's default 8-16
+    # channels hold 7-15% of an A100's 108 SMs, plus HBM traffic, so ~10% [assumption, to be calibrated].
     compute_slowdown_under_comm: float = Field(default=0.1, ge=0)
     # And the reverse: a collective's transfer runs 1 + y times slower while a member rank computes.
     # On a GPU, NCCL kernels hold their own SMs and keep most of their bandwidth next to a GEMM

@@ -126,14 +126,16 @@ def _synthesize(node: NodeSpec, *, world: int, dtype: DType, shapes: dict, noise
     layernorm = [LayernormSample(tokens=t, hidden=h, dtype=dtype,
                                  seconds=noisy(compute(OpKind.LAYERNORM, 5 * t * h, 2 * t * h * b)))
                  for t, h in shapes["layernorm"]]
-    def under_compute(op: Op) -> float:
-        """The engine's rule: each stage waits for a core, then its transfer is stretched."""
+    def under_compute(op: Op) -> tuple[float, float]:
+        """The engine's rule: each stage waits for a core, then its transfer is stretched. Returns the
+        collective's time and the part of it that ran (not waiting for a core)."""
         assert op.comm is not None
         stages = model.collective_demand(op, comm_task, range(len(op.comm.groups))).stages()
         stretch = 1.0 + node.cost.comm_slowdown_under_compute
         wait = node.cost.comm_latency_under_compute_s
-        return sum(stage.latency_s + wait + stretch * float(np.max(stage.volume / model.capacities[stage.resources]))
-                   for stage in stages)
+        running = sum(stage.latency_s + stretch * float(np.max(stage.volume / model.capacities[stage.resources]))
+                      for stage in stages)
+        return running + wait * len(stages), running
 
     collectives, comm_under_compute = [], []
     for g in group_sizes or (world,):
@@ -146,11 +148,13 @@ def _synthesize(node: NodeSpec, *, world: int, dtype: DType, shapes: dict, noise
             for size in shapes["comm_under_compute"]:
                 op = _op(kind, comm=CommSpec(groups=groups, bytes=size))
                 for m, n, k in shapes["compute_loops"]:
-                    kernel_s, flight = matmul_time(m, n, k), under_compute(op)
+                    kernel_s, (flight, running) = matmul_time(m, n, k), under_compute(op)
                     # the calling thread's loop: whole kernels until the collective ends, each slowed by
-                    # 1 + s while it is in flight: c kernels take c K + s D
-                    kernels = math.ceil(flight * (1 + node.cost.compute_slowdown_under_comm) / kernel_s)
-                    window = kernels * kernel_s + node.cost.compute_slowdown_under_comm * flight
+                    # 1 + s while it runs (not while it waits for a core): c kernels take c K + s T, the
+                    # first c that reach past the collective's end
+                    stolen = node.cost.compute_slowdown_under_comm * running
+                    kernels = max(1, math.ceil((flight - stolen) / kernel_s))
+                    window = kernels * kernel_s + stolen
                     comm_under_compute.append(CommUnderComputeSample(
                         kind=kind, group_size=g, bytes_per_rank=size, m=m, n=n, k=k, dtype=dtype,
                         seconds_alone=noisy(model.collective_time(op, comm_task)),

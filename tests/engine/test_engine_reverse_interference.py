@@ -105,3 +105,24 @@ def test_the_rendezvous_wait_levels_off_at_its_cap(story, assert_times):
     s.compute("gemm", 2.0)
     s.collective("a2a", latency=0.0, volumes=[{0: 10.0}], deps=[0])
     assert_times(s.run(), {"gemm": (0.0, 2.0), "a2a": (2.0, 3.05)})
+
+
+def test_compute_is_not_slowed_while_the_collective_waits_for_a_core(story, assert_times):
+    # z = 0.3 s, x = 1: the collective waits 0-0.3 for a core (no cycles taken), runs 0.3-0.4 and halves
+    # the kernel's speed only then: 0.35 s of work by 0.4, the other 4.65 s at full speed.
+    s = story(slowdown=1.0)
+    s.cost.comm_latency_under_compute = 0.3
+    s.compute("gemm", 5.0)
+    s.collective("a2a", latency=0.1)
+    assert_times(s.run(), {"gemm": (0.0, 5.05), "a2a": (0.0, 0.4)})
+
+
+def test_compute_is_not_slowed_while_the_collective_waits_for_its_last_member(story, assert_times):
+    # skew 0.1 after 2 s of compute: the a2a waits 2.0-2.2 for its late member, runs 2.2-3.2; gemm2
+    # (same stream as gemm, not waiting for the a2a) runs at half speed only 2.2-3.2: 0.7 s of work by 3.2.
+    s = story(slowdown=1.0)
+    s.cost.rendezvous_skew = 0.1
+    s.compute("gemm", 2.0)
+    s.collective("a2a", latency=1.0, deps=[0])
+    s.compute("gemm2", 5.0)
+    assert_times(s.run(), {"gemm": (0.0, 2.0), "a2a": (2.0, 3.2), "gemm2": (2.0, 7.5)})
