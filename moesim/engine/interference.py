@@ -39,6 +39,21 @@ class RankCompute:
         self._comm_in_flight = 0
         self._next_id = 0
         self._running: dict[int, _Kernel] = {}
+        self._idle_waiters: list[simpy.Event] = []
+
+    @property
+    def communicating(self) -> bool:
+        """Whether a collective of this rank runs now."""
+        return self._comm_in_flight > 0
+
+    def comm_idle(self) -> simpy.Event:
+        """An event that succeeds when no collective of this rank runs any more (now if none does)."""
+        event = self._env.event()
+        if self._comm_in_flight:
+            self._idle_waiters.append(event)
+        else:
+            event.succeed()
+        return event
 
     def run(self, seconds: float) -> simpy.Event:
         """An event that succeeds when a kernel of ``seconds`` full-speed work started now is done."""
@@ -63,6 +78,9 @@ class RankCompute:
         self._comm_in_flight -= 1
         if self._comm_in_flight == 0:
             self._set_rate(1.0)
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for event in waiters:
+                event.succeed()
 
     def _set_rate(self, rate: float) -> None:
         if not self._interferes:

@@ -126,3 +126,18 @@ def test_compute_is_not_slowed_while_the_collective_waits_for_its_last_member(st
     s.collective("a2a", latency=1.0, deps=[0])
     s.compute("gemm2", 5.0)
     assert_times(s.run(), {"gemm": (0.0, 2.0), "a2a": (2.0, 3.2), "gemm2": (2.0, 7.5)})
+
+
+def test_compute_woken_while_a_collective_runs_waits_for_the_core(story, assert_times):
+    # z = 0.3 s: a2a ends at 1.0 and wakes gemm, but a2a2 (same stream, right after) runs 1.0-1.2 on the
+    # core gemm needs: gemm starts when a2a2 ends. a2a4 (3 s) outlasts z: gemm2, woken at 4.2, starts at 4.5.
+    s = story(capacities=[10.0])
+    s.cost.comm_latency_under_compute = 0.3
+    s.collective("a2a", latency=1.0)
+    s.collective("a2a2", latency=0.2)
+    s.compute("gemm", 1.0, deps=[0])
+    s.collective("a2a3", latency=2.0, deps=[2])
+    s.compute("gemm2", 1.0, deps=[3])
+    s.collective("a2a4", latency=3.0, deps=[3])
+    assert_times(s.run(), {"a2a": (0.0, 1.0), "a2a2": (1.0, 1.2), "gemm": (1.2, 2.2), "a2a3": (2.2, 4.2),
+                           "gemm2": (4.5, 5.5), "a2a4": (4.2, 7.2)})
