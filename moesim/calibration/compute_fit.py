@@ -3,21 +3,24 @@ and memory-bound efficiencies. Each step takes the node as fitted so far and ret
 
 The model fitted is ``RooflineCostModel``'s (moesim/hardware/cost.py), per kind:
 ``max((flops / peak + t_half) / eff * shape, bytes / (hbm * hbm_eff)) + launch`` for matmul (``shape`` =
-``1 + d_half / d``, d its smallest dimension) and attention (no shape term), and
+``1 + d_half / d``, d its smallest dimension) and attention (``shape`` = ``1 + s_half / s``, s its sequence
+length), and
 ``max(flops / (vector_peak * other_eff), bytes / (hbm * hbm_eff)) + launch`` for the other kinds until
 ``kernel_fit`` gives them a kind efficiency.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from moesim import units
 from moesim.calibration.device import Device, fitted, kept, rate_step
-from moesim.calibration.lsq import minimise_scalar, relative_nnls, relative_rms
+from moesim.calibration.lsq import ScalarFit, minimise_scalar, relative_nnls, relative_rms
 from moesim.calibration.measurements import (
+    AttentionSample,
     ElementwiseSample,
     KernelSample,
     LayernormSample,
@@ -121,10 +124,46 @@ def fit_matmul(node: NodeSpec, samples: Sequence[MatmulSample | KernelSample], d
 
 
 def fit_attention(node: NodeSpec, samples: Sequence[ComputeSample]) -> Step:
-    """``attention_efficiency``: the value whose predictions best match the attention samples (the
-    sweep's, and the kernel sweep's attention ops)."""
-    return efficiency_step(node, samples, "cost.attention_efficiency", node.cost.attention_efficiency,
-                           Sweep.ATTENTION, lambda n, value: _with_cost(n, attention_efficiency=value))
+    """``attention_efficiency`` and the sequence term ``attention_half_efficiency_seq``: for each candidate
+    ``s_half`` the efficiency whose predictions best match the attention samples (the sweep's, and the
+    kernel sweep's attention ops), then the ``s_half`` of least error (0 included: it stays 0 unless it
+    explains the samples better). The term needs samples of at least two sequence lengths."""
+    eff_path, seq_path = "cost.attention_efficiency", "cost.attention_half_efficiency_seq"
+    lengths = {s.seq if isinstance(s, AttentionSample) else s.dims.get("s") for s in samples} - {None}
+    if len(lengths) < 2:
+        reason = "one sequence length" if samples else "no attention samples"
+        return efficiency_step(node, samples, eff_path, node.cost.attention_efficiency, Sweep.ATTENTION,
+                               lambda n, value: _with_cost(n, attention_efficiency=value)).plus(
+            Step(kept=(kept(seq_path, node.cost.attention_half_efficiency_seq, reason),)))
+
+    def with_seq(half_seq: float) -> NodeSpec:
+        return _with_cost(node, attention_half_efficiency_seq=half_seq)
+
+    @functools.cache
+    def efficiency_at(half_seq: float) -> Step:
+        return efficiency_step(with_seq(half_seq), samples, eff_path, node.cost.attention_efficiency,
+                               Sweep.ATTENTION, lambda n, value: _with_cost(n, attention_efficiency=value))
+
+    measured, launch = _seconds(samples), node.cost.launch_overhead_s
+
+    def error(half_seq: float) -> float:
+        """The error with the best ``1 / eff`` for ``half_seq`` in closed form (relative least squares on the
+        times above launch, at efficiency 1): the search's fast stand-in for ``efficiency_at``."""
+        ideal = predict_compute(samples, _with_cost(with_seq(half_seq), attention_efficiency=1.0)) - launch
+        above = measured - launch
+        slope = float(np.sum(ideal / above) / np.sum((ideal / above) ** 2))
+        return relative_rms(slope * ideal + launch, measured)
+
+    def exact_error(half_seq: float) -> float:
+        efficiency = efficiency_at(half_seq).updates.get(eff_path, node.cost.attention_efficiency)
+        return _objective(with_seq(half_seq), samples, lambda n, v: _with_cost(n, attention_efficiency=v))(efficiency)
+
+    search = minimise_scalar(error, _LOWEST_HALF_DIM, _HIGHEST_HALF_DIM)
+    candidate = ScalarFit(search.value, exact_error(search.value), search.objective_at_high)
+    half_seq = search.value if not candidate.as_good(exact_error(0.0)) else 0.0
+    note = "0: the samples' sequence lengths did not tell a short sequence apart" if half_seq == 0 else ""
+    entry = fitted(seq_path, half_seq, (Sweep.ATTENTION,), note)
+    return efficiency_at(half_seq).plus(Step(updates={seq_path: entry.value}, fitted=(entry,)))
 
 
 def fit_layernorm(node: NodeSpec, samples: Sequence[LayernormSample]) -> Step:

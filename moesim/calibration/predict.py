@@ -40,11 +40,13 @@ def cluster_for(node: NodeSpec, world_size: int) -> ClusterSpec:
 
 
 def compute_op(sample: ComputeSample) -> Op:
-    """The op the cost model sees for a compute sample: its kind, phase, FLOP, bytes and (a matmul's) dims, whole:
-    a sample is the op's entire kernel, so the token dimension is not scaled."""
+    """The op the cost model sees for a compute sample: its kind, phase, FLOP, bytes and (a matmul's or an
+    attention's) dims, whole: a sample is the op's entire kernel, so the token dimension is not scaled."""
     kind = sample.kind
     if isinstance(sample, MatmulSample):
         dims = {"m": sample.m, "n": sample.n, "k": sample.k}
+    elif isinstance(sample, AttentionSample):
+        dims = {"b": sample.batch, "heads": sample.heads, "s": sample.seq, "head_dim": sample.head_dim}
     else:
         dims = dict(sample.dims) if isinstance(sample, KernelSample) else {}
     phase = sample.phase if isinstance(sample, KernelSample) else Phase.FORWARD

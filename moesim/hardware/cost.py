@@ -36,7 +36,8 @@ class RooflineCostModel:
     Size term: a matmul or attention whose ideal time at peak is ``t = flops / peak`` reaches
     efficiency ``eff_max * t / (t + t_half)``, so it takes ``(t + t_half) / eff_max``. Shape term: a
     matmul whose smallest dimension is ``d`` takes ``1 + d_half / d`` times that (``d_half`` =
-    ``matmul_half_efficiency_dim``, 0 = off).
+    ``matmul_half_efficiency_dim``, 0 = off); attention over sequences of ``s`` tokens takes
+    ``1 + s_half / s`` times it (``attention_half_efficiency_seq``, 0 = off).
     """
 
     def __init__(self, cluster: ClusterSpec, dtype: DType) -> None:
@@ -112,6 +113,8 @@ class RooflineCostModel:
             flop_time = self._flop_time(op.kind, flops)
             if params.matmul_half_efficiency_dim and op.kind is OpKind.MATMUL:
                 flop_time *= 1.0 + params.matmul_half_efficiency_dim / smallest_matmul_dim(op, task, rank)
+            elif params.attention_half_efficiency_seq and op.kind is OpKind.ATTENTION and op.dims.get("s"):
+                flop_time *= 1.0 + params.attention_half_efficiency_seq / op.dims["s"]
             return max(flop_time, mem_bytes / self._hbm) + self._launch
         flop_efficiency = _by_kind(params.kind_efficiency, op, params.other_compute_efficiency)
         memory_efficiency = _by_kind(params.kind_memory_efficiency, op, 1.0)

@@ -123,6 +123,11 @@ class CostParams(_Spec):
     # partial tiles. 0 = off, the default on GPU presets [assumption, to be calibrated]; on a CPU the
     # calibration measures it (hidden sizes of 96-192 run 10-25% below square GEMMs).
     matmul_half_efficiency_dim: float = Field(default=0.0, ge=0)
+    # And attention: over a sequence of s tokens it runs 1 + s_half / s times longer, the per-row work
+    # (softmax, the score tile's set-up) weighing more against s x s products on short sequences. 0 = off,
+    # the default on GPU presets [assumption, to be calibrated]; on a CPU the calibration measures it
+    # (sequences of 128 ran at ~80% of the rate of 512).
+    attention_half_efficiency_seq: float = Field(default=0.0, ge=0)
     # Unfused attention (bmm, softmax, bmm) runs well below GEMM efficiency; fused kernels reach
     # ~50-70% on H100 [assumption]. The size term above applies to attention as well.
     attention_efficiency: float = Field(default=0.5, gt=0, le=1)

@@ -70,7 +70,7 @@ def _planted_cpu(world: int = 2, **cost: float) -> NodeSpec:
                   all_to_all_peer_latency_us=10.0, compute_slowdown_under_comm=0.35,
                   comm_slowdown_under_compute=0.6, comm_latency_under_compute_us=2000.0,
                   matmul_half_efficiency_dim=48.0, stream_handoff_us=50.0, rendezvous_skew=0.04,
-                  rendezvous_skew_cap_us=500.0)
+                  rendezvous_skew_cap_us=500.0, attention_half_efficiency_seq=40.0)
     params.update(cost)
     return NodeSpec(
         name="planted-cpu",
@@ -121,7 +121,8 @@ def _synthesize(node: NodeSpec, *, world: int, dtype: DType, shapes: dict, noise
     elementwise = [ElementwiseSample(numel=e, dtype=dtype, seconds=noisy(compute(OpKind.ELEMENTWISE, e, 3 * e * b)))
                    for e in shapes["elementwise"]]
     attention = [AttentionSample(batch=B, heads=H, seq=S, head_dim=d, dtype=dtype,
-                                 seconds=noisy(compute(OpKind.ATTENTION, 4 * B * S * S * H * d, 4 * B * S * H * d * b)))
+                                 seconds=noisy(compute(OpKind.ATTENTION, 4 * B * S * S * H * d, 4 * B * S * H * d * b,
+                                                       {"b": B, "heads": H, "s": S, "head_dim": d})))
                  for B, H, S, d in shapes["attention"]]
     layernorm = [LayernormSample(tokens=t, hidden=h, dtype=dtype,
                                  seconds=noisy(compute(OpKind.LAYERNORM, 5 * t * h, 2 * t * h * b)))

@@ -24,7 +24,8 @@ CPU_RATES = ["gpu.peak_tflops.fp32", "gpu.hbm_gb_per_s", "intra.bandwidth_gb_per
              "cost.other_compute_efficiency"]
 CPU_INTERCEPTS = ["cost.launch_overhead_us", "cost.matmul_half_efficiency_us", "cost.collective_base_latency_us",
                   "intra.latency_us", "cost.all_to_all_peer_latency_us", "cost.matmul_half_efficiency_dim",
-                  "cost.stream_handoff_us", "cost.rendezvous_skew", "cost.rendezvous_skew_cap_us"]
+                  "cost.stream_handoff_us", "cost.rendezvous_skew", "cost.rendezvous_skew_cap_us",
+                  "cost.attention_half_efficiency_seq"]
 GPU_RATES = ["cost.matmul_efficiency", "cost.hbm_efficiency", "cost.attention_efficiency",
              "cost.intra_bandwidth_efficiency"]
 GPU_INTERCEPTS = CPU_INTERCEPTS[:5]

@@ -171,3 +171,21 @@ def test_skinny_matmuls_pay_the_shape_term_on_their_smallest_dimension(tiny_clus
     assert model.compute_time(weight, task(fraction=1 / 128), 0) == pytest.approx(flops / 128 / 10e12 * 5.0)
     # an op without its dims (or with the term off) pays nothing extra
     assert model.compute_time(op(Phase.FORWARD, {}), task(), 0) == pytest.approx(flops / 10e12)
+
+
+def test_attention_on_short_sequences_pays_the_sequence_term(tiny_cluster, task) -> None:
+    model = RooflineCostModel(tiny_cluster(attention_efficiency=1.0, matmul_half_efficiency_us=0.0,
+                                           attention_half_efficiency_seq=64.0, launch_overhead_us=0.0), DType.FP32)
+    b, heads, s, d = 4, 8, 128, 64  # 1 + 64 / 128 = 1.5 times the time at the fp32 peak (10 TFLOP/s)
+    flops = 4.0 * b * s * s * heads * d
+
+    def op(dims: dict[str, int]) -> Op:
+        return Op(id=0, name="x.attention", role="attention", kind=OpKind.ATTENTION, phase=Phase.FORWARD, layer=0,
+                  flops=flops, mem_bytes=0.0, dims=dims)
+
+    dims = {"b": b, "heads": heads, "s": s, "head_dim": d}
+    assert model.compute_time(op(dims), task(), 0) == pytest.approx(flops / 10e12 * 1.5)
+    # a batch partition (Lancet's) keeps the sequence: half the time, the same stretch
+    assert model.compute_time(op(dims), task(fraction=0.5), 0) == pytest.approx(flops / 2 / 10e12 * 1.5)
+    assert model.compute_time(op({**dims, "s": 512}), task(), 0) == pytest.approx(flops / 10e12 * 1.125)
+    assert model.compute_time(op({}), task(), 0) == pytest.approx(flops / 10e12)
