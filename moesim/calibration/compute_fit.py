@@ -20,14 +20,13 @@ from moesim import units
 from moesim.calibration.device import Device, fitted, kept, rate_step
 from moesim.calibration.lsq import ScalarFit, minimise_scalar, relative_nnls, relative_rms
 from moesim.calibration.measurements import (
-    AttentionSample,
     ElementwiseSample,
     KernelSample,
     LayernormSample,
     MatmulSample,
     Sweep,
 )
-from moesim.calibration.predict import ComputeSample, predict_compute, smallest_dim
+from moesim.calibration.predict import ComputeSample, compute_op, predict_compute, smallest_dim
 from moesim.calibration.report import Step
 from moesim.hardware.specs import NodeSpec
 
@@ -129,7 +128,7 @@ def fit_attention(node: NodeSpec, samples: Sequence[ComputeSample]) -> Step:
     kernel sweep's attention ops), then the ``s_half`` of least error (0 included: it stays 0 unless it
     explains the samples better). The term needs samples of at least two sequence lengths."""
     eff_path, seq_path = "cost.attention_efficiency", "cost.attention_half_efficiency_seq"
-    lengths = {s.seq if isinstance(s, AttentionSample) else s.dims.get("s") for s in samples} - {None}
+    lengths = {compute_op(s).dims.get("s") for s in samples} - {None}
     if len(lengths) < 2:
         reason = "one sequence length" if samples else "no attention samples"
         return efficiency_step(node, samples, eff_path, node.cost.attention_efficiency, Sweep.ATTENTION,
