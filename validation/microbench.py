@@ -322,15 +322,14 @@ def _paired(clock: Clock, call: Callable[[], object], step: Callable[[bool], boo
     return statistics.median(alone), statistics.median(busy)
 
 
-def collective_sweeps(ctx: RankContext, clock: Clock, sizes: sweeps.Sizes,
+def collective_sweeps(ctx: RankContext, sizes: sweeps.Sizes,
                       dtype: DType) -> tuple[list[CollectiveSample], list[CommUnderComputeSample]]:
     """All-to-all and all-reduce on every group of ``collective_groups`` (``bytes_per_rank`` rounded to whole
     equal chunks), each call issued from a second thread as the executor issues it (``_thread_issued``). At
     ``comm_under_compute_bytes`` also under a loop of each matmul of ``comm_under_compute_matmuls`` on the
-    calling thread, whose length alone is measured first."""
+    calling thread, whose length alone is timed in the same blocks."""
     swept, under_compute = [], []
     loops = [(shape, _matmul(*shape, dtype, ctx.device)) for shape in sizes.comm_under_compute_matmuls]
-    kernel_s = [max(_gathered(statistics.median(clock.times([mm], sizes.warmup, sizes.repeats)))) for _, mm in loops]
     for size, group in collective_groups(ctx).items():
         for kind in (OpKind.ALL_TO_ALL, OpKind.ALL_REDUCE):
             for nbytes in sizes.collective_bytes:
@@ -341,10 +340,11 @@ def collective_sweeps(ctx: RankContext, clock: Clock, sizes: sweeps.Sizes,
                                               seconds=max(alone), rank_seconds=alone))
                 if nbytes not in sizes.comm_under_compute_bytes:
                     continue
-                for ((m, n, k), matmul), seconds in zip(loops, kernel_s, strict=True):
+                for (m, n, k), matmul in loops:
                     issued = _thread_issued(call, _stepper(matmul, ctx.device), ctx.device, sizes)
                     quiet, busy = tuple(_gathered(issued.alone_s)), tuple(_gathered(issued.busy_s or 0.0))
                     windows, kernels = _gathered(issued.window_s or 0.0), _gathered(issued.kernels or 0.0)
+                    seconds = statistics.fmean(_gathered(issued.kernel_s or 0.0))
                     under_compute.append(CommUnderComputeSample(
                         kind=kind, group_size=size, bytes_per_rank=numel * _WIRE.itemsize, m=m, n=n, k=k,
                         dtype=dtype, seconds_alone=max(quiet), seconds_with_compute=max(busy),
@@ -368,13 +368,15 @@ def _stepper(matmul: Callable[[], object], device: torch.device) -> Callable[[],
 
 @dataclass(frozen=True)
 class _Issued:
-    """``_thread_issued``'s means for this rank: the call alone and under compute, and how long the calling
-    thread's compute loop ran per call under compute and how many of its kernels that was."""
+    """``_thread_issued``'s means for this rank: the call alone and under compute, how long the calling
+    thread's compute loop ran per call under compute and how many of its kernels that was, and one of
+    those kernels alone, timed in the same blocks."""
 
     alone_s: float
     busy_s: float | None = None
     window_s: float | None = None
     kernels: float | None = None
+    kernel_s: float | None = None
 
 
 def _thread_issued(call: Callable[[], object], compute: Callable[[], object] | None, device: torch.device,
@@ -382,7 +384,10 @@ def _thread_issued(call: Callable[[], object], compute: Callable[[], object] | N
     """This rank's mean time of ``call`` issued from a second thread, as the executor issues a collective
     from a communication stream's thread: alone (this thread waits) and, given ``compute``, while this thread
     runs it back to back until the call returns, in alternating blocks (a drift of the host's speed biases
-    neither); ``paired_repeats`` timed calls in all per side.
+    neither); ``paired_repeats`` timed calls in all per side. Each block also times ``compute`` alone as
+    often, so the loop's kernels are compared with their own time in the same minutes: on a shared host
+    the speed drifts by 10-50% within a calibration, which a kernel time taken once would count as
+    interference.
     A barrier starts each call on every rank together; the second thread times it (perf_counter, after a
     synchronize on a GPU, where the call runs on a stream of its own). The mean, not the median: on a busy
     CPU host a call's wait for a core is either about nothing or about a scheduler time slice, so the
@@ -424,10 +429,16 @@ def _thread_issued(call: Callable[[], object], compute: Callable[[], object] | N
     thread = threading.Thread(target=worker, daemon=True)
     thread.start()
     alone, with_compute, repeats = list[float](), list[float](), sizes.paired_repeats // _PAIRED_BLOCKS
-    windows, counts = list[float](), list[int]()
+    windows, counts, kernel_times = list[float](), list[int](), list[float]()
     sides = ((False, alone),) if compute is None else ((False, alone), (True, with_compute))
     try:
         for _ in range(_PAIRED_BLOCKS):
+            if compute is not None:
+                for index in range(sizes.warmup + repeats):
+                    start = time.perf_counter()
+                    compute()
+                    if index >= sizes.warmup:
+                        kernel_times.append(time.perf_counter() - start)
             for busy, times in sides:
                 for index in range(sizes.warmup + repeats):
                     window, kernels = one(busy)
@@ -443,7 +454,7 @@ def _thread_issued(call: Callable[[], object], compute: Callable[[], object] | N
     if not with_compute:
         return _Issued(statistics.fmean(alone))
     return _Issued(statistics.fmean(alone), statistics.fmean(with_compute), statistics.fmean(windows),
-                   statistics.fmean(counts))
+                   statistics.fmean(counts), statistics.fmean(kernel_times))
 
 
 def _comm_step(ctx: RankContext, group: Any, kind: OpKind, numel: int) -> Callable[[bool], bool]:
@@ -501,7 +512,7 @@ def run(out: Path, quick: bool, dtype: DType | None) -> Measurements:
     overhead = task_overhead(ctx, clock, sizes, chosen)
     handoff = stream_handoff(ctx, sizes, chosen)
     skews = rendezvous_skew(ctx, sizes, chosen)
-    collectives, comm_under_compute = collective_sweeps(ctx, clock, sizes, chosen)
+    collectives, comm_under_compute = collective_sweeps(ctx, sizes, chosen)
     interference = interference_sweep(ctx, clock, sizes, chosen)
     env = Environment.from_info(environment(ctx), device="gpu" if ctx.device.type == "cuda" else "cpu",
                                 ranks_per_host=int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size)))

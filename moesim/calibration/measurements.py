@@ -40,8 +40,9 @@ from moesim.overrides import one_line
 from moesim.workload.blocks import ADD_FLOPS_PER_ELEMENT, LAYERNORM_FLOPS_PER_ELEMENT
 from moesim.workload.ops import OpKind, Phase
 
-# 2 added kernels and task_overhead, 3 comm_under_compute; an older file is a valid 3 without them
-SCHEMA_VERSION: Final = 3
+# 2 added kernels and task_overhead, 3 comm_under_compute, 4 times a comm-under-compute sample's kernel
+# alone in the same blocks as its loop; an older file is valid without them (its kernel timed once)
+SCHEMA_VERSION: Final = 4
 _COLLECTIVE_KINDS = frozenset({OpKind.ALL_TO_ALL, OpKind.ALL_REDUCE})
 
 
@@ -275,8 +276,8 @@ class CommUnderComputeSample(_Record):
     seconds_with_compute: float = Field(gt=0)
     rank_seconds_alone: tuple[float, ...] = ()         # each rank's median, for inspection
     rank_seconds_with_compute: tuple[float, ...] = ()
-    # One matmul of the loop alone (the slowest rank's median), for inspection: on a 2-core host the wait
-    # for a core did not follow the kernel's length (0.3 to 9 ms). None in files from before it was kept.
+    # One matmul of the loop alone, the ranks' mean, timed in the same alternating blocks as the loop (in
+    # files before schema 4: once, before the sweep, the slowest rank's median). None in older files.
     kernel_seconds: float | None = Field(default=None, gt=0)
     # The calling thread's compute under it, means over calls and ranks: how long its loop ran per call
     # (from the call's start to the loop's last kernel) and how many kernels that was: the compute
@@ -324,7 +325,7 @@ class InterferenceSample(_Record):
 class Measurements(_Record):
     """Everything one microbenchmark run measured, with the environment it ran in."""
 
-    schema_version: Literal[1, 2, 3] = SCHEMA_VERSION
+    schema_version: Literal[1, 2, 3, 4] = SCHEMA_VERSION
     measured_at: datetime
     environment: Environment
     warmup: int = Field(ge=0)

@@ -72,15 +72,15 @@ def test_kernel_and_overhead_samples() -> None:
 
 
 def test_older_files_still_load(cpu_measurements, tmp_path) -> None:
-    assert cpu_measurements.schema_version == 3 and cpu_measurements.comm_under_compute
+    assert cpu_measurements.schema_version == 4 and cpu_measurements.comm_under_compute
     path = tmp_path / "m.json"
     path.write_text(cpu_measurements.model_dump_json(exclude={"kernels", "task_overhead", "comm_under_compute"})
-                    .replace('"schema_version":3', '"schema_version":1'))
+                    .replace('"schema_version":4', '"schema_version":1'))
     old = load_measurements(path)
     assert old.schema_version == 1 and old.kernels == () and old.task_overhead is None
     assert old.bookkeeping_seconds == 0.0 and old.comm_under_compute == ()
     path.write_text(cpu_measurements.model_dump_json(exclude={"comm_under_compute"}).replace(
-        '"schema_version":3', '"schema_version":2'))
+        '"schema_version":4', '"schema_version":2'))
     two = load_measurements(path)
     assert two.schema_version == 2 and two.kernels == cpu_measurements.kernels and two.comm_under_compute == ()
 
