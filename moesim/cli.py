@@ -9,7 +9,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 from moesim.errors import DeadlockError, MoesimError
 
@@ -162,7 +162,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_calibrate(args: argparse.Namespace) -> int:
+def cmd_calibrate(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    """Calibrate; the report goes to ``out`` (stdout by default)."""
     from moesim.hardware.presets import user_calibrated_dir
 
     calibrate = _validation("calibrate").calibrate
@@ -170,9 +171,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     print(f"calibrating {args.nproc} ranks on this machine (microbenchmarks only) ...", file=sys.stderr)
     result = calibrate(args.name, base=args.base, nproc=args.nproc, out_dir=out_dir, quick=args.quick)
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps(result.to_dict(), indent=2), file=out or sys.stdout)
     else:
-        print(result.summary())
+        print(result.summary(), file=out or sys.stdout)
     return 0
 
 
@@ -181,9 +182,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     if args.traces is not None and not args.traces.parent.resolve().is_dir():
         raise MoesimError(f"--traces {args.traces}: directory {args.traces.parent} does not exist")
-    if args.calibrate:
+    if args.calibrate:  # its summary on stderr under --json, so stdout stays one JSON document
         cmd_calibrate(argparse.Namespace(name=args.hardware, base="cpu-loopback", nproc=args.nproc, out_dir=None,
-                                         quick=False, json=False))
+                                         quick=False, json=False), out=sys.stderr if args.json else None)
     report_module = _validation("report")
     workloads = [m.strip() for m in args.models.split(",") if m.strip()]
     print(f"validating {', '.join(workloads)} on {args.nproc} ranks with {args.hardware} ...", file=sys.stderr)

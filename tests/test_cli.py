@@ -100,3 +100,18 @@ def test_trace_and_plot_are_written_and_deterministic(capsys, tmp_path):
 def test_console_script_is_installed():
     proc = subprocess.run(["moesim", "run", "--hardware", "nowhere"], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+
+
+def test_validate_calibrate_json_keeps_stdout_one_json_document(capsys, monkeypatch):
+    """With --calibrate, the calibration's summary goes to stderr under --json (stand-ins for the harness)."""
+    import types
+
+    import moesim.cli as cli
+
+    calibration = types.SimpleNamespace(summary=lambda: "fitted: everything", to_dict=lambda: {})
+    report = types.SimpleNamespace(to_dict=lambda: {"mape": 0.05})
+    harness = {"calibrate": types.SimpleNamespace(calibrate=lambda *a, **k: calibration),
+               "report": types.SimpleNamespace(validate=lambda *a, **k: report)}
+    monkeypatch.setattr(cli, "_validation", harness.__getitem__)
+    code, out, err = run_cli(capsys, "validate", "--calibrate", "--json")
+    assert code == 0 and json.loads(out) == {"mape": 0.05} and "fitted: everything" in err
