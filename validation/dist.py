@@ -21,17 +21,37 @@ class RankContext:
 
 def init(backend: str | None = None) -> RankContext:
     """Join the torchrun job (env:// rendezvous). NCCL on a GPU when one is there, else gloo; the rank
-    uses ``MOESIM_THREADS_PER_RANK`` intra-op threads so ranks share the cores without oversubscribing."""
+    uses ``MOESIM_THREADS_PER_RANK`` intra-op threads on cores of its own (``pin_cores``), so ranks share
+    the host without oversubscribing it."""
     use_gpu = torch.cuda.is_available() if backend is None else backend == "nccl"
     chosen = backend or ("nccl" if use_gpu else "gloo")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if use_gpu:
         torch.cuda.set_device(local_rank)
-    torch.set_num_threads(int(os.environ.get("MOESIM_THREADS_PER_RANK", "1")))
+    threads = int(os.environ.get("MOESIM_THREADS_PER_RANK", "1"))
+    if os.environ.get("MOESIM_PIN", "1") != "0":
+        pin_cores(local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", "1")), threads)
+    torch.set_num_threads(threads)
     if not dist.is_initialized():
         dist.init_process_group(chosen)
     device = torch.device("cuda", local_rank) if use_gpu else torch.device("cpu")
     return RankContext(dist.get_rank(), dist.get_world_size(), chosen, device)
+
+
+def pin_cores(local_rank: int, local_world: int, threads: int) -> tuple[int, ...] | None:
+    """Bind this process (and every thread it starts later: the communication streams' threads, gloo's)
+    to cores of its own: the ``local_rank``-th block of ``threads`` among the cores it may use. The
+    engine's host model is a rank's compute and collectives sharing that rank's cores; unpinned, the OS
+    also lets two ranks' compute threads share one core for a while, a slowdown no schedule causes.
+    None (nothing changed) where the blocks would not fit or the OS has no affinity call."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    if threads < 1 or local_world * threads > len(allowed):
+        return None
+    mine = tuple(allowed[local_rank * threads:(local_rank + 1) * threads])
+    os.sched_setaffinity(0, mine)
+    return mine
 
 
 def environment(ctx: RankContext) -> dict[str, Any]:
@@ -45,6 +65,7 @@ def environment(ctx: RankContext) -> dict[str, Any]:
         "devices": devices,
         "threads_per_rank": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
+        "cores": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
