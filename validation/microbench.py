@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import statistics
 import threading
 import time
@@ -330,18 +331,23 @@ def collective_sweeps(ctx: RankContext, sizes: sweeps.Sizes,
     calling thread, whose length alone is timed in the same blocks."""
     swept, under_compute = [], []
     loops = [(shape, _matmul(*shape, dtype, ctx.device)) for shape in sizes.comm_under_compute_matmuls]
+    hosts: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(hosts, socket.gethostname())
+    shared_clock = len(set(hosts)) == 1  # perf_counter is the host's monotonic clock, the same in every rank
     for size, group in collective_groups(ctx).items():
         for kind in (OpKind.ALL_TO_ALL, OpKind.ALL_REDUCE):
             for nbytes in sizes.collective_bytes:
                 numel = max(size, nbytes // _WIRE.itemsize // size * size)  # whole equal chunks
                 call = _collective(kind, numel, ctx.device, group)
-                alone = tuple(_gathered(_thread_issued(call, None, ctx.device, sizes).alone_s))
+                issue = partial(_thread_issued, device=ctx.device, sizes=sizes, shared_clock=shared_clock,
+                                group_size=size)
+                alone = tuple(_gathered(issue(call, None).alone_s))
                 swept.append(CollectiveSample(kind=kind, group_size=size, bytes_per_rank=numel * _WIRE.itemsize,
                                               seconds=max(alone), rank_seconds=alone))
                 if nbytes not in sizes.comm_under_compute_bytes:
                     continue
                 for (m, n, k), matmul in loops:
-                    issued = _thread_issued(call, _stepper(matmul, ctx.device), ctx.device, sizes)
+                    issued = issue(call, _stepper(matmul, ctx.device))
                     quiet, busy = tuple(_gathered(issued.alone_s)), tuple(_gathered(issued.busy_s or 0.0))
                     windows, kernels = _gathered(issued.window_s or 0.0), _gathered(issued.kernels or 0.0)
                     seconds = statistics.fmean(_gathered(issued.kernel_s or 0.0))
@@ -380,7 +386,7 @@ class _Issued:
 
 
 def _thread_issued(call: Callable[[], object], compute: Callable[[], object] | None, device: torch.device,
-                   sizes: sweeps.Sizes) -> _Issued:
+                   sizes: sweeps.Sizes, shared_clock: bool, group_size: int) -> _Issued:
     """This rank's mean time of ``call`` issued from a second thread, as the executor issues a collective
     from a communication stream's thread: alone (this thread waits) and, given ``compute``, while this thread
     runs it back to back until the call returns, in alternating blocks (a drift of the host's speed biases
@@ -389,10 +395,15 @@ def _thread_issued(call: Callable[[], object], compute: Callable[[], object] | N
     the speed drifts by 10-50% within a calibration, which a kernel time taken once would count as
     interference.
     A barrier starts each call on every rank together; the second thread times it (perf_counter, after a
-    synchronize on a GPU, where the call runs on a stream of its own). The mean, not the median: on a busy
-    CPU host a call's wait for a core is either about nothing or about a scheduler time slice, so the
+    synchronize on a GPU, where the call runs on a stream of its own). With ``shared_clock`` (every rank on
+    one host) a call counts from its rendezvous, the last start in this rank's group (consecutive blocks of
+    ``group_size`` ranks, as ``collective_groups`` makes them), as the executor places a measured
+    collective: ranks leave a barrier up to a few hundred microseconds apart, a wait the engine models
+    separately (``rendezvous_skew``), not part of the collective's latency. The mean, not the median: on a
+    busy CPU host a call's wait for a core is either about nothing or about a scheduler time slice, so the
     median jumps between the two, while an iteration adds up many such calls: their mean."""
-    go, done, stop, seconds, errors = threading.Event(), threading.Event(), threading.Event(), list[float](), []
+    go, done, stop, errors = threading.Event(), threading.Event(), threading.Event(), []
+    spans: list[tuple[float, float]] = []  # each call's (start, end) on this rank, perf_counter
 
     def worker() -> None:
         try:
@@ -405,7 +416,7 @@ def _thread_issued(call: Callable[[], object], compute: Callable[[], object] | N
                     call()
                     if device.type == "cuda":
                         torch.cuda.current_stream().synchronize()
-                    seconds.append(time.perf_counter() - start)
+                    spans.append((start, time.perf_counter()))
                     done.set()
         except BaseException as err:  # reported by the calling thread
             errors.append(err)
@@ -428,7 +439,8 @@ def _thread_issued(call: Callable[[], object], compute: Callable[[], object] | N
 
     thread = threading.Thread(target=worker, daemon=True)
     thread.start()
-    alone, with_compute, repeats = list[float](), list[float](), sizes.paired_repeats // _PAIRED_BLOCKS
+    alone, with_compute = list[tuple[float, float]](), list[tuple[float, float]]()
+    repeats = sizes.paired_repeats // _PAIRED_BLOCKS
     windows, counts, kernel_times = list[float](), list[int](), list[float]()
     sides = ((False, alone),) if compute is None else ((False, alone), (True, with_compute))
     try:
@@ -443,7 +455,7 @@ def _thread_issued(call: Callable[[], object], compute: Callable[[], object] | N
                 for index in range(sizes.warmup + repeats):
                     window, kernels = one(busy)
                     if index >= sizes.warmup:
-                        times.append(seconds[-1])
+                        times.append(spans[-1])
                         if busy:
                             windows.append(window)
                             counts.append(kernels)
@@ -451,10 +463,33 @@ def _thread_issued(call: Callable[[], object], compute: Callable[[], object] | N
         stop.set()
         go.set()
         thread.join()
+    meet = (lambda calls: _from_rendezvous(calls, group_size)) if shared_clock else _own_clock
+    alone_s, busy_s = meet(alone), meet(with_compute)
     if not with_compute:
-        return _Issued(statistics.fmean(alone))
-    return _Issued(statistics.fmean(alone), statistics.fmean(with_compute), statistics.fmean(windows),
+        return _Issued(statistics.fmean(alone_s))
+    return _Issued(statistics.fmean(alone_s), statistics.fmean(busy_s), statistics.fmean(windows),
                    statistics.fmean(counts), statistics.fmean(kernel_times))
+
+
+def _own_clock(calls: Sequence[tuple[float, float]]) -> list[float]:
+    return [end - start for start, end in calls]
+
+
+def _from_rendezvous(calls: Sequence[tuple[float, float]], group_size: int) -> list[float]:
+    """Each call's seconds on this rank from the last start in its group of ``group_size`` consecutive ranks
+    (one clock for all: ranks on one host). Collective over the world: every rank passes its calls in the
+    same order."""
+    everyone: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, [start for start, _ in calls])
+    first = dist.get_rank() // group_size * group_size
+    return since_rendezvous(calls, everyone[first:first + group_size])
+
+
+def since_rendezvous(calls: Sequence[tuple[float, float]], group_starts: Sequence[Sequence[float]]) -> list[float]:
+    """Seconds from each call's rendezvous (the latest of the group's starts of that call) to its end here;
+    never below 0 (the clocks agree to well under a microsecond, not exactly)."""
+    meetings = [max(starts) for starts in zip(*group_starts, strict=True)]
+    return [max(0.0, end - max(start, meeting)) for (start, end), meeting in zip(calls, meetings, strict=True)]
 
 
 def _comm_step(ctx: RankContext, group: Any, kind: OpKind, numel: int) -> Callable[[bool], bool]:

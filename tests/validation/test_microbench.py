@@ -146,3 +146,12 @@ def test_calibrate_refuses_a_bad_name_before_running_anything(tmp_path: Path) ->
     with pytest.raises(MoesimError, match="^name: 'cpu-loopback' is a hand-written node preset"):
         calibrate("cpu-loopback", out_dir=tmp_path, timeout_s=1)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_collective_counts_from_its_groups_last_start():
+    from moesim.validation.microbench import since_rendezvous
+
+    mine = [(1.0, 1.5), (2.0, 2.2)]
+    # call 0: the peer started at 1.3, so 0.2 s from the rendezvous; call 1: this rank was last (2.0)
+    assert since_rendezvous(mine, [[1.0, 2.0], [1.3, 1.9]]) == pytest.approx([0.2, 0.2])
+    assert since_rendezvous([(1.0, 1.1)], [[1.0], [1.1000001]]) == [0.0]  # clocks a hair apart: never negative
