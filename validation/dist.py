@@ -21,15 +21,16 @@ class RankContext:
 
 def init(backend: str | None = None) -> RankContext:
     """Join the torchrun job (env:// rendezvous). NCCL on a GPU when one is there, else gloo; the rank
-    uses ``MOESIM_THREADS_PER_RANK`` intra-op threads on cores of its own (``pin_cores``), so ranks share
-    the host without oversubscribing it."""
+    uses ``MOESIM_THREADS_PER_RANK`` intra-op threads (1 if unset) and, where moesim's launcher set that
+    share, runs on cores of its own (``pin_cores``; ``MOESIM_PIN=0`` leaves the OS to place it), so ranks
+    share the host without oversubscribing it."""
     use_gpu = torch.cuda.is_available() if backend is None else backend == "nccl"
     chosen = backend or ("nccl" if use_gpu else "gloo")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if use_gpu:
         torch.cuda.set_device(local_rank)
     threads = int(os.environ.get("MOESIM_THREADS_PER_RANK", "1"))
-    if os.environ.get("MOESIM_PIN", "1") != "0":
+    if "MOESIM_THREADS_PER_RANK" in os.environ and os.environ.get("MOESIM_PIN", "1") != "0":
         pin_cores(local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", "1")), threads)
     torch.set_num_threads(threads)
     if not dist.is_initialized():

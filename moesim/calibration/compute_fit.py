@@ -149,7 +149,7 @@ def fit_attention(node: NodeSpec, samples: Sequence[ComputeSample]) -> Step:
         """The error with the best ``1 / eff`` for ``half_seq`` in closed form (relative least squares on the
         times above launch, at efficiency 1): the search's fast stand-in for ``efficiency_at``."""
         ideal = predict_compute(samples, _with_cost(with_seq(half_seq), attention_efficiency=1.0)) - launch
-        above = measured - launch
+        above = np.maximum(measured - launch, 1e-3 * measured)  # a sample at the launch floor weighs as tiny
         slope = float(np.sum(ideal / above) / np.sum((ideal / above) ** 2))
         return relative_rms(slope * ideal + launch, measured)
 

@@ -274,7 +274,7 @@ class CommUnderComputeSample(_Record):
     dtype: DType
     seconds_alone: float = Field(gt=0)
     seconds_with_compute: float = Field(gt=0)
-    rank_seconds_alone: tuple[float, ...] = ()         # each rank's median, for inspection
+    rank_seconds_alone: tuple[float, ...] = ()         # each rank's mean
     rank_seconds_with_compute: tuple[float, ...] = ()
     # One matmul of the loop alone, the ranks' mean, timed in the same alternating blocks as the loop (in
     # files before schema 4: once, before the sweep, the slowest rank's median). None in older files.

@@ -3,9 +3,9 @@
 While any collective of the rank runs (any stream; the engine does not count its waits for a peer or
 a core), every compute kernel of that rank progresses at ``1 / (1 + slowdown)`` of full speed; otherwise
 at full speed. Rates change exactly when the rank's running collective count moves between zero and
-non-zero, and only the running
-compute kernels of that rank are rescheduled: each keeps one valid wake-up, invalidated by a
-version number when its rate changes.
+non-zero, and only the running compute kernels of that rank are rescheduled: each keeps one valid
+wake-up, invalidated by a version number when its rate changes. The engine also waits on the count
+reaching zero (``comm_idle``): a compute task woken while a collective holds the rank's core.
 """
 
 from __future__ import annotations
