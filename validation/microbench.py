@@ -10,10 +10,12 @@ median, the median over ranks. Operands are cold: consecutive ops of a training 
 tensors, so timing calls on the same operands would measure the cache, not the kernel. Each case
 cycles through independent operand sets spanning twice the last-level cache (L3, a GPU's L2) where
 memory allows. Task overhead: a synthetic plan of tiny tasks through the executor, against the same
-kernel alone. Collectives: all-to-all and all-reduce at every group size (powers of two up to the
-world size), issued from a second thread as the executor's communication streams issue them, each rank's
-mean, the slowest rank; some sizes also while every rank's calling thread runs a matmul loop (each of a
-few kernel lengths). Interference: a matmul alone, then under a loop of collectives in a second thread.
+kernel alone; the hand-over between streams, the wait of a compute task woken while a collective runs
+and the wait for the last rank at a rendezvous: synthetic two-stream plans through it. Collectives:
+all-to-all and all-reduce at every group size (powers of two up to the world size), issued from a second
+thread as the executor's communication streams issue them, each rank's mean, the slowest rank; some
+sizes also while every rank's calling thread runs a matmul loop (each of a few kernel lengths).
+Interference: a matmul alone, then under a loop of collectives in a second thread.
 The JSON follows ``moesim.calibration.measurements.Measurements``.
 """
 
@@ -53,6 +55,7 @@ from moesim.calibration.measurements import (
     RendezvousSample,
     StreamHandoffSample,
     TaskOverheadSample,
+    WokenUnderCommSample,
 )
 from moesim.dtypes import DType
 from moesim.plan import ExecutionPlan, StreamKind, Task
@@ -232,6 +235,26 @@ def stream_handoff(ctx: RankContext, sizes: sweeps.Sizes, dtype: DType) -> Strea
     run = execute_plan(plan, ctx, warmup=_OVERHEAD_WARMUP, iterations=_OVERHEAD_ITERATIONS)
     gaps = [span.start - dep_end for span, dep_end in _woken_by_other_stream(plan, run)]
     return StreamHandoffSample(rounds=sizes.handoff_rounds, seconds=max(0.0, statistics.fmean(gaps)))
+
+
+def woken_under_comm(ctx: RankContext, sizes: sweeps.Sizes, dtype: DType) -> WokenUnderCommSample | None:
+    """``woken_plan`` through the executor, median iteration, every rank: how long after the small
+    all-to-all's end the add it wakes starts, while the busy all-to-all behind it runs, and how long that
+    one runs on from the same moment."""
+    if ctx.world_size < 2:
+        return None
+    plan = sweeps.woken_plan(sizes.handoff_rounds, sizes.woken_bytes, ctx.world_size, dtype)
+    run = execute_plan(plan, ctx, warmup=_OVERHEAD_WARMUP, iterations=_OVERHEAD_ITERATIONS)
+    ends = {(span.rank, span.task): span.end for span in run.timeline.spans}
+    gaps, busy = [], []
+    for span in run.timeline.spans:
+        if span.name.endswith(".woken"):
+            small = span.task - 2  # woken_plan's order within a round: add, small a2a, busy a2a, woken add
+            gaps.append(span.start - ends[span.rank, small])
+            busy.append(ends[span.rank, small + 1] - ends[span.rank, small])
+    return WokenUnderCommSample(rounds=sizes.handoff_rounds, busy_bytes=float(sizes.woken_bytes),
+                                seconds=max(0.0, statistics.fmean(gaps)),
+                                collective_seconds=max(0.0, statistics.fmean(busy)))
 
 
 def _woken_by_other_stream(plan: ExecutionPlan, run: MeasuredRun) -> list[tuple[Span, float]]:
@@ -546,6 +569,7 @@ def run(out: Path, quick: bool, dtype: DType | None) -> Measurements:
     kernels = kernel_sweep(ctx, clock, sizes, chosen)
     overhead = task_overhead(ctx, clock, sizes, chosen)
     handoff = stream_handoff(ctx, sizes, chosen)
+    woken = woken_under_comm(ctx, sizes, chosen)
     skews = rendezvous_skew(ctx, sizes, chosen)
     collectives, comm_under_compute = collective_sweeps(ctx, sizes, chosen)
     interference = interference_sweep(ctx, clock, sizes, chosen)
@@ -555,7 +579,7 @@ def run(out: Path, quick: bool, dtype: DType | None) -> Measurements:
                           repeats=sizes.repeats, matmul=tuple(compute["matmul"]),
                           elementwise=tuple(compute["elementwise"]), attention=tuple(compute["attention"]),
                           layernorm=tuple(compute["layernorm"]), kernels=tuple(kernels), task_overhead=overhead,
-                          stream_handoff=handoff, rendezvous=tuple(skews),
+                          stream_handoff=handoff, woken_under_comm=woken, rendezvous=tuple(skews),
                           collectives=tuple(collectives), interference=tuple(interference),
                           comm_under_compute=tuple(comm_under_compute))
     if ctx.rank == 0:

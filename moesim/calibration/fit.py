@@ -31,6 +31,7 @@ from moesim.calibration.comm_fit import fit_collectives, fit_comm_slowdown, fit_
 from moesim.calibration.compute_fit import fit_attention, fit_layernorm, fit_matmul, fit_memory
 from moesim.calibration.device import fitted, kept
 from moesim.calibration.kernel_fit import (
+    fit_compute_wait,
     fit_kind_efficiencies,
     fit_rendezvous_skew,
     fit_stream_handoff,
@@ -75,6 +76,7 @@ def fit_node(measurements: Measurements, base: NodeSpec, *, name: str) -> Calibr
         lambda n: fit_kind_efficiencies(n, m),
         lambda n: fit_task_overhead(n, m.task_overhead),
         lambda n: fit_stream_handoff(n, m.stream_handoff),
+        lambda n: fit_compute_wait(n, m.woken_under_comm),
         lambda n: fit_rendezvous_skew(n, m.rendezvous),
         lambda n: fit_collectives(n, m, device),
         lambda n: fit_comm_slowdown(n, m),

@@ -33,6 +33,7 @@ from moesim.calibration.measurements import (
     StreamHandoffSample,
     Sweep,
     TaskOverheadSample,
+    WokenUnderCommSample,
 )
 from moesim.calibration.predict import predict_compute
 from moesim.calibration.report import Step
@@ -44,6 +45,7 @@ _LOWEST_KIND_EFFICIENCY = 1e-5
 _LAUNCH_PATH = "cost.launch_overhead_us"
 _MAX_REGIME_PASSES = 20
 _HANDOFF_PATH = "cost.stream_handoff_us"
+_WAIT_PATH = "cost.compute_wait_under_comm_us"
 _SKEW_PATH, _SKEW_CAP_PATH = "cost.rendezvous_skew", "cost.rendezvous_skew_cap_us"
 
 
@@ -128,6 +130,20 @@ def fit_stream_handoff(node: NodeSpec, sample: StreamHandoffSample | None) -> St
     entry = fitted(_HANDOFF_PATH, units.to_us(sample.seconds), (),
                    f"measured directly: the mean over {sample.rounds} rounds of add -> all-to-all -> add")
     return Step(updates={_HANDOFF_PATH: entry.value}, fitted=(entry,))
+
+
+def fit_compute_wait(node: NodeSpec, sample: WokenUnderCommSample | None) -> Step:
+    """``compute_wait_under_comm_us``: the woken add's mean wait beyond the hand-over fitted before it (the
+    engine adds the hand-over, then waits while a collective runs, at most this). Where the add waited out
+    the whole collective, the data only say "at least that", which is written."""
+    if sample is None:
+        return Step(kept=(kept(_WAIT_PATH, node.cost.compute_wait_under_comm_us, "no woken-under-comm sample"),))
+    wait = max(0.0, sample.seconds - node.cost.stream_handoff_s)
+    note = f"measured directly: the mean over {sample.rounds} compute tasks woken while a collective ran"
+    if wait >= sample.collective_seconds:
+        note += "; lower bound: they waited out the whole collective"
+    entry = fitted(_WAIT_PATH, units.to_us(wait), (), note)
+    return Step(updates={_WAIT_PATH: entry.value}, fitted=(entry,))
 
 
 def fit_rendezvous_skew(node: NodeSpec, samples: Sequence[RendezvousSample]) -> Step:

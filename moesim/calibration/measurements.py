@@ -230,6 +230,19 @@ class StreamHandoffSample(_Record):
     seconds: float = Field(ge=0)
 
 
+class WokenUnderCommSample(_Record):
+    """A compute task woken while a collective of its rank runs (``sweeps.woken_plan``: ``rounds`` of add ->
+    small all-to-all -> an all-to-all of ``busy_bytes`` per rank right behind it, and an add woken by the
+    small one), run like a measured plan, median iteration, every rank: ``seconds`` the mean of the woken
+    add's start minus the small all-to-all's end, ``collective_seconds`` the mean of the busy all-to-all's
+    end minus the same."""
+
+    rounds: int = Field(ge=1)
+    busy_bytes: float = Field(gt=0)
+    seconds: float = Field(ge=0)
+    collective_seconds: float = Field(ge=0)
+
+
 class RendezvousSample(_Record):
     """``sweeps.skew_plan`` with ``segment`` matmuls between collectives, run like a measured plan, median
     iteration: ``segment_seconds`` the mean compute per segment, ``wait_seconds`` the mean from a segment's
@@ -337,6 +350,7 @@ class Measurements(_Record):
     kernels: tuple[KernelSample, ...] = ()
     task_overhead: TaskOverheadSample | None = None
     stream_handoff: StreamHandoffSample | None = None
+    woken_under_comm: WokenUnderCommSample | None = None
     rendezvous: tuple[RendezvousSample, ...] = ()
     collectives: tuple[CollectiveSample, ...] = ()
     interference: tuple[InterferenceSample, ...] = ()

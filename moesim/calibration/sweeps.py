@@ -73,6 +73,7 @@ class Sizes:
     kernel_flop_cap: float                             # kernel ops above this many FLOPs are skipped
     overhead_tasks: int                                # tasks of the synthetic plan timing the executor
     handoff_rounds: int                                # compute -> collective -> compute rounds of handoff_plan
+    woken_bytes: int                                   # per rank, the collective running in woken_plan
     skew_segments: tuple[int, ...]                     # matmuls per compute segment of skew_plan, one run each
     skew_matmul: int                                   # their size (square)
 
@@ -109,6 +110,7 @@ def sizes_for(device: str, quick: bool) -> Sizes:
             kernel_flop_cap=_GPU_FLOP_CAP,
             overhead_tasks=512,
             handoff_rounds=64,
+            woken_bytes=64 * units.MIB,
             skew_segments=(1, 8, 24),
             skew_matmul=4096,
         )
@@ -136,6 +138,7 @@ def sizes_for(device: str, quick: bool) -> Sizes:
         kernel_flop_cap=_CPU_FLOP_CAP_QUICK if quick else _CPU_FLOP_CAP,
         overhead_tasks=512,
         handoff_rounds=64,
+        woken_bytes=4 * units.MIB,
         # 0.3 to 23 ms of 256^3 matmuls between collectives on one core: the gaps between the validation
         # workloads' collectives run from ~1 ms (chunked all-to-alls) to ~40 ms (dense blocks)
         skew_segments=(1, 8, 24, 64),
@@ -255,6 +258,38 @@ def handoff_plan(rounds: int, world_size: int, dtype: DType) -> ExecutionPlan:
                   flops=1.0, mem_bytes=3.0 * dtype.bytes, deps=deps, dims={"numel": 1})
 
     return _two_stream_plan("stream-handoff", rounds, 1, add, world_size, dtype)
+
+
+def woken_plan(rounds: int, busy_bytes: int, world_size: int, dtype: DType) -> ExecutionPlan:
+    """``rounds`` of: a one-element add; a one-word-per-peer all-to-all that waits for it; right behind that
+    on the comm stream an all-to-all of ``busy_bytes`` per rank; and an add woken by the first all-to-all,
+    so it starts while the second one runs: its wait beyond the plain hand-over is the compute thread's
+    wait for the core the collective holds."""
+    tiny = CommSpec(groups=(tuple(range(world_size)),), bytes=float(world_size * dtype.bytes))
+    busy = CommSpec(groups=(tuple(range(world_size)),), bytes=float(busy_bytes))
+    ops, streams = list[Op](), {StreamKind.COMPUTE: list[int](), StreamKind.COMM: list[int]()}
+
+    def add(kind: StreamKind, op: Op) -> None:
+        ops.append(op)
+        streams[kind].append(op.id)
+
+    def one_add(op_id: int, name: str, deps: tuple[int, ...]) -> Op:
+        return Op(id=op_id, name=name, role="residual", kind=OpKind.ELEMENTWISE, phase=Phase.FORWARD, layer=None,
+                  flops=1.0, mem_bytes=3.0 * dtype.bytes, deps=deps, dims={"numel": 1})
+
+    for r in range(rounds):
+        first = len(ops)
+        add(StreamKind.COMPUTE, one_add(first, f"woken.{r}.add", (first - 1,) if r else ()))
+        add(StreamKind.COMM, Op(id=first + 1, name=f"woken.{r}.a2a", role="dispatch", kind=OpKind.ALL_TO_ALL,
+                                phase=Phase.FORWARD, layer=None, deps=(first,), comm=tiny))
+        add(StreamKind.COMM, Op(id=first + 2, name=f"woken.{r}.busy", role="combine", kind=OpKind.ALL_TO_ALL,
+                                phase=Phase.FORWARD, layer=None, deps=(first + 1,), comm=busy))
+        add(StreamKind.COMPUTE, one_add(first + 3, f"woken.{r}.woken", (first + 1,)))
+    stream_of = {op_id: kind for kind, ids in streams.items() for op_id in ids}
+    tasks = tuple(Task(id=op.id, op=op.id, stream=stream_of[op.id], deps=op.deps) for op in ops)
+    graph = OpGraph(ops=tuple(ops), num_ranks=world_size, num_layers=0, moe_layers=(), meta={"dtype": dtype.value})
+    return ExecutionPlan(graph=graph, schedule="woken-under-comm", tasks=tasks,
+                         streams={kind: tuple(ids) for kind, ids in streams.items()})
 
 
 def skew_plan(rounds: int, segment: int, size: int, world_size: int, dtype: DType) -> ExecutionPlan:

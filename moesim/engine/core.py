@@ -10,10 +10,9 @@ another stream starts ``stream_handoff`` later; a collective first waits for its
 ``rendezvous_skew`` of the compute its ranks did since their previous collective (at most
 ``rendezvous_skew_cap``), and then, where a member computes, for a core until that member's compute
 stream goes idle (at most ``comm_latency_under_compute``). Neither wait slows compute: a thread that
-waits takes no cycles. The same holds the other way: a compute task woken by another stream while a
-collective of its rank runs waits for the core until no collective of the rank runs (at most
-``comm_latency_under_compute``: one core per rank, taken by whichever thread holds it, for at most a
-scheduler slice).
+waits takes no cycles. The other way round, a compute task woken by another stream while a collective
+of its rank runs waits for the core until no collective of the rank runs (at most
+``compute_wait_under_comm``).
 
 Under rank symmetry only rank 0 is simulated: every rank reaches each collective at the same
 moment, so the rendezvous is trivial and the collective is one coflow over all sibling groups.
@@ -89,6 +88,7 @@ class _Play:
         self.env = simpy.Environment()
         self.contention_delay = float(cost.comm_latency_under_compute)
         self.handoff = float(cost.stream_handoff)
+        self.compute_wait = float(cost.compute_wait_under_comm)
         self.skew = float(cost.rendezvous_skew)
         self.skew_cap = float(cost.rendezvous_skew_cap)
         self.since_sync = {rank: 0.0 for rank in self.ranks}  # compute seconds since the rank's last collective
@@ -136,9 +136,9 @@ class _Play:
             op = ops[task_id]
             if handed_over and self.handoff:  # woken by another stream: the hand-over between them
                 yield env.timeout(self.handoff)
-            if handed_over and self.contention_delay and not op.kind.is_collective and self.compute[rank].communicating:
+            if handed_over and self.compute_wait and not op.kind.is_collective and self.compute[rank].communicating:
                 # woken while a collective of the rank runs: the compute thread waits for the core it holds
-                yield env.any_of([self.compute[rank].comm_idle(), env.timeout(self.contention_delay)])
+                yield env.any_of([self.compute[rank].comm_idle(), env.timeout(self.compute_wait)])
             start = env.now
             if op.kind.is_collective:
                 start = yield from self._collective(rank, op, task, cursor)

@@ -89,6 +89,10 @@ class RooflineCostModel:
         return self._params.comm_latency_under_compute_s
 
     @property
+    def compute_wait_under_comm(self) -> float:
+        return self._params.compute_wait_under_comm_s
+
+    @property
     def rendezvous_skew(self) -> float:
         return self._params.rendezvous_skew
 

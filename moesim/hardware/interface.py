@@ -82,6 +82,12 @@ class CostModel(Protocol):
         ...
 
     @property
+    def compute_wait_under_comm(self) -> float:
+        """At most how many seconds a compute task woken by another stream while a collective of its rank
+        runs waits for that to end (on a CPU host, the compute thread waiting for the core)."""
+        ...
+
+    @property
     def rendezvous_skew(self) -> float:
         """A collective starts this fraction of its members' compute time since their previous collective
         later (the expected wait for the last member to arrive), at most ``rendezvous_skew_cap``."""

@@ -170,6 +170,11 @@ class CostParams(_Spec):
     # waiting thread must be woken and get a core (measured by `moesim calibrate`). 0 on a GPU, where
     # the host queues work ahead and a CUDA event wait costs a few us at most [assumption].
     stream_handoff_us: float = Field(default=0.0, ge=0)
+    # A compute task woken by another stream while a collective of its rank runs waits, on top of the
+    # hand-over, until no collective of the rank runs, at most this long: on a CPU host the collective's
+    # threads hold the rank's core. 0 on a GPU, where NCCL runs on SMs of its own [assumption]; measured
+    # by `moesim calibrate` on a synthetic plan through the executor.
+    compute_wait_under_comm_us: float = Field(default=0.0, ge=0)
     # Ranks drift apart between collectives (kernel-time jitter, late wake-ups) and a collective starts
     # when the last member arrives: a collective whose members computed T seconds since their previous
     # collective starts this fraction of T later than the played rank arrived, at most the cap below
@@ -218,6 +223,10 @@ class CostParams(_Spec):
     @property
     def stream_handoff_s(self) -> float:
         return units.us(self.stream_handoff_us)
+
+    @property
+    def compute_wait_under_comm_s(self) -> float:
+        return units.us(self.compute_wait_under_comm_us)
 
     @property
     def comm_latency_under_compute_s(self) -> float:

@@ -27,6 +27,7 @@ from moesim.calibration.measurements import (
     Measurements,
     RendezvousSample,
     StreamHandoffSample,
+    WokenUnderCommSample,
 )
 from moesim.dtypes import DType
 from moesim.hardware import ClusterSpec, CostParams, GPUSpec, IntraNodeFabric, NetworkSpec, NodeSpec, RooflineCostModel
@@ -70,7 +71,7 @@ def _planted_cpu(world: int = 2, **cost: float) -> NodeSpec:
                   all_to_all_peer_latency_us=10.0, compute_slowdown_under_comm=0.35,
                   comm_slowdown_under_compute=0.6, comm_latency_under_compute_us=2000.0,
                   matmul_half_efficiency_dim=48.0, stream_handoff_us=50.0, rendezvous_skew=0.04,
-                  rendezvous_skew_cap_us=500.0, attention_half_efficiency_seq=40.0)
+                  rendezvous_skew_cap_us=500.0, attention_half_efficiency_seq=40.0, compute_wait_under_comm_us=700.0)
     params.update(cost)
     return NodeSpec(
         name="planted-cpu",
@@ -171,6 +172,10 @@ def _synthesize(node: NodeSpec, *, world: int, dtype: DType, shapes: dict, noise
                       device=node.gpu.device, world_size=world, ranks_per_host=ranks_per_host or world,
                       devices=("planted",))
     handoff = StreamHandoffSample(rounds=64, seconds=noisy(node.cost.stream_handoff_s)) if world > 1 else None
+    # the woken add: the hand-over, then the planted wait, under a busy collective of 3 ms
+    wait = node.cost.stream_handoff_s + min(node.cost.compute_wait_under_comm_s, 3e-3)
+    woken = WokenUnderCommSample(rounds=64, busy_bytes=4e6, seconds=noisy(wait),
+                                 collective_seconds=3e-3) if world > 1 else None
     # a collective after T seconds of compute: 0.3 ms of its own, plus the planted share of T up to the cap
     # (0.04 x 0.3 ms stays in the first sample: the fit measures from it)
     skew, cap, first = node.cost.rendezvous_skew, node.cost.rendezvous_skew_cap_s, 3e-4
@@ -179,7 +184,7 @@ def _synthesize(node: NodeSpec, *, world: int, dtype: DType, shapes: dict, noise
                        for n, t in ((1, first), (8, 4e-3), (24, 8.5e-3), (64, 2.2e-2), (96, 3.3e-2))
                        ) if world > 1 else ()
     return Measurements(measured_at=MEASURED_AT, environment=env, warmup=1, repeats=5, matmul=tuple(matmul),
-                        stream_handoff=handoff, rendezvous=rendezvous,
+                        stream_handoff=handoff, woken_under_comm=woken, rendezvous=rendezvous,
                         elementwise=tuple(elementwise), attention=tuple(attention), layernorm=tuple(layernorm),
                         collectives=tuple(collectives), interference=tuple(interference),
                         comm_under_compute=tuple(comm_under_compute))

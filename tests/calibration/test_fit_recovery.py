@@ -25,7 +25,7 @@ CPU_RATES = ["gpu.peak_tflops.fp32", "gpu.hbm_gb_per_s", "intra.bandwidth_gb_per
 CPU_INTERCEPTS = ["cost.launch_overhead_us", "cost.matmul_half_efficiency_us", "cost.collective_base_latency_us",
                   "intra.latency_us", "cost.all_to_all_peer_latency_us", "cost.matmul_half_efficiency_dim",
                   "cost.stream_handoff_us", "cost.rendezvous_skew", "cost.rendezvous_skew_cap_us",
-                  "cost.attention_half_efficiency_seq"]
+                  "cost.attention_half_efficiency_seq", "cost.compute_wait_under_comm_us"]
 GPU_RATES = ["cost.matmul_efficiency", "cost.hbm_efficiency", "cost.attention_efficiency",
              "cost.intra_bandwidth_efficiency"]
 GPU_INTERCEPTS = CPU_INTERCEPTS[:5]
@@ -226,3 +226,20 @@ def test_a_wait_that_keeps_rising_gets_no_cap(synthesize, planted_cpu, cpu_shape
     assert "no cap" in entry.reason
     (line,) = [line for line in fit.report.summary_lines() if "cost.rendezvous_skew_cap_us" in line]
     assert line.split()[1] == "none"  # a value the base leaves unset prints as such
+
+
+def test_the_compute_wait_is_the_woken_tasks_wait_beyond_the_hand_over(planted_cpu) -> None:
+    from moesim.calibration.kernel_fit import fit_compute_wait
+    from moesim.calibration.measurements import WokenUnderCommSample
+
+    node = planted_cpu(stream_handoff_us=50.0)
+    step = fit_compute_wait(node, WokenUnderCommSample(rounds=8, busy_bytes=4e6, seconds=750e-6,
+                                                       collective_seconds=3e-3))
+    assert step.updates["cost.compute_wait_under_comm_us"] == pytest.approx(700.0)
+    # waited out the whole collective: only a lower bound, and the file says so
+    bound = fit_compute_wait(node, WokenUnderCommSample(rounds=8, busy_bytes=4e6, seconds=2.05e-3,
+                                                        collective_seconds=2e-3))
+    assert bound.updates["cost.compute_wait_under_comm_us"] == pytest.approx(2000.0)
+    assert "lower bound" in bound.fitted[0].note
+    (kept,) = fit_compute_wait(node, None).kept
+    assert kept.path == "cost.compute_wait_under_comm_us" and kept.value == node.cost.compute_wait_under_comm_us

@@ -34,6 +34,7 @@ class FakeCost:
         self.compute_slowdown = slowdown
         self.comm_slowdown = 0.0
         self.comm_latency_under_compute = 0.0
+        self.compute_wait_under_comm = 0.0
         self.stream_handoff = 0.0
         self.rendezvous_skew = 0.0
         self.rendezvous_skew_cap = float("inf")

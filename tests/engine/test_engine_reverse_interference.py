@@ -129,10 +129,10 @@ def test_compute_is_not_slowed_while_the_collective_waits_for_its_last_member(st
 
 
 def test_compute_woken_while_a_collective_runs_waits_for_the_core(story, assert_times):
-    # z = 0.3 s: a2a ends at 1.0 and wakes gemm, but a2a2 (same stream, right after) runs 1.0-1.2 on the
-    # core gemm needs: gemm starts when a2a2 ends. a2a4 (3 s) outlasts z: gemm2, woken at 4.2, starts at 4.5.
+    # w = 0.3 s: a2a ends at 1.0 and wakes gemm, but a2a2 (same stream, right after) runs 1.0-1.2 on the
+    # core gemm needs: gemm starts when a2a2 ends. a2a4 (3 s) outlasts w: gemm2, woken at 4.2, starts at 4.5.
     s = story(capacities=[10.0])
-    s.cost.comm_latency_under_compute = 0.3
+    s.cost.compute_wait_under_comm = 0.3
     s.collective("a2a", latency=1.0)
     s.collective("a2a2", latency=0.2)
     s.compute("gemm", 1.0, deps=[0])

@@ -65,6 +65,8 @@ def test_the_two_stream_plans_were_timed(measured: Path) -> None:
     m = load_measurements(measured)
     sizes = sizes_for("cpu", quick=True)
     assert m.stream_handoff is not None and m.stream_handoff.rounds == sizes.handoff_rounds
+    woken = m.woken_under_comm
+    assert woken is not None and woken.busy_bytes == sizes.woken_bytes and woken.collective_seconds > 0
     assert [s.segment for s in m.rendezvous] == list(sizes.skew_segments)
     lengths = [s.segment_seconds for s in m.rendezvous]
     assert lengths == sorted(lengths) and lengths[0] > 0  # more matmuls per segment: more compute
