@@ -285,11 +285,7 @@ def woken_plan(rounds: int, busy_bytes: int, world_size: int, dtype: DType) -> E
         add(StreamKind.COMM, Op(id=first + 2, name=f"woken.{r}.busy", role="combine", kind=OpKind.ALL_TO_ALL,
                                 phase=Phase.FORWARD, layer=None, deps=(first + 1,), comm=busy))
         add(StreamKind.COMPUTE, one_add(first + 3, f"woken.{r}.woken", (first + 1,)))
-    stream_of = {op_id: kind for kind, ids in streams.items() for op_id in ids}
-    tasks = tuple(Task(id=op.id, op=op.id, stream=stream_of[op.id], deps=op.deps) for op in ops)
-    graph = OpGraph(ops=tuple(ops), num_ranks=world_size, num_layers=0, moe_layers=(), meta={"dtype": dtype.value})
-    return ExecutionPlan(graph=graph, schedule="woken-under-comm", tasks=tasks,
-                         streams={kind: tuple(ids) for kind, ids in streams.items()})
+    return _plan_of("woken-under-comm", ops, streams, world_size, dtype)
 
 
 def skew_plan(rounds: int, segment: int, size: int, world_size: int, dtype: DType) -> ExecutionPlan:
@@ -318,6 +314,12 @@ def _two_stream_plan(schedule: str, rounds: int, segment: int, compute: Callable
         ops.append(Op(id=len(ops), name=f"{schedule}.a2a.{r}", role="dispatch", kind=OpKind.ALL_TO_ALL,
                       phase=Phase.FORWARD, layer=None, flops=0.0, mem_bytes=0.0, deps=(len(ops) - 1,), comm=comm))
         streams[StreamKind.COMM].append(ops[-1].id)
+    return _plan_of(schedule, ops, streams, world_size, dtype)
+
+
+def _plan_of(schedule: str, ops: list[Op], streams: dict[StreamKind, list[int]], world_size: int,
+             dtype: DType) -> ExecutionPlan:
+    """A synthetic plan: one task per op on the stream that lists it, with the op's dependencies."""
     stream_of = {op_id: kind for kind, ids in streams.items() for op_id in ids}
     tasks = tuple(Task(id=op.id, op=op.id, stream=stream_of[op.id], deps=op.deps) for op in ops)
     graph = OpGraph(ops=tuple(ops), num_ranks=world_size, num_layers=0, moe_layers=(), meta={"dtype": dtype.value})
