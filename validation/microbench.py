@@ -245,13 +245,13 @@ def woken_under_comm(ctx: RankContext, sizes: sweeps.Sizes, dtype: DType) -> Wok
         return None
     plan = sweeps.woken_plan(sizes.handoff_rounds, sizes.woken_bytes, ctx.world_size, dtype)
     run = execute_plan(plan, ctx, warmup=_OVERHEAD_WARMUP, iterations=_OVERHEAD_ITERATIONS)
-    ends = {(span.rank, span.task): span.end for span in run.timeline.spans}
+    ends = _span_ends(run)
     gaps, busy = [], []
-    for span in run.timeline.spans:
-        if span.name.endswith(".woken"):
-            small = span.task - 2  # woken_plan's order within a round: add, small a2a, busy a2a, woken add
-            gaps.append(span.start - ends[span.rank, small])
-            busy.append(ends[span.rank, small + 1] - ends[span.rank, small])
+    for span, small_end in _woken_by_other_stream(plan, run):
+        if span.stream is StreamKind.COMPUTE:  # the woken add; the busy all-to-all follows the small one
+            small = plan.tasks[span.task].deps[0]
+            gaps.append(span.start - small_end)
+            busy.append(ends[span.rank, small + 1] - small_end)
     return WokenUnderCommSample(rounds=sizes.handoff_rounds, busy_bytes=float(sizes.woken_bytes),
                                 seconds=max(0.0, statistics.fmean(gaps)),
                                 collective_seconds=max(0.0, statistics.fmean(busy)))
@@ -259,9 +259,14 @@ def woken_under_comm(ctx: RankContext, sizes: sweeps.Sizes, dtype: DType) -> Wok
 
 def _woken_by_other_stream(plan: ExecutionPlan, run: MeasuredRun) -> list[tuple[Span, float]]:
     """Each measured span whose task waits for a task of another stream, with that task's end on its rank."""
-    ends = {(span.rank, span.task): span.end for span in run.timeline.spans}
+    ends = _span_ends(run)
     return [(span, ends[span.rank, dep]) for span in run.timeline.spans
             for dep in plan.tasks[span.task].deps if plan.tasks[dep].stream is not span.stream]
+
+
+def _span_ends(run: MeasuredRun) -> dict[tuple[int, int], float]:
+    """Each measured span's end by (rank, task)."""
+    return {(span.rank, span.task): span.end for span in run.timeline.spans}
 
 
 def rendezvous_skew(ctx: RankContext, sizes: sweeps.Sizes, dtype: DType) -> list[RendezvousSample]:
@@ -358,12 +363,11 @@ def collective_sweeps(ctx: RankContext, sizes: sweeps.Sizes,
     dist.all_gather_object(hosts, socket.gethostname())
     shared_clock = len(set(hosts)) == 1  # perf_counter is the host's monotonic clock, the same in every rank
     for size, group in collective_groups(ctx).items():
+        issue = partial(_thread_issued, device=ctx.device, sizes=sizes, shared_clock=shared_clock, group_size=size)
         for kind in (OpKind.ALL_TO_ALL, OpKind.ALL_REDUCE):
             for nbytes in sizes.collective_bytes:
                 numel = max(size, nbytes // _WIRE.itemsize // size * size)  # whole equal chunks
                 call = _collective(kind, numel, ctx.device, group)
-                issue = partial(_thread_issued, device=ctx.device, sizes=sizes, shared_clock=shared_clock,
-                                group_size=size)
                 alone = tuple(_gathered(issue(call, None).alone_s))
                 swept.append(CollectiveSample(kind=kind, group_size=size, bytes_per_rank=numel * _WIRE.itemsize,
                                               seconds=max(alone), rank_seconds=alone))
@@ -487,10 +491,10 @@ def _thread_issued(call: Callable[[], object], compute: Callable[[], object] | N
         go.set()
         thread.join()
     meet = (lambda calls: _from_rendezvous(calls, group_size)) if shared_clock else _own_clock
-    alone_s, busy_s = meet(alone), meet(with_compute)
+    alone_s = statistics.fmean(meet(alone))
     if not with_compute:
-        return _Issued(statistics.fmean(alone_s))
-    return _Issued(statistics.fmean(alone_s), statistics.fmean(busy_s), statistics.fmean(windows),
+        return _Issued(alone_s)
+    return _Issued(alone_s, statistics.fmean(meet(with_compute)), statistics.fmean(windows),
                    statistics.fmean(counts), statistics.fmean(kernel_times))
 
 

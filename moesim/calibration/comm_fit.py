@@ -87,12 +87,9 @@ def fit_interference(node: NodeSpec, measurements: Measurements) -> Step:
     sweep (a matmul under a loop of collectives): ``1 + s`` fitted to the time ratios (relative least
     squares, closed form)."""
     path = "cost.compute_slowdown_under_comm"
-    looped = [s for s in measurements.comm_under_compute
-              if s.compute_window_seconds is not None and s.compute_kernels is not None
-              and s.kernel_seconds is not None]
+    looped = [s for s in measurements.comm_under_compute if s.stolen_compute_seconds is not None]
     if looped:
-        extra = np.array([s.compute_window_seconds - s.compute_kernels * s.kernel_seconds  # type: ignore[operator]
-                          for s in looped])
+        extra = np.array([s.stolen_compute_seconds for s in looped], dtype=np.float64)
         shares = bandwidth_shares(looped, node, measurements.environment.world_size)
         stretch = 1 + node.cost.comm_slowdown_under_compute * shares
         running = np.array([s.mean_seconds_alone for s in looped]) * stretch

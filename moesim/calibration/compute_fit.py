@@ -26,7 +26,7 @@ from moesim.calibration.measurements import (
     MatmulSample,
     Sweep,
 )
-from moesim.calibration.predict import ComputeSample, compute_op, predict_compute, smallest_dim
+from moesim.calibration.predict import ComputeSample, compute_op, predict_compute, smallest_dim, with_cost
 from moesim.calibration.report import Step
 from moesim.hardware.specs import NodeSpec
 
@@ -128,34 +128,35 @@ def fit_attention(node: NodeSpec, samples: Sequence[ComputeSample]) -> Step:
     kernel sweep's attention ops), then the ``s_half`` of least error (0 included: it stays 0 unless it
     explains the samples better). The term needs samples of at least two sequence lengths."""
     eff_path, seq_path = "cost.attention_efficiency", "cost.attention_half_efficiency_seq"
-    lengths = {compute_op(s).dims.get("s") for s in samples} - {None}
-    if len(lengths) < 2:
-        reason = "one sequence length" if samples else "no attention samples"
-        return efficiency_step(node, samples, eff_path, node.cost.attention_efficiency, Sweep.ATTENTION,
-                               lambda n, value: _with_cost(n, attention_efficiency=value)).plus(
-            Step(kept=(kept(seq_path, node.cost.attention_half_efficiency_seq, reason),)))
 
-    def with_seq(half_seq: float) -> NodeSpec:
-        return _with_cost(node, attention_half_efficiency_seq=half_seq)
+    def with_efficiency(trial: NodeSpec, value: float) -> NodeSpec:
+        return with_cost(trial, attention_efficiency=value)
 
     @functools.cache
     def efficiency_at(half_seq: float) -> Step:
-        return efficiency_step(with_seq(half_seq), samples, eff_path, node.cost.attention_efficiency,
-                               Sweep.ATTENTION, lambda n, value: _with_cost(n, attention_efficiency=value))
+        return efficiency_step(with_cost(node, attention_half_efficiency_seq=half_seq), samples, eff_path,
+                               node.cost.attention_efficiency, Sweep.ATTENTION, with_efficiency)
 
+    lengths = {compute_op(s).dims.get("s") for s in samples} - {None}
+    if len(lengths) < 2:
+        reason = "one sequence length" if samples else "no attention samples"
+        return efficiency_at(node.cost.attention_half_efficiency_seq).plus(
+            Step(kept=(kept(seq_path, node.cost.attention_half_efficiency_seq, reason),)))
     measured, launch = _seconds(samples), node.cost.launch_overhead_s
 
     def error(half_seq: float) -> float:
         """The error with the best ``1 / eff`` for ``half_seq`` in closed form (relative least squares on the
         times above launch, at efficiency 1): the search's fast stand-in for ``efficiency_at``."""
-        ideal = predict_compute(samples, _with_cost(with_seq(half_seq), attention_efficiency=1.0)) - launch
+        ideal = predict_compute(samples, with_cost(node, attention_half_efficiency_seq=half_seq,
+                                                   attention_efficiency=1.0)) - launch
         above = np.maximum(measured - launch, 1e-3 * measured)  # a sample at the launch floor weighs as tiny
         slope = float(np.sum(ideal / above) / np.sum((ideal / above) ** 2))
         return relative_rms(slope * ideal + launch, measured)
 
     def exact_error(half_seq: float) -> float:
         efficiency = efficiency_at(half_seq).updates.get(eff_path, node.cost.attention_efficiency)
-        return _objective(with_seq(half_seq), samples, lambda n, v: _with_cost(n, attention_efficiency=v))(efficiency)
+        trial = with_cost(node, attention_half_efficiency_seq=half_seq, attention_efficiency=efficiency)
+        return relative_rms(predict_compute(samples, trial), measured)
 
     search = minimise_scalar(error, _LOWEST_HALF_DIM, _HIGHEST_HALF_DIM)
     candidate = ScalarFit(search.value, exact_error(search.value), search.objective_at_high)
@@ -169,7 +170,7 @@ def fit_layernorm(node: NodeSpec, samples: Sequence[LayernormSample]) -> Step:
     """``other_compute_efficiency`` (the FLOP roof of every memory-bound kind without a kind efficiency)
     from the layernorm sweep; identified only when layernorm runs below its memory roof."""
     return efficiency_step(node, samples, "cost.other_compute_efficiency", node.cost.other_compute_efficiency,
-                           Sweep.LAYERNORM, lambda n, value: _with_cost(n, other_compute_efficiency=value))
+                           Sweep.LAYERNORM, lambda n, value: with_cost(n, other_compute_efficiency=value))
 
 
 def efficiency_step(node: NodeSpec, samples: Sequence[ComputeSample], path: str, base: float, sweep: Sweep,
@@ -203,10 +204,6 @@ def _objective(node: NodeSpec, samples: Sequence[ComputeSample],
         return relative_rms(predict_compute(samples, with_value(node, value)), measured)
 
     return relative_error
-
-
-def _with_cost(node: NodeSpec, **updates: object) -> NodeSpec:
-    return node.model_copy(update={"cost": node.cost.model_copy(update=updates)})
 
 
 def _keep_memory(node: NodeSpec, reason: str) -> Step:

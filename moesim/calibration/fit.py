@@ -10,11 +10,14 @@ sweep, in the order their parameters feed each other:
 5. layernorm:     layernorm sweep    -> efficiency of the memory-bound kinds without their own
 6. kinds:         kernel sweep, per memory-bound kind and phase -> ``kind_efficiency``
 7. task overhead: a synthetic plan through the executor -> launch overhead += executor bookkeeping
-8. hand-over:     synthetic two-stream plans through the executor -> stream hand-over, rendezvous skew
+8. hand-over:     synthetic two-stream plans through the executor -> stream hand-over, the wait of a
+                  compute task woken while a collective runs, rendezvous skew
 9. collectives:   all-to-all + all-reduce sweeps -> latency terms, per-rank fabric bandwidth
-10. interference: matmul alone vs with a collective loop -> compute slowdown under communication
-11. reverse:      collectives alone vs with a matmul loop -> communication slowdown under compute
-                  (after 9: the model's transfer share of each collective is what stretches)
+10. reverse:      collectives alone vs with a matmul loop -> a collective's wait for a core and its
+                  slower transfer (after 9: the model's transfer share of each collective stretches)
+11. interference: the compute loops under those collectives -> compute slowdown while a collective runs
+                  (after 10: over the collective's running time as the engine plays it; the matmul
+                  under a collective loop when the loops were not kept)
 
 Every parameter a step cannot identify keeps the base spec's value and is listed in the report with
 the reason; so are the inter-node parameters, which one host cannot measure. A parameter set by two

@@ -35,7 +35,7 @@ from moesim.calibration.measurements import (
     TaskOverheadSample,
     WokenUnderCommSample,
 )
-from moesim.calibration.predict import predict_compute
+from moesim.calibration.predict import predict_compute, with_cost
 from moesim.calibration.report import Step
 from moesim.hardware.specs import NodeSpec
 
@@ -73,8 +73,7 @@ def _kind_step(node: NodeSpec, key: str, samples: Sequence[KernelSample], sweep:
     one from below by at most 1 (left out)."""
     flop_path, memory_path = f"cost.kind_efficiency.{key}", f"cost.kind_memory_efficiency.{key}"
     launch = node.cost.launch_overhead_s
-    roofs = node.model_copy(update={"cost": node.cost.model_copy(update={
-        "kind_efficiency": {key: 1.0}, "kind_memory_efficiency": {key: 1.0}})})
+    roofs = with_cost(node, kind_efficiency={key: 1.0}, kind_memory_efficiency={key: 1.0})
     flop = predict_compute([s.model_copy(update={"mem_bytes": 0.0}) for s in samples], roofs) - launch
     memory = predict_compute([s.model_copy(update={"flops": 0.0}) for s in samples], roofs) - launch
     measured = np.array([s.seconds for s in samples], dtype=np.float64)

@@ -311,11 +311,12 @@ class CommUnderComputeSample(_Record):
         return sum(per_rank) / len(per_rank) if per_rank else self.seconds_alone
 
     @property
-    def mean_seconds_with_compute(self) -> float:
-        """The ranks' mean time under compute (what each rank's compute loop ran beside); the slowest
-        rank's where the per-rank times were not kept."""
-        per_rank = self.rank_seconds_with_compute
-        return sum(per_rank) / len(per_rank) if per_rank else self.seconds_with_compute
+    def stolen_compute_seconds(self) -> float | None:
+        """What the collective took from the calling thread's loop: its window less its kernels' time
+        alone. None in files that did not keep the loop."""
+        if self.compute_window_seconds is None or self.compute_kernels is None or self.kernel_seconds is None:
+            return None
+        return self.compute_window_seconds - self.compute_kernels * self.kernel_seconds
 
 
 class InterferenceSample(_Record):

@@ -59,13 +59,17 @@ def smallest_dim(sample: ComputeSample) -> float:
     return smallest_matmul_dim(compute_op(sample), _COMPUTE_TASK, rank=0)
 
 
+def with_cost(node: NodeSpec, **updates: object) -> NodeSpec:
+    """``node`` with those cost parameters changed (a trial value of a fit, a roof at efficiency 1, ...)."""
+    return node.model_copy(update={"cost": node.cost.model_copy(update=updates)})
+
+
 def kernel_node(node: NodeSpec, bookkeeping_s: float) -> NodeSpec:
     """``node`` as it should predict a sweep sample: a sample times the kernel call alone, so the
     executor's per-task bookkeeping, which ``launch_overhead_us`` includes, is taken out (never below 0)."""
     if bookkeeping_s <= 0:
         return node
-    launch = max(0.0, node.cost.launch_overhead_us - units.to_us(bookkeeping_s))
-    return node.model_copy(update={"cost": node.cost.model_copy(update={"launch_overhead_us": launch})})
+    return with_cost(node, launch_overhead_us=max(0.0, node.cost.launch_overhead_us - units.to_us(bookkeeping_s)))
 
 
 def collective_groups(group_size: int, world_size: int) -> tuple[tuple[int, ...], ...]:
