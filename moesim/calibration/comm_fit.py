@@ -1,11 +1,13 @@
 """Fit steps for communication: collective latency terms and fabric bandwidth, the compute slowdown
 while communicating, and the reverse: the collective slowdown while computing.
 
-The model fitted is ``RooflineCostModel``'s on one host: a collective takes its alpha (a sum of
-``collective_base_latency``, the fabric's per-hop ``intra.latency`` and ``all_to_all_peer_latency``
-terms, with the coefficients ``moesim.hardware.collectives`` gives them) plus its bottleneck volume
-over the per-rank bandwidth ``intra.bandwidth * intra_bandwidth_efficiency``. The coefficients and
-volumes are taken from those functions themselves, so the fit and the engine cannot disagree.
+The model fitted is ``RooflineCostModel``'s on one host, alpha-beta per collective kind. A ring
+collective (all-reduce) takes ``collective_base_latency`` plus the fabric's per-hop ``intra.latency``
+per ring step, and its bottleneck volume over the per-rank bandwidth ``intra.bandwidth *
+intra_bandwidth_efficiency``; an all-to-all its own base (``all_to_all_base_latency``) plus one hop plus
+``all_to_all_peer_latency`` per peer, and its volume over that bandwidth times
+``all_to_all_bandwidth_ratio``. The coefficients and volumes are taken from ``moesim.hardware.collectives``
+itself, so the fit and the engine cannot disagree.
 
 The reverse interference stretches only a collective's transfer, not its latency (the engine slows a
 coflow's rate while a member computes; the alpha is fixed software and wire time): with compute on every
@@ -22,7 +24,7 @@ import numpy as np
 
 from moesim import units
 from moesim.calibration.device import Device, fitted, kept, rate_step
-from moesim.calibration.lsq import relative_nnls
+from moesim.calibration.lsq import LinearFit, relative_nnls
 from moesim.calibration.measurements import CollectiveSample, Measurements, Sweep
 from moesim.calibration.predict import bandwidth_shares, cluster_for, collective_groups
 from moesim.calibration.report import Step
@@ -32,17 +34,23 @@ from moesim.hardware.specs import NodeSpec
 from moesim.workload.ops import OpKind
 
 ALL_REDUCE_TRAVERSALS = 2  # as RooflineCostModel costs an all-reduce: a reduce-scatter and an all-gather ring
-_BASE, _HOP, _PEER, _INVERSE_BANDWIDTH = range(4)
-_LATENCY_PATHS = {_BASE: "cost.collective_base_latency_us", _HOP: "intra.latency_us",
-                  _PEER: "cost.all_to_all_peer_latency_us"}
+_RING_INVERSE, _A2A_INVERSE, _BASE, _A2A_BASE, _HOP, _PEER = range(6)
+_LATENCY_PATHS = {_BASE: "cost.collective_base_latency_us", _A2A_BASE: "cost.all_to_all_base_latency_us",
+                  _HOP: "intra.latency_us", _PEER: "cost.all_to_all_peer_latency_us"}
 _BANDWIDTH_PATH, _EFFICIENCY_PATH = "intra.bandwidth_gb_per_s", "cost.intra_bandwidth_efficiency"
+_RATIO_PATH = "cost.all_to_all_bandwidth_ratio"
 _SWEEP_OF = {OpKind.ALL_TO_ALL: Sweep.ALL_TO_ALL, OpKind.ALL_REDUCE: Sweep.ALL_REDUCE}
+# Which latency terms the fit tries to pin first (see fit_collectives): the first order whose pinned
+# values are all positive is taken, else the first.
+_LATENCY_ORDERS = ((_BASE, _A2A_BASE, _HOP, _PEER), (_HOP, _A2A_BASE, _BASE, _PEER))
 
 
 def fit_collectives(node: NodeSpec, measurements: Measurements, device: Device) -> Step:
-    """Latency terms and bandwidth from the all-to-all and all-reduce sweeps, jointly (they share the
-    base latency and the bandwidth). Terms the sweeps cannot separate keep the base values: with one
-    group size the per-peer term adds to the others in a constant way, so it is kept."""
+    """Latency terms and bandwidths from the all-to-all and all-reduce sweeps, jointly (they share the
+    per-hop latency). Terms the sweeps cannot separate keep the base values. With one group size each
+    kind's alpha is one number: the two base terms take them, the per-hop and per-peer terms kept; where
+    the kept hop leaves a base at its bound 0 (the base spec's hop is longer than the measured ring's
+    steps), the hop and the all-to-all's base take them instead, the rings' base kept."""
     samples = measurements.collectives
     env = measurements.environment
     if not samples or env.ranks_per_host < env.world_size:
@@ -50,19 +58,17 @@ def fit_collectives(node: NodeSpec, measurements: Measurements, device: Device) 
         return _keep_all(node, reason)
     res = ResourceMap.of(cluster_for(node, env.world_size))
     design = np.array([_row(res, node, sample, env.world_size) for sample in samples])
-    fallback = np.array([node.cost.collective_base_latency_s, node.intra.latency_s, node.cost.all_to_all_peer_latency_s,
-                         1 / node.cost.intra_bandwidth_efficiency])
-    fit = relative_nnls(design, np.array([s.seconds for s in samples]), fallback=fallback,
-                        priority=[_INVERSE_BANDWIDTH, _BASE, _HOP, _PEER])
+    cost = node.cost
+    fallback = np.array([1 / cost.intra_bandwidth_efficiency,
+                         1 / (cost.intra_bandwidth_efficiency * cost.all_to_all_bandwidth_ratio),
+                         cost.collective_base_latency_s, cost.all_to_all_base_latency_s, node.intra.latency_s,
+                         cost.all_to_all_peer_latency_s])
+    measured = np.array([s.seconds for s in samples])
+    fits = [relative_nnls(design, measured, fallback=fallback, priority=[_RING_INVERSE, _A2A_INVERSE, *order])
+            for order in _LATENCY_ORDERS]
+    fit = next((f for f in fits if np.all(f.values[f.identified] > 0)), fits[0])
+    step = _bandwidth_step(node, fit, device)
     sweeps = tuple(sorted({_SWEEP_OF[s.kind] for s in samples}))
-    if fit.identified[_INVERSE_BANDWIDTH] and fit.values[_INVERSE_BANDWIDTH] > 0:
-        raw = {_BANDWIDTH_PATH: node.intra.bandwidth_gb_per_s}
-        step = rate_step(device, 1 / fit.values[_INVERSE_BANDWIDTH], raw=raw, efficiency=_EFFICIENCY_PATH,
-                         sweeps=sweeps)
-    else:
-        reason = "collective time did not grow with size"
-        step = Step(kept=(kept(_BANDWIDTH_PATH, node.intra.bandwidth_gb_per_s, reason),
-                          kept(_EFFICIENCY_PATH, node.cost.intra_bandwidth_efficiency, reason)))
     sizes = sorted({s.group_size for s in samples})
     for column, path in _LATENCY_PATHS.items():
         if fit.identified[column]:
@@ -74,6 +80,29 @@ def fit_collectives(node: NodeSpec, measurements: Measurements, device: Device) 
                       f"{' and '.join(s.value for s in sweeps)})")
             step = step.plus(Step(kept=(kept(path, _latencies_us(node)[path], reason),)))
     return step
+
+
+def _bandwidth_step(node: NodeSpec, fit: LinearFit, device: Device) -> Step:
+    """The rings' rate sets the fabric's bandwidth (or efficiency), the all-to-all's its ratio to that; a
+    sweep of one kind alone sets the bandwidth through the other's kept ratio (or keeps it)."""
+    grew = [fit.identified[c] and fit.values[c] > 0 for c in (_RING_INVERSE, _A2A_INVERSE)]
+    raw = {_BANDWIDTH_PATH: node.intra.bandwidth_gb_per_s}
+    ratio = node.cost.all_to_all_bandwidth_ratio
+    if not any(grew):
+        reason = "collective time did not grow with size"
+        return Step(kept=(kept(_BANDWIDTH_PATH, node.intra.bandwidth_gb_per_s, reason),
+                          kept(_EFFICIENCY_PATH, node.cost.intra_bandwidth_efficiency, reason),
+                          kept(_RATIO_PATH, ratio, reason)))
+    ring_multiple = 1 / fit.values[_RING_INVERSE] if grew[0] else 1 / (fit.values[_A2A_INVERSE] * ratio)
+    sweeps = tuple(sweep for sweep, used in zip((Sweep.ALL_REDUCE, Sweep.ALL_TO_ALL), grew, strict=True) if used)
+    step = rate_step(device, ring_multiple, raw=raw, efficiency=_EFFICIENCY_PATH, sweeps=sweeps)
+    if not all(grew):
+        reason = f"only the {sweeps[0].value} sweep grew with size: one rate, no ratio between two"
+        return step.plus(Step(kept=(kept(_RATIO_PATH, ratio, reason),)))
+    written = ring_multiple if device == "cpu" else min(1.0, ring_multiple)  # the rings' rate as written
+    entry = fitted(_RATIO_PATH, 1 / fit.values[_A2A_INVERSE] / written, (Sweep.ALL_TO_ALL,),
+                   "the all-to-all's rate over the all-reduce's")
+    return step.plus(Step(updates={_RATIO_PATH: entry.value}, fitted=(entry,)))
 
 
 def fit_interference(node: NodeSpec, measurements: Measurements) -> Step:
@@ -134,30 +163,32 @@ def fit_comm_slowdown(node: NodeSpec, measurements: Measurements) -> Step:
 
 
 def _row(res: ResourceMap, node: NodeSpec, sample: CollectiveSample, world_size: int) -> list[float]:
-    """Design row: the coefficients of base, hop and per-peer latency, and the bottleneck volume over
-    the raw per-rank bandwidth (multiplying ``1 / efficiency``)."""
+    """Design row: the bottleneck volume over the raw per-rank bandwidth in the column of the sample's kind
+    (multiplying ``1 / efficiency``, and for an all-to-all ``1 / ratio``), then the coefficients of the
+    rings' base, the all-to-all's base, the per-hop and the per-peer latency."""
     members = collective_groups(sample.group_size, world_size)
     unit_hop, no_hop = replace(res, intra_latency_s=1.0), replace(res, intra_latency_s=0.0)
     if sample.kind is OpKind.ALL_TO_ALL:
         g = sample.group_size
         traffic = [np.full((g, g), sample.bytes_per_rank / g) for _ in members]
-        volume = collectives.linear_all_to_all(members, traffic, res)
-        base, hop, peer = (collectives.all_to_all_latency(members, no_hop, 1.0, 0.0),
-                           collectives.all_to_all_latency(members, unit_hop, 0.0, 0.0),
-                           collectives.all_to_all_latency(members, no_hop, 0.0, 1.0))
-    else:
-        volume = collectives.ring(members, sample.bytes_per_rank, ALL_REDUCE_TRAVERSALS, res)
-        base, hop, peer = (collectives.ring_latency(members, ALL_REDUCE_TRAVERSALS, no_hop, 1.0),
-                           collectives.ring_latency(members, ALL_REDUCE_TRAVERSALS, unit_hop, 0.0), 0.0)
-    return [base, hop, peer, float(np.max(volume)) / node.intra.bandwidth_bytes_per_s]
+        volume = float(np.max(collectives.linear_all_to_all(members, traffic, res)))
+        return [0.0, volume / node.intra.bandwidth_bytes_per_s, 0.0,
+                collectives.all_to_all_latency(members, no_hop, 1.0, 0.0),
+                collectives.all_to_all_latency(members, unit_hop, 0.0, 0.0),
+                collectives.all_to_all_latency(members, no_hop, 0.0, 1.0)]
+    volume = float(np.max(collectives.ring(members, sample.bytes_per_rank, ALL_REDUCE_TRAVERSALS, res)))
+    return [volume / node.intra.bandwidth_bytes_per_s, 0.0,
+            collectives.ring_latency(members, ALL_REDUCE_TRAVERSALS, no_hop, 1.0), 0.0,
+            collectives.ring_latency(members, ALL_REDUCE_TRAVERSALS, unit_hop, 0.0), 0.0]
 
 
-def _latencies_us(node: NodeSpec) -> dict[str, float]:
-    return {_LATENCY_PATHS[_BASE]: node.cost.collective_base_latency_us, _LATENCY_PATHS[_HOP]: node.intra.latency_us,
-            _LATENCY_PATHS[_PEER]: node.cost.all_to_all_peer_latency_us}
+def _latencies_us(node: NodeSpec) -> dict[str, float | None]:
+    return {_LATENCY_PATHS[_BASE]: node.cost.collective_base_latency_us,
+            _LATENCY_PATHS[_A2A_BASE]: node.cost.all_to_all_base_latency_us,
+            _LATENCY_PATHS[_HOP]: node.intra.latency_us, _LATENCY_PATHS[_PEER]: node.cost.all_to_all_peer_latency_us}
 
 
 def _keep_all(node: NodeSpec, reason: str) -> Step:
     values = {**_latencies_us(node), _BANDWIDTH_PATH: node.intra.bandwidth_gb_per_s,
-              _EFFICIENCY_PATH: node.cost.intra_bandwidth_efficiency}
+              _EFFICIENCY_PATH: node.cost.intra_bandwidth_efficiency, _RATIO_PATH: node.cost.all_to_all_bandwidth_ratio}
     return Step(kept=tuple(kept(path, value, reason) for path, value in values.items()))

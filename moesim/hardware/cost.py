@@ -3,7 +3,9 @@
 Compute: ``max(flops / (peak * eff(kind, phase, size, shape)), mem_bytes / (hbm * hbm_efficiency * mem_eff(kind,
 phase))) + launch``.
 Communication: alpha-beta per collective algorithm (``collectives.py``); the alpha is the returned
-latency, the beta is left to the engine's flow model sharing each resource's capacity.
+latency, the beta is left to the engine's flow model sharing each resource's capacity. The all-to-all has
+its own base alpha and bandwidth (``all_to_all_base_latency``, ``all_to_all_bandwidth_ratio``): its volume
+is written as the bytes that take as long at the rings' rate, ``bytes / ratio``.
 """
 
 from __future__ import annotations
@@ -164,14 +166,17 @@ class RooflineCostModel:
         if op.kind is OpKind.ALL_TO_ALL and task.algorithm is A2AAlgorithm.HIERARCHICAL:
             first, second = collectives.hierarchical_stages(members, self._traffic(op, task, groups), res)
             intra, inter = collectives.hierarchical_latencies(
-                members, res, params.collective_base_latency_s, params.all_to_all_peer_latency_s
+                members, res, params.all_to_all_base_latency_s, params.all_to_all_peer_latency_s
             )
-            inter_stage = _demand_of(collectives.linear_all_to_all(members, second, res), inter)
-            return replace(_demand_of(collectives.linear_all_to_all(members, first, res), intra), then=inter_stage)
+            ratio = params.all_to_all_bandwidth_ratio
+            inter_stage = _demand_of(collectives.linear_all_to_all(members, second, res) / ratio, inter)
+            return replace(_demand_of(collectives.linear_all_to_all(members, first, res) / ratio, intra),
+                           then=inter_stage)
         if op.kind is OpKind.ALL_TO_ALL:
             volume = collectives.linear_all_to_all(members, self._traffic(op, task, groups), res)
+            volume /= params.all_to_all_bandwidth_ratio
             latency = collectives.all_to_all_latency(
-                members, res, params.collective_base_latency_s, params.all_to_all_peer_latency_s
+                members, res, params.all_to_all_base_latency_s, params.all_to_all_peer_latency_s
             )
         else:
             traversals = _RING_TRAVERSALS[op.kind]

@@ -31,7 +31,7 @@ class CollectiveDemand:
 
     latency_s: float
     resources: np.ndarray  # int64 resource ids, unique
-    volume: np.ndarray     # float64 bytes per resource, > 0
+    volume: np.ndarray     # float64 bytes per resource (at the rings' rate; see cost.py), > 0
     then: CollectiveDemand | None = None
 
     def stages(self) -> list[CollectiveDemand]:

@@ -151,6 +151,13 @@ class CostParams(_Spec):
     # DeepEP low-latency dispatch grows 77 -> 194 us from EP8 to EP256: ~0.47 us per extra peer
     # (REFERENCE.md §3).
     all_to_all_peer_latency_us: float = Field(default=0.5, ge=0)
+    # The all-to-all's own alpha and beta: NCCL runs it as grouped send/recv, not as a ring, so its base
+    # latency and achieved bandwidth differ from the rings' (gloo at 2 CPU ranks: ~0.5 ms all-to-all
+    # against ~1.9 ms all-reduce, measured by `moesim calibrate`). The base: None = collective_base_latency
+    # [assumption: no GPU measurement yet]. The ratio: the all-to-all moves its bytes at this multiple of
+    # the rings' effective bandwidth (the fabric's times its efficiency above), 1 = the same [assumption].
+    all_to_all_base_latency_us: float | None = Field(default=None, ge=0)
+    all_to_all_bandwidth_ratio: float = Field(default=1.0, gt=0)
     # Compute runs 1 + x times slower while a collective of the GPU runs (not while it waits). DeepEP
     # reserves 20 of 132 SMs (15%) and loses ~20% GEMM throughput (REFERENCE.md §3); NCCL's default 8-16
     # channels hold 7-15% of an A100's 108 SMs, plus HBM traffic, so ~10% [assumption, to be calibrated].
@@ -239,6 +246,12 @@ class CostParams(_Spec):
     @property
     def all_to_all_peer_latency_s(self) -> float:
         return units.us(self.all_to_all_peer_latency_us)
+
+    @property
+    def all_to_all_base_latency_s(self) -> float:
+        """The all-to-all's base alpha: its own where set, else the rings' ``collective_base_latency``."""
+        own = self.all_to_all_base_latency_us
+        return self.collective_base_latency_s if own is None else units.us(own)
 
 
 class NodeSpec(_Spec):

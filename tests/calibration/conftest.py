@@ -63,11 +63,12 @@ GPU_SHAPES = {
 
 
 def _planted_cpu(world: int = 2, **cost: float) -> NodeSpec:
-    """A CPU rank with round planted numbers: 50 GFLOP/s, 6 GB/s, loopback 1.5 GB/s. The per-peer
-    latency equals cpu-loopback's (10 us), so a one-group-size fit that keeps it recovers the rest."""
+    """A CPU rank with round planted numbers: 50 GFLOP/s, 6 GB/s, loopback 1.5 GB/s for rings and 0.8 of
+    that for all-to-alls. The per-peer latency equals cpu-loopback's (10 us)."""
     params = dict(matmul_efficiency=1.0, matmul_half_efficiency_us=30.0, attention_efficiency=0.4,
                   other_compute_efficiency=0.03, hbm_efficiency=1.0, launch_overhead_us=8.0,
                   intra_bandwidth_efficiency=1.0, inter_bandwidth_efficiency=1.0, collective_base_latency_us=40.0,
+                  all_to_all_base_latency_us=25.0, all_to_all_bandwidth_ratio=0.8,
                   all_to_all_peer_latency_us=10.0, compute_slowdown_under_comm=0.35,
                   comm_slowdown_under_compute=0.6, comm_latency_under_compute_us=2000.0,
                   matmul_half_efficiency_dim=48.0, stream_handoff_us=50.0, rendezvous_skew=0.04,
@@ -87,7 +88,8 @@ def _planted_gpu(base: NodeSpec, **cost: float) -> NodeSpec:
     """``base`` (a datasheet GPU node) with planted efficiencies, latencies and slowdown."""
     params = dict(matmul_efficiency=0.62, matmul_half_efficiency_us=12.0, attention_efficiency=0.41,
                   hbm_efficiency=0.83, launch_overhead_us=5.0, intra_bandwidth_efficiency=0.71,
-                  collective_base_latency_us=9.0, all_to_all_peer_latency_us=0.8, compute_slowdown_under_comm=0.18,
+                  collective_base_latency_us=9.0, all_to_all_base_latency_us=6.0, all_to_all_bandwidth_ratio=1.15,
+                  all_to_all_peer_latency_us=0.8, compute_slowdown_under_comm=0.18,
                   comm_slowdown_under_compute=0.12)
     params.update(cost)
     return base.model_copy(update={"cost": base.cost.model_copy(update=params),

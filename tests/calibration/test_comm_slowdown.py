@@ -1,12 +1,12 @@
 """The reverse interference: ``comm_slowdown_under_compute`` from collectives timed alone and under a
 matmul loop, fitted on the engine's rule (the transfer stretches by 1 + y, the latency does not).
 
-Hand numbers, the planted CPU of conftest on 2 ranks (loopback 1.5 GB/s; base latency 40 us, hop 15 us,
-per-peer 10 us, which the collective sweep recovers at one group size since cpu-loopback's per-peer
-term is also 10 us). 3 MB per rank:
-- all-to-all: each rank sends half, 1.5 MB, in 1.5e6 / 1.5e9 = 1 ms; latency 40 + 15 + 10 = 65 us.
+Hand numbers, the planted CPU of conftest on 2 ranks (loopback 1.5 GB/s for rings, 0.8 x that for
+all-to-alls; base latencies 40 us (rings) and 25 us (all-to-all), hop 15 us, per-peer 10 us; the
+collective sweep reproduces both alphas at one group size). 3 MB per rank:
+- all-to-all: each rank sends half, 1.5 MB, in 1.5e6 / 1.2e9 = 1.25 ms; latency 25 + 15 + 10 = 50 us.
 - all-reduce: a ring of two, 2 traversals of half the buffer = 3 MB, in 2 ms; latency 40 + 2 x 15 = 70 us.
-With y = 0.5 the transfers take 1.5 and 3 ms under compute.
+With y = 0.5 the transfers take 1.875 and 3 ms under compute.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from moesim.workload.ops import OpKind
 PATH = "cost.comm_slowdown_under_compute"
 MS = units.MS
 # (kind, seconds alone, seconds under compute) at 3 MB per rank, y = 0.5, by the hand numbers above
-HAND = [(OpKind.ALL_TO_ALL, 0.065 * MS + 1.0 * MS, 0.065 * MS + 1.5 * MS),
+HAND = [(OpKind.ALL_TO_ALL, 0.050 * MS + 1.25 * MS, 0.050 * MS + 1.875 * MS),
         (OpKind.ALL_REDUCE, 0.070 * MS + 2.0 * MS, 0.070 * MS + 3.0 * MS)]
 
 
@@ -48,9 +48,9 @@ def test_the_hand_case_fits_y_exactly_and_the_latency_is_not_stretched(two_ranks
     fit = fit_node(two_ranks, load_node("cpu-loopback"), name="cpu-test")
     assert fit.node.cost.comm_slowdown_under_compute == pytest.approx(0.5, rel=1e-3)
     assert fit.report.fitted_value(PATH) == fit.node.cost.comm_slowdown_under_compute
-    # stretching the whole time instead would read y off the ratios: 0.470 and 0.483, neither 0.5
+    # stretching the whole time instead would read y off the ratios: 0.481 and 0.483, neither 0.5
     excess = [busy / alone - 1 for _, alone, busy in HAND]
-    assert excess == pytest.approx([0.5 / 1.065, 1.0 / 2.07]) and max(excess) < 0.49
+    assert excess == pytest.approx([0.625 / 1.3, 1.0 / 2.07]) and max(excess) < 0.49
     error = fit.report.error_of(Sweep.COMM_UNDER_COMPUTE)
     assert error is not None and error.samples == 2 and error.r_squared is None
     assert error.rms_relative_error < 1e-3
@@ -69,7 +69,7 @@ def test_the_error_is_of_the_ratio_the_model_predicts(two_ranks) -> None:
     cost = fit.node.cost.model_copy(update={"comm_slowdown_under_compute": 0.0})
     unslowed = fit.node.model_copy(update={"cost": cost})
     (error,) = [e for e in sweep_errors(unslowed, two_ranks) if e.sweep is Sweep.COMM_UNDER_COMPUTE]
-    relative = [alone / busy - 1 for _, alone, busy in HAND]  # -0.3195, -0.3257
+    relative = [alone / busy - 1 for _, alone, busy in HAND]  # -0.3247, -0.3257
     assert error.rms_relative_error == pytest.approx(math.sqrt(sum(r * r for r in relative) / 2), rel=1e-9)
     assert error.max_relative_error == pytest.approx(max(abs(r) for r in relative), rel=1e-9)
 
@@ -105,11 +105,11 @@ def test_the_calibrated_file_carries_y_with_its_sweep_error(cpu_measurements, tm
 
 def test_a_wait_for_the_core_and_a_slower_transfer_are_told_apart(two_ranks) -> None:
     # z = 300 us before any byte moves, y = 0.5 on the transfer. A 1 KB all-to-all sends 512 B to the
-    # peer: 512 / 1.5e9 s = 0.341 us of transfer after its 65 us latency; the 3 MB cases as above.
-    z, small_transfer = 300e-6, 512 / 1.5e9
+    # peer: 512 / 1.2e9 s = 0.427 us of transfer after its 50 us latency; the 3 MB cases as above.
+    z, small_transfer = 300e-6, 512 / 1.2e9
     small = CommUnderComputeSample(kind=OpKind.ALL_TO_ALL, group_size=2, bytes_per_rank=1024, m=256, n=256, k=256,
-                                   dtype=DType.FP32, seconds_alone=65e-6 + small_transfer,
-                                   seconds_with_compute=65e-6 + z + 1.5 * small_transfer)
+                                   dtype=DType.FP32, seconds_alone=50e-6 + small_transfer,
+                                   seconds_with_compute=50e-6 + z + 1.5 * small_transfer)
     large = tuple(s.model_copy(update={"seconds_with_compute": s.seconds_with_compute + z}) for s in hand_samples())
     measured = two_ranks.model_copy(update={"comm_under_compute": (small, *large)})
     cost = fit_node(measured, load_node("cpu-loopback"), name="cpu-test").node.cost

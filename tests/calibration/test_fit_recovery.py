@@ -21,14 +21,15 @@ from moesim.dtypes import DType
 from moesim.hardware import load_node
 
 CPU_RATES = ["gpu.peak_tflops.fp32", "gpu.hbm_gb_per_s", "intra.bandwidth_gb_per_s", "cost.attention_efficiency",
-             "cost.other_compute_efficiency"]
+             "cost.other_compute_efficiency", "cost.all_to_all_bandwidth_ratio"]
 CPU_INTERCEPTS = ["cost.launch_overhead_us", "cost.matmul_half_efficiency_us", "cost.collective_base_latency_us",
-                  "intra.latency_us", "cost.all_to_all_peer_latency_us", "cost.matmul_half_efficiency_dim",
+                  "intra.latency_us", "cost.all_to_all_peer_latency_us", "cost.all_to_all_base_latency_us",
+                  "cost.matmul_half_efficiency_dim",
                   "cost.stream_handoff_us", "cost.rendezvous_skew", "cost.rendezvous_skew_cap_us",
                   "cost.attention_half_efficiency_seq", "cost.compute_wait_under_comm_us"]
 GPU_RATES = ["cost.matmul_efficiency", "cost.hbm_efficiency", "cost.attention_efficiency",
-             "cost.intra_bandwidth_efficiency"]
-GPU_INTERCEPTS = CPU_INTERCEPTS[:5]
+             "cost.intra_bandwidth_efficiency", "cost.all_to_all_bandwidth_ratio"]
+GPU_INTERCEPTS = CPU_INTERCEPTS[:6]
 SLOWDOWN = "cost.compute_slowdown_under_comm"
 REVERSE = "cost.comm_slowdown_under_compute"
 ONE_HOST = ["network.nic_gbps", "network.latency_us", "cost.inter_bandwidth_efficiency"]
@@ -107,20 +108,39 @@ def test_noisy_gpu_fit_recovers_within_tolerance(seed, synthesize, planted_gpu, 
     assert at(fit.node, REVERSE) == pytest.approx(at(planted, REVERSE), abs=0.06)
 
 
-def test_one_group_size_keeps_the_base_per_peer_latency(synthesize, planted_cpu, cpu_shapes) -> None:
-    """At one group size (2) the all-to-all alpha is base + hop + peer and the all-reduce's base + 2 hop:
-    two equations, three unknowns. The per-peer term keeps cpu-loopback's 10 us and the other two absorb
-    the difference: with 20 us planted, hop = 15 + 10 - 20 = 5 and base = 40 + 15 + 20 - 5 - 10 = 60."""
+def test_one_group_size_pins_each_kinds_alpha_on_the_base_hop(synthesize, planted_cpu, cpu_shapes) -> None:
+    """At one group size (2) the all-to-all's alpha is a2a_base + hop + peer and the all-reduce's
+    base + 2 hop: two numbers, four terms. Planted with cpu-loopback's hop (50 us) and a per-peer term of
+    20 us, the hop and per-peer terms keep cpu-loopback's 50 and 10 and the bases take the rest: the
+    rings' base its planted 40, the all-to-all's 25 + 20 - 10 = 35."""
     planted = planted_cpu(world=2, all_to_all_peer_latency_us=20.0)
+    planted = planted.model_copy(update={"intra": planted.intra.model_copy(update={"latency_us": 50.0})})
     measured = synthesize(planted, world=2, dtype=DType.FP32, shapes=cpu_shapes)
     fit = fit_node(measured, load_node("cpu-loopback"), name="cpu-test")
     (peer,) = [k for k in fit.report.kept if k.path == "cost.all_to_all_peer_latency_us"]
     assert peer.value == 10.0 and "group sizes [2]" in peer.reason
-    assert fit.node.cost.all_to_all_peer_latency_us == 10.0
-    assert fit.node.intra.latency_us == pytest.approx(5.0, rel=1e-3)
-    assert fit.node.cost.collective_base_latency_us == pytest.approx(60.0, rel=1e-3)
+    assert "intra.latency_us" in fit.report.kept_paths() and fit.node.intra.latency_us == 50.0
+    assert fit.node.cost.collective_base_latency_us == pytest.approx(40.0, rel=1e-3)
+    assert fit.node.cost.all_to_all_base_latency_us == pytest.approx(35.0, rel=1e-3)
     assert fit.node.intra.bandwidth_gb_per_s == pytest.approx(1.5, rel=1e-3)
-    for sweep in (Sweep.ALL_TO_ALL, Sweep.ALL_REDUCE):  # the kept value costs no accuracy at this size
+    assert fit.node.cost.all_to_all_bandwidth_ratio == pytest.approx(0.8, rel=1e-3)
+    for sweep in (Sweep.ALL_TO_ALL, Sweep.ALL_REDUCE):  # the kept values cost no accuracy at this size
+        assert fit.report.error_of(sweep).rms_relative_error < 1e-3
+
+
+def test_one_group_size_with_a_ring_faster_than_the_base_hop_pins_the_hop(synthesize, planted_cpu,
+                                                                          cpu_shapes) -> None:
+    """Planted hop 15 us: the all-reduce's alpha, 40 + 2 x 15 = 70 us, is under cpu-loopback's two hops
+    (100 us), so keeping the hop would leave the rings' base at its bound 0 and the sweep unexplained.
+    The hop and the all-to-all's base take the alphas instead, the rings' base kept at cpu-loopback's 50:
+    hop = (70 - 50) / 2 = 10, a2a_base = 25 + 15 + 10 - 10 - 10 = 30."""
+    measured = synthesize(planted_cpu(world=2), world=2, dtype=DType.FP32, shapes=cpu_shapes)
+    fit = fit_node(measured, load_node("cpu-loopback"), name="cpu-test")
+    assert "cost.collective_base_latency_us" in fit.report.kept_paths()
+    assert fit.node.cost.collective_base_latency_us == 50.0
+    assert fit.node.intra.latency_us == pytest.approx(10.0, rel=1e-3)
+    assert fit.node.cost.all_to_all_base_latency_us == pytest.approx(30.0, rel=1e-3)
+    for sweep in (Sweep.ALL_TO_ALL, Sweep.ALL_REDUCE):
         assert fit.report.error_of(sweep).rms_relative_error < 1e-3
 
 
@@ -158,7 +178,8 @@ def test_missing_sweeps_keep_base_values(synthesize, planted_cpu, cpu_shapes) ->
     kept = fit.report.kept_paths()
     for path in ("cost.launch_overhead_us", "gpu.hbm_gb_per_s", "cost.attention_efficiency",
                  "cost.other_compute_efficiency", "intra.bandwidth_gb_per_s", "intra.latency_us",
-                 "cost.collective_base_latency_us", "cost.all_to_all_peer_latency_us", SLOWDOWN, REVERSE):
+                 "cost.collective_base_latency_us", "cost.all_to_all_peer_latency_us",
+                 "cost.all_to_all_base_latency_us", "cost.all_to_all_bandwidth_ratio", SLOWDOWN, REVERSE):
         assert path in kept, path
         assert at(fit.node, path) == at(base, path), path
     assert [e.sweep for e in fit.report.sweeps] == [Sweep.MATMUL]
@@ -169,7 +190,8 @@ def test_a_run_across_hosts_keeps_every_collective_parameter(cpu_measurements) -
     spanning = cpu_measurements.model_copy(update={"environment": env})
     fit = fit_node(spanning, load_node("cpu-loopback"), name="cpu-test")
     for path in ("intra.bandwidth_gb_per_s", "intra.latency_us", "cost.collective_base_latency_us",
-                 "cost.all_to_all_peer_latency_us", "cost.intra_bandwidth_efficiency"):
+                 "cost.all_to_all_peer_latency_us", "cost.intra_bandwidth_efficiency",
+                 "cost.all_to_all_base_latency_us", "cost.all_to_all_bandwidth_ratio"):
         (entry,) = [k for k in fit.report.kept if k.path == path]
         assert "spanned hosts" in entry.reason
     assert fit.report.error_of(Sweep.ALL_TO_ALL) is None and fit.node.gpus_per_node == 2

@@ -151,6 +151,20 @@ def test_latencies_follow_the_alpha_terms(tiny_cluster, comm_op, task) -> None:
     assert gather.latency_s == pytest.approx((8 + 2) * US)
 
 
+def test_the_all_to_all_has_its_own_base_latency_and_bandwidth(tiny_cluster, comm_op, task) -> None:
+    """Its own base (3 us, not the rings' 8) and half the rings' rate: the same 1 MB per pair takes twice
+    as long on the NICs (10 GB/s each), while the all-reduce beside it is untouched."""
+    own = RooflineCostModel(tiny_cluster(collective_base_latency_us=8, all_to_all_peer_latency_us=0.5,
+                                         all_to_all_base_latency_us=3, all_to_all_bandwidth_ratio=0.5), DType.FP32)
+    shared = RooflineCostModel(tiny_cluster(collective_base_latency_us=8, all_to_all_peer_latency_us=0.5), DType.FP32)
+    a2a = comm_op(OpKind.ALL_TO_ALL, ALL4, 4 * MB, traffic=np.full((1, 4, 4), MB))
+    assert own.collective_demand(a2a, task(), [0]).latency_s == pytest.approx((3 + 10 + 3 * 0.5) * US)
+    assert own.collective_time(a2a, task()) == pytest.approx((3 + 10 + 1.5) * US + 2 * 2 * MB / (10 * GB))
+    assert shared.collective_time(a2a, task()) == pytest.approx((8 + 10 + 1.5) * US + 2 * MB / (10 * GB))
+    ring = comm_op(OpKind.ALL_REDUCE, ALL4, 4 * MB)
+    assert own.collective_time(ring, task()) == shared.collective_time(ring, task())
+
+
 def test_groups_of_one_rank_cost_nothing(tiny_cluster, comm_op, task) -> None:
     model = RooflineCostModel(tiny_cluster(collective_base_latency_us=8), DType.FP32)
     for kind in (OpKind.ALL_TO_ALL, OpKind.ALL_REDUCE):

@@ -229,7 +229,7 @@ def test_2dh_is_slower_than_linear_for_large_messages_on_two_p4de_nodes():
     linear, hierarchical = run(scn, degree=2), run(scn, degree=2, a2a="2dh")
     node, params = scn.cluster.node, scn.cluster.cost
     nvlink = units.gb_per_s(node.intra.bandwidth_gb_per_s) * params.intra_bandwidth_efficiency
-    extra_alpha = params.collective_base_latency_s + node.intra.latency_s - 7 * params.all_to_all_peer_latency_s
+    extra_alpha = params.all_to_all_base_latency_s + node.intra.latency_s - 7 * params.all_to_all_peer_latency_s
     pairs = zip(linear.plan.stream_of(StreamKind.COMM), hierarchical.plan.stream_of(StreamKind.COMM), strict=True)
     for flat, staged in pairs:
         op = linear.plan.op_of(flat)
