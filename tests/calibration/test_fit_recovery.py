@@ -19,6 +19,7 @@ import pytest
 from moesim.calibration import Sweep, fit_node
 from moesim.dtypes import DType
 from moesim.hardware import load_node
+from moesim.workload.ops import OpKind
 
 CPU_RATES = ["gpu.peak_tflops.fp32", "gpu.hbm_gb_per_s", "intra.bandwidth_gb_per_s", "cost.attention_efficiency",
              "cost.other_compute_efficiency", "cost.all_to_all_bandwidth_ratio"]
@@ -142,6 +143,24 @@ def test_one_group_size_with_a_ring_faster_than_the_base_hop_pins_the_hop(synthe
     assert fit.node.cost.all_to_all_base_latency_us == pytest.approx(30.0, rel=1e-3)
     for sweep in (Sweep.ALL_TO_ALL, Sweep.ALL_REDUCE):
         assert fit.report.error_of(sweep).rms_relative_error < 1e-3
+
+
+@pytest.mark.parametrize("kind", [OpKind.ALL_REDUCE, OpKind.ALL_TO_ALL])
+def test_one_kind_of_collective_sets_the_bandwidth_through_the_kept_ratio(kind, synthesize, planted_cpu,
+                                                                          cpu_shapes) -> None:
+    """Only one kind's sweep: no ratio between two rates, so cpu-loopback's ratio (1.0) is kept and the
+    kind's rate sets the fabric's. The all-reduce's is the planted 1.5 GB/s; the all-to-all's is 0.8 of it,
+    1.2 GB/s, which the kept ratio of 1 writes as the fabric's. (Planted with cpu-loopback's hop, which one
+    kind alone cannot separate from its base: kept, it leaves the latencies exact.)"""
+    planted = planted_cpu(world=4)
+    planted = planted.model_copy(update={"intra": planted.intra.model_copy(update={"latency_us": 50.0})})
+    measured = synthesize(planted, world=4, dtype=DType.FP32, shapes=cpu_shapes, group_sizes=(2, 4))
+    one_kind = measured.model_copy(update={"collectives": tuple(s for s in measured.collectives if s.kind is kind)})
+    fit = fit_node(one_kind, load_node("cpu-loopback"), name="cpu-test")
+    (ratio,) = [k for k in fit.report.kept if k.path == "cost.all_to_all_bandwidth_ratio"]
+    assert ratio.value == 1.0 and "one rate" in ratio.reason
+    expected = 1.5 if kind is OpKind.ALL_REDUCE else 1.2
+    assert fit.node.intra.bandwidth_gb_per_s == pytest.approx(expected, rel=1e-3)
 
 
 def test_memory_bound_layernorm_keeps_the_base_or_writes_the_bound(synthesize, planted_cpu, cpu_shapes) -> None:
