@@ -61,6 +61,22 @@ def test_2dh_latency_counts_node_mates_then_nodes(tiny_cluster, comm_op, task):
     assert flat.latency_s == pytest.approx((5 + 10 + 1 * 7) * US)    # seven peers
 
 
+def test_2dh_stages_take_the_all_to_alls_own_base_and_bandwidth(tiny_cluster, comm_op, task):
+    """Both stages are all-to-alls: the all-to-all's own base (3 us, not the rings' 5) and half the rate
+    (each stage's bytes count double against the capacities)."""
+    shared = RooflineCostModel(tiny_cluster(num_nodes=4, collective_base_latency_us=5.0,
+                                            all_to_all_peer_latency_us=1.0), DType.FP32)
+    own = RooflineCostModel(tiny_cluster(num_nodes=4, collective_base_latency_us=5.0, all_to_all_peer_latency_us=1.0,
+                                         all_to_all_base_latency_us=3.0, all_to_all_bandwidth_ratio=0.5), DType.FP32)
+    op = comm_op(OpKind.ALL_TO_ALL, (tuple(range(8)),), 8 * MB, traffic=np.full((1, 8, 8), MB))
+    before, after = shared.collective_demand(op, TWO_DH, [0]), own.collective_demand(op, TWO_DH, [0])
+    assert after.latency_s == pytest.approx((3 + 2 + 1 * 1) * US)
+    assert after.then.latency_s == pytest.approx((3 + 10 + 1 * 3) * US)
+    for stage_before, stage_after in ((before, after), (before.then, after.then)):
+        assert np.array_equal(stage_after.resources, stage_before.resources)
+        assert stage_after.volume == pytest.approx(2 * stage_before.volume)
+
+
 def test_2dh_needs_the_same_number_of_members_on_every_node(tiny_cluster, comm_op):
     model = RooflineCostModel(tiny_cluster(), DType.FP32)
     op = comm_op(OpKind.ALL_TO_ALL, ((0, 1, 2),), 3 * MB, traffic=np.full((1, 3, 3), MB))
