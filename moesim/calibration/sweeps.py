@@ -133,7 +133,9 @@ def sizes_for(device: str, quick: bool) -> Sizes:
         else tuple((s, s, s) for s in (256, 384, 512, 768)),
         warmup=2 if quick else 3,
         repeats=5 if quick else 15,
-        paired_repeats=15 if quick else 30,  # a 32 MiB all-reduce under compute takes ~50 ms
+        # gloo stalls ~15% of its calls ~3.5 ms on this kind of host (a small all-to-all: median 0.13 ms,
+        # mean 0.55): a mean over 30 calls moves by ~35% with the stall count, over 90 by ~20%
+        paired_repeats=15 if quick else 90,
         kernel_models=models[:2] if quick else models,
         kernel_flop_cap=_CPU_FLOP_CAP_QUICK if quick else _CPU_FLOP_CAP,
         overhead_tasks=512,
