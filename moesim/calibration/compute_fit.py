@@ -3,7 +3,7 @@ and memory-bound efficiencies. Each step takes the node as fitted so far and ret
 
 The model fitted is ``RooflineCostModel``'s (moesim/hardware/cost.py), per kind:
 ``max((flops / peak + t_half) / eff * shape, bytes / (hbm * hbm_eff)) + launch`` for matmul (``shape`` =
-``1 + d_half / d``, d its smallest dimension) and attention (``shape`` = ``1 + s_half / s``, s its sequence
+``1 + d_half / d``, d the harmonic mean of its dimensions) and attention (``shape`` = ``1 + s_half / s``, s its sequence
 length), and
 ``max(flops / (vector_peak * other_eff), bytes / (hbm * hbm_eff)) + launch`` for the other kinds until
 ``kernel_fit`` gives them a kind efficiency.
@@ -26,7 +26,7 @@ from moesim.calibration.measurements import (
     MatmulSample,
     Sweep,
 )
-from moesim.calibration.predict import ComputeSample, compute_op, predict_compute, smallest_dim, with_cost
+from moesim.calibration.predict import ComputeSample, compute_op, predict_compute, shape_dim, with_cost
 from moesim.calibration.report import Step
 from moesim.hardware.specs import NodeSpec
 
@@ -64,7 +64,7 @@ def fit_memory(node: NodeSpec, samples: Sequence[ElementwiseSample], device: Dev
 
 def fit_matmul(node: NodeSpec, samples: Sequence[MatmulSample | KernelSample], device: Device) -> Step:
     """Rate, size and shape terms: ``(flops / peak + t_half) / eff * (1 + d_half / d) + launch`` over the
-    compute-bound samples (``d`` the sample's smallest dimension).
+    compute-bound samples (``d`` the harmonic mean of the sample's m, n, k).
 
     For a given ``d_half``, linear in ``a = 1 / eff`` and ``c = t_half / eff``; samples on the memory roof
     (under the bandwidth fitted before) are left out, and the split is redone until it stops changing.
@@ -73,7 +73,7 @@ def fit_matmul(node: NodeSpec, samples: Sequence[MatmulSample | KernelSample], d
     eff_path, half_path, dim_path = "cost.matmul_efficiency", "cost.matmul_half_efficiency_us", _DIM_PATH
     peaks = {s.dtype: node.gpu.peak_tflops[s.dtype] for s in samples}
     x = np.array([s.flops / node.gpu.peak_flops(s.dtype) for s in samples])
-    smallest = np.array([smallest_dim(s) for s in samples], dtype=np.float64)
+    dims = np.array([shape_dim(s) for s in samples], dtype=np.float64)
     measured, launch = _seconds(samples), node.cost.launch_overhead_s
     memory = np.array([s.mem_bytes for s in samples]) / (node.gpu.hbm_bytes_per_s * node.cost.hbm_efficiency)
     fallback = np.array([1 / node.cost.matmul_efficiency,
@@ -81,7 +81,7 @@ def fit_matmul(node: NodeSpec, samples: Sequence[MatmulSample | KernelSample], d
 
     def solve(half_dim: float) -> tuple[float, np.ndarray, np.ndarray]:
         """(relative RMS error over every sample, values, identified) with the shape term at ``half_dim``."""
-        stretch = 1.0 + half_dim / smallest
+        stretch = 1.0 + half_dim / dims
         design = np.column_stack([x * stretch, stretch])
         use = np.ones(len(samples), dtype=bool)
         values, identified = fallback, np.zeros(2, dtype=bool)
@@ -98,7 +98,7 @@ def fit_matmul(node: NodeSpec, samples: Sequence[MatmulSample | KernelSample], d
         error = relative_rms(np.maximum(design @ values, memory) + launch, measured) if len(samples) else 0.0
         return error, values, identified
 
-    shaped = bool(np.any(np.isfinite(smallest))) and len(samples) > 2
+    shaped = bool(np.any(np.isfinite(dims))) and len(samples) > 2
     search = minimise_scalar(lambda d: solve(d)[0], _LOWEST_HALF_DIM, _HIGHEST_HALF_DIM) if shaped else None
     half_dim = search.value if search is not None and not search.as_good(solve(0.0)[0]) else 0.0
     _, (slope, intercept), identified = solve(half_dim)

@@ -22,7 +22,7 @@ from moesim.calibration.measurements import (
     MatmulSample,
 )
 from moesim.dtypes import DType
-from moesim.hardware.cost import RooflineCostModel, smallest_matmul_dim
+from moesim.hardware.cost import RooflineCostModel, matmul_shape_dim
 from moesim.hardware.specs import ClusterSpec, NodeSpec
 from moesim.plan import StreamKind, Task
 from moesim.workload.ops import CommSpec, Op, Phase
@@ -54,9 +54,10 @@ def compute_op(sample: ComputeSample) -> Op:
               layer=None, flops=sample.flops, mem_bytes=sample.mem_bytes, dims=dims)
 
 
-def smallest_dim(sample: ComputeSample) -> float:
-    """The smallest of a matmul sample's m, n, k, as the cost model's shape term reads it (inf without dims)."""
-    return smallest_matmul_dim(compute_op(sample), _COMPUTE_TASK, rank=0)
+def shape_dim(sample: ComputeSample) -> float:
+    """The harmonic mean of a matmul sample's m, n, k, as the cost model's shape term reads it (inf without
+    dims)."""
+    return matmul_shape_dim(compute_op(sample), _COMPUTE_TASK, rank=0)
 
 
 def with_cost(node: NodeSpec, **updates: object) -> NodeSpec:

@@ -37,7 +37,7 @@ class RooflineCostModel:
 
     Size term: a matmul or attention whose ideal time at peak is ``t = flops / peak`` reaches
     efficiency ``eff_max * t / (t + t_half)``, so it takes ``(t + t_half) / eff_max``. Shape term: a
-    matmul whose smallest dimension is ``d`` takes ``1 + d_half / d`` times that (``d_half`` =
+    matmul whose dimensions' harmonic mean is ``d`` takes ``1 + d_half / d`` times that (``d_half`` =
     ``matmul_half_efficiency_dim``, 0 = off); attention over sequences of ``s`` tokens takes
     ``1 + s_half / s`` times it (``attention_half_efficiency_seq``, 0 = off).
     """
@@ -118,7 +118,7 @@ class RooflineCostModel:
         if op.kind in _TENSOR_KINDS:
             flop_time = self._flop_time(op.kind, flops)
             if params.matmul_half_efficiency_dim and op.kind is OpKind.MATMUL:
-                flop_time *= 1.0 + params.matmul_half_efficiency_dim / smallest_matmul_dim(op, task, rank)
+                flop_time *= 1.0 + params.matmul_half_efficiency_dim / matmul_shape_dim(op, task, rank)
             elif params.attention_half_efficiency_seq and op.kind is OpKind.ATTENTION and op.dims.get("s"):
                 flop_time *= 1.0 + params.attention_half_efficiency_seq / op.dims["s"]
             return max(flop_time, mem_bytes / self._hbm) + self._launch
@@ -205,17 +205,19 @@ def _by_kind(table: dict[str, float], op: Op, default: float) -> float:
     return table.get(op.kind.value, default) if found is None else found
 
 
-def smallest_matmul_dim(op: Op, task: Task, rank: int) -> float:
-    """The smallest of a matmul task's m, n, k on ``rank``: the token dimension (k of a weight gradient,
-    m otherwise) scaled by the task's share of the op, as the harness shapes its kernel. Inf when the op
-    does not carry its dims (no shape term then)."""
+def matmul_shape_dim(op: Op, task: Task, rank: int) -> float:
+    """The harmonic mean of a matmul task's m, n, k on ``rank``: the token dimension (k of a weight gradient,
+    m otherwise) scaled by the task's share of the op, as the harness shapes its kernel. ``3 / (1/m + 1/n +
+    1/k)`` is 6x the FLOP per operand element (``2 m n k / (m k + k n + m n)``), so a shape term over it
+    charges each element of the operands a fixed time: a part of a matmul split along the tokens re-reads
+    the whole weight. Inf when the op does not carry its dims (no shape term then)."""
     dims = op.dims
     if not all(name in dims for name in ("m", "n", "k")):
         return float("inf")
     scale = op.rank_scale[rank] if op.rank_scale is not None else 1.0
     token = "k" if op.phase is Phase.BACKWARD_WEIGHT else "m"
     sizes = [dims[name] * (task.fraction_on(rank) * scale if name == token else 1.0) for name in ("m", "n", "k")]
-    return max(1.0, min(sizes))
+    return 3.0 / sum(1.0 / max(1.0, size) for size in sizes)
 
 
 def _demand_of(volume: np.ndarray, latency_s: float) -> CollectiveDemand:

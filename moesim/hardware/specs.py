@@ -118,10 +118,12 @@ class CostParams(_Spec):
     # i.e. it takes (t + t_half) / matmul_efficiency: small kernels cannot fill every SM (wave
     # quantisation, prologue/epilogue). Expressed as time so one value fits GPUs of any speed [assumption].
     matmul_half_efficiency_us: float = Field(default=10.0, ge=0)
-    # Shape term: a matmul whose smallest dimension (m, n or k; the batch of a batched one aside) is d
-    # runs 1 + d_half / d times longer again: a skinny GEMM re-reads its operands per tile and fills
-    # partial tiles. 0 = off, the default on GPU presets [assumption, to be calibrated]; on a CPU the
-    # calibration measures it (hidden sizes of 96-192 run 10-25% below square GEMMs).
+    # Shape term: a matmul whose dimensions' harmonic mean (3 / (1/m + 1/n + 1/k); the batch of a batched
+    # one aside) is d runs 1 + d_half / d times longer again: each operand element costs a fixed time
+    # beside the FLOPs (d is 6x the FLOP per operand element), so a skinny GEMM, or a part of one split
+    # along its tokens that re-reads the whole weight, runs below the rate of a square one. 0 = off, the
+    # default on GPU presets [assumption, to be calibrated]; on a CPU the calibration measures it (the
+    # matmul sweep fits at ~3% RMS with it against ~5% over the smallest dimension alone).
     matmul_half_efficiency_dim: float = Field(default=0.0, ge=0)
     # And attention: over a sequence of s tokens it runs 1 + s_half / s times longer, the per-row work
     # (softmax, the score tile's set-up) weighing more against s x s products on short sequences. 0 = off,

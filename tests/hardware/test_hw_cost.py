@@ -150,10 +150,10 @@ def test_single_node_clusters_still_have_nic_resources(tiny_cluster) -> None:
     ]
 
 
-def test_skinny_matmuls_pay_the_shape_term_on_their_smallest_dimension(tiny_cluster, task) -> None:
+def test_matmuls_pay_the_shape_term_on_the_harmonic_mean_of_their_dimensions(tiny_cluster, task) -> None:
     model = RooflineCostModel(tiny_cluster(matmul_efficiency=1.0, matmul_half_efficiency_us=0.0,
                                            matmul_half_efficiency_dim=64.0, launch_overhead_us=0.0), DType.FP32)
-    m, n, k = 2048, 128, 256  # smallest 128: 1 + 64 / 128 = 1.5 times the time at the fp32 peak (10 TFLOP/s)
+    m = n = k = 256  # harmonic mean 256: 1 + 64 / 256 = 1.25 times the time at the fp32 peak (10 TFLOP/s)
     flops = 2.0 * m * n * k
 
     def op(phase: Phase, dims: dict[str, int]) -> Op:
@@ -161,14 +161,18 @@ def test_skinny_matmuls_pay_the_shape_term_on_their_smallest_dimension(tiny_clus
                   mem_bytes=0.0, dims=dims)
 
     assert model.compute_time(op(Phase.FORWARD, {"m": m, "n": n, "k": k}), task(), 0) == pytest.approx(
-        flops / 10e12 * 1.5)
-    # a quarter of the tokens: m = 512 stays above n, so still 1.5. A weight gradient's tokens are its k
-    # (2048): a sixteenth leaves k = 128, still 1.5; a 128th leaves k = 16, so 1 + 64 / 16 = 5
+        flops / 10e12 * 1.25)
+    # a quarter of the tokens: m = 64, harmonic mean 3 / (1/64 + 2/256) = 128, so 1.5: the two halves of a
+    # split matmul together take longer than the whole. A weight gradient's tokens are its k: a quarter
+    # leaves k = 64, also 1.5; a sixteenth leaves k = 16, 3 / (1/16 + 2/256) = 42.67, so 1 + 1.5 = 2.5
     assert model.compute_time(op(Phase.FORWARD, {"m": m, "n": n, "k": k}), task(fraction=0.25), 0) == pytest.approx(
         flops / 4 / 10e12 * 1.5)
     weight = op(Phase.BACKWARD_WEIGHT, {"m": n, "n": k, "k": m})
-    assert model.compute_time(weight, task(fraction=1 / 16), 0) == pytest.approx(flops / 16 / 10e12 * 1.5)
-    assert model.compute_time(weight, task(fraction=1 / 128), 0) == pytest.approx(flops / 128 / 10e12 * 5.0)
+    assert model.compute_time(weight, task(fraction=1 / 4), 0) == pytest.approx(flops / 4 / 10e12 * 1.5)
+    assert model.compute_time(weight, task(fraction=1 / 16), 0) == pytest.approx(flops / 16 / 10e12 * 2.5)
+    # a skinny GEMM: 2048 x 128 x 256, harmonic mean 3 / (1/2048 + 1/128 + 1/256) = 245.76
+    skinny = op(Phase.FORWARD, {"m": 2048, "n": 128, "k": 256})
+    assert model.compute_time(skinny, task(), 0) == pytest.approx(flops / 10e12 * (1 + 64 / 245.76))
     # an op without its dims (or with the term off) pays nothing extra
     assert model.compute_time(op(Phase.FORWARD, {}), task(), 0) == pytest.approx(flops / 10e12)
 
