@@ -208,7 +208,7 @@ def _by_kind(table: dict[str, float], op: Op, default: float) -> float:
 def matmul_shape_dim(op: Op, task: Task, rank: int) -> float:
     """The harmonic mean of a matmul task's m, n, k on ``rank``: the token dimension (k of a weight gradient,
     m otherwise) scaled by the task's share of the op, as the harness shapes its kernel. ``3 / (1/m + 1/n +
-    1/k)`` is 6x the FLOP per operand element (``2 m n k / (m k + k n + m n)``), so a shape term over it
+    1/k)`` is 1.5x the FLOP per operand element (``2 m n k / (m k + k n + m n)``), so a shape term over it
     charges each element of the operands a fixed time: a part of a matmul split along the tokens re-reads
     the whole weight. Inf when the op does not carry its dims (no shape term then)."""
     dims = op.dims

@@ -120,7 +120,7 @@ class CostParams(_Spec):
     matmul_half_efficiency_us: float = Field(default=10.0, ge=0)
     # Shape term: a matmul whose dimensions' harmonic mean (3 / (1/m + 1/n + 1/k); the batch of a batched
     # one aside) is d runs 1 + d_half / d times longer again: each operand element costs a fixed time
-    # beside the FLOPs (d is 6x the FLOP per operand element), so a skinny GEMM, or a part of one split
+    # beside the FLOPs (d is 1.5x the FLOP per operand element), so a skinny GEMM, or a part of one split
     # along its tokens that re-reads the whole weight, runs below the rate of a square one. 0 = off, the
     # default on GPU presets [assumption, to be calibrated]; on a CPU the calibration measures it (the
     # matmul sweep fits at ~3% RMS with it against ~5% over the smallest dimension alone).
