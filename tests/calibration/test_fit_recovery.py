@@ -183,9 +183,9 @@ def test_missing_sweeps_keep_base_values(synthesize, planted_cpu, cpu_shapes) ->
     """Only the matmul sweep: the launch overhead stays cpu-loopback's 10 us, 2 us above the planted 8, and
     the size term absorbs the difference (t_half 28 us for the planted 30, the shape term planted and
     fitted at 0), so the samples are explained and the rate is the planted 50 GFLOP/s. Planted with
-    cpu-loopback's memory bandwidth (10 GB/s), which stays too:
-    the GEMV (1 x 4096 x 4096) is on the memory roof, and a kept roof other than the planted one would
-    leave its time to the shape term (its harmonic-mean dimension is 3), as an operand-bound kernel."""
+    cpu-loopback's memory bandwidth (10 GB/s), which stays too: the GEMV (1 x 4096 x 4096) is on the memory
+    roof, and a kept roof other than the planted one would leave its time to the shape term (its
+    harmonic-mean dimension is 3), as an operand-bound kernel."""
     planted = planted_cpu(world=4, matmul_half_efficiency_dim=0.0)
     planted = planted.model_copy(update={"gpu": planted.gpu.model_copy(update={"hbm_gb_per_s": 10.0})})
     measured = synthesize(planted, world=4, dtype=DType.FP32, shapes=cpu_shapes, group_sizes=(2, 4))
