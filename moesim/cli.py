@@ -229,6 +229,16 @@ def _print_validation(report: Any) -> None:
         print(f"{ranking.workload}: predicted {' < '.join(ranking.predicted)}; "
               f"measured {' < '.join(ranking.measured)} — ranking {verdict} "
               f"(told apart by rank-sum tests, family-wise 5%: {told})")
+    with_parts = [r for r in report.rows if r.parts]
+    if with_parts:
+        print(f"\nwhere the error is: measured - predicted ms per iteration (mean over ranks), the "
+              f"{_PARTS_SHOWN} largest parts (--json has all)")
+        for r in with_parts:
+            largest = ", ".join(f"{part} {(m - p) * 1e3:+.1f}" for part, p, m in r.parts[:_PARTS_SHOWN])
+            print(f"  {r.workload} {r.variant}: {largest}")
+
+
+_PARTS_SHOWN = 4
 
 
 def _print_run(result: Any) -> None:

@@ -115,3 +115,26 @@ def test_validate_calibrate_json_keeps_stdout_one_json_document(capsys, monkeypa
     monkeypatch.setattr(cli, "_validation", harness.__getitem__)
     code, out, err = run_cli(capsys, "validate", "--calibrate", "--json")
     assert code == 0 and json.loads(out) == {"mape": 0.05} and "fitted: everything" in err
+
+
+def test_validate_prints_the_parts_where_the_error_is(capsys, monkeypatch):
+    """The text report names, per schedule, the parts whose measured time differs most from the prediction."""
+    import types
+
+    import moesim.cli as cli
+    from moesim.validation.report import Ranking, Row, ValidationReport
+
+    parts = (("not computing", 0.010, 0.018), ("expert_fc1:forward", 0.012, 0.014), ("qkv:forward", 0.02, 0.0195),
+             ("ln1:forward", 0.001, 0.0011), ("loss:forward", 0.001, 0.001))
+    rows = (Row("tiny-moe-a", "sequential", 0.30, 0.32, 0.01, (0.31, 0.32, 0.33), parts),
+            Row("tiny-moe-a", "lancet", 0.29, 0.31, 0.01, (0.30, 0.31, 0.32)))
+    report = ValidationReport("cpu-local", rows, (Ranking("tiny-moe-a", ("lancet", "sequential"),
+                                                          ("lancet", "sequential"), True, True),),
+                              {"world_size": 2, "backend": "gloo", "torch": "2.13.0"})
+    monkeypatch.setattr(cli, "_validation", {"report": types.SimpleNamespace(validate=lambda *a, **k: report)}.get)
+    code, out, _ = run_cli(capsys, "validate")
+    assert code == 0
+    (line,) = [line for line in out.splitlines() if line.startswith("  tiny-moe-a sequential:")]
+    assert line == ("  tiny-moe-a sequential: not computing +8.0, expert_fc1:forward +2.0, qkv:forward -0.5, "
+                    "ln1:forward +0.1")
+    assert "tiny-moe-a lancet:" not in out  # a row without measured parts has nothing to show

@@ -30,7 +30,7 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -43,6 +43,7 @@ from moesim.plan import A2AAlgorithm, ExecutionPlan, StreamKind
 from moesim.timeline import Span, Timeline
 from moesim.units import MS
 
+from . import breakdown
 from .dist import RankContext, environment
 from .kernels import Kernel, TensorPool, collective_kernel, compute_kernel
 
@@ -55,11 +56,13 @@ GroupKey = tuple[StreamKind, tuple[int, ...]]
 @dataclass(frozen=True, slots=True, eq=False)
 class MeasuredRun:
     """The measured timeline (median iteration, every rank), each measured iteration's time (the
-    slowest rank's end) and the environment the numbers depend on."""
+    slowest rank's end), the environment the numbers depend on, and where each iteration's time went
+    (``breakdown``'s parts, mean over ranks: part -> seconds per measured iteration)."""
 
     timeline: Timeline
     iteration_times_s: list[float]
     environment: dict[str, Any]
+    parts_s: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def median_s(self) -> float:
@@ -263,7 +266,19 @@ def _assemble(plan: ExecutionPlan, ctx: RankContext, measured: list[_Iteration],
                         represents={r: (r,) for r in range(ctx.world_size)},
                         task_deps=tuple(task.deps for task in plan.tasks), schedule=plan.schedule,
                         source="measured", meta=meta)
-    return MeasuredRun(timeline, iteration_times, run_environment)
+    return MeasuredRun(timeline, iteration_times, run_environment, _parts(plan, ctx, measured, iteration_times))
+
+
+def _parts(plan: ExecutionPlan, ctx: RankContext, measured: list[_Iteration],
+           iteration_times: list[float]) -> dict[str, list[float]]:
+    """Each measured iteration's parts (``breakdown``), mean over ranks: part -> seconds per iteration."""
+    mine = [breakdown.rank_parts(plan, ((tid, end - start) for tid, (start, end) in enumerate(it.times)), total)
+            for it, total in zip(measured, iteration_times, strict=True)]
+    everyone: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(everyone, mine)
+    per_iteration = [breakdown.mean_over_ranks([rank[i] for rank in everyone]) for i in range(len(measured))]
+    keys = sorted({key for parts in per_iteration for key in parts})
+    return {key: [parts.get(key, 0.0) for parts in per_iteration] for key in keys}
 
 
 def _from_rendezvous(plan: ExecutionPlan, times: list[list[tuple[float, float]]]) -> list[list[tuple[float, float]]]:

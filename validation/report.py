@@ -21,6 +21,7 @@ from typing import Any
 
 from moesim.analysis.chrome_trace import write_chrome_trace
 from moesim.api import run_schedule, scenario
+from moesim.validation import breakdown
 from moesim.validation.launch import torchrun
 
 _FAMILY_ALPHA = 0.05  # the chance that any pair of a workload is called apart when none differs
@@ -59,6 +60,9 @@ class Row:
     measured_s: float                  # median over the measured iterations
     measured_spread_s: float           # half the range of the measured iterations
     measured_iterations_s: tuple[float, ...]
+    # where the time goes (``breakdown``): (part, predicted s, measured s = median over iterations), mean
+    # over ranks, the largest |measured - predicted| first
+    parts: tuple[tuple[str, float, float], ...] = ()
 
     @property
     def error(self) -> float:
@@ -94,7 +98,9 @@ class ValidationReport:
             "mape": self.mape,
             "rows": [{"workload": r.workload, "schedule": r.variant, "predicted_s": r.predicted_s,
                       "measured_s": r.measured_s, "measured_spread_s": r.measured_spread_s,
-                      "measured_iterations_s": list(r.measured_iterations_s), "error": r.error} for r in self.rows],
+                      "measured_iterations_s": list(r.measured_iterations_s), "error": r.error,
+                      "parts": [{"part": part, "predicted_s": p, "measured_s": m} for part, p, m in r.parts]}
+                     for r in self.rows],
             "rankings": [{"workload": k.workload, "predicted": list(k.predicted), "measured": list(k.measured),
                           "match": k.match, "match_beyond_noise": k.match_beyond_noise,
                           "separated": [list(pair) for pair in k.separated]} for k in self.rankings],
@@ -139,12 +145,25 @@ def validate(
             run = measured[v.spec]
             times = tuple(run.iteration_times_s)
             rows.append(Row(workload, v.label, predicted[v.label].metrics.iteration_time_s,
-                            statistics.median(times), (max(times) - min(times)) / 2, times))
+                            statistics.median(times), (max(times) - min(times)) / 2, times,
+                            compare_parts(breakdown.timeline_parts(predicted[v.label].plan,
+                                                                   predicted[v.label].timeline), run.parts_s)))
             environment = run.environment
             if trace_dir is not None:
                 traces += _write_traces(trace_dir / workload, v.label, predicted[v.label].timeline, run.timeline)
         rankings.append(_ranking(workload, [r for r in rows if r.workload == workload]))
     return ValidationReport(hardware, tuple(rows), tuple(rankings), environment, tuple(traces))
+
+
+def compare_parts(predicted: Mapping[str, float],
+                  measured: Mapping[str, Sequence[float]]) -> tuple[tuple[str, float, float], ...]:
+    """(part, predicted, measured median) for every part either side has, the largest difference first (ties
+    by name). Without measured parts (a file from before they were kept) there is nothing to compare."""
+    if not measured:
+        return ()
+    medians = {part: statistics.median(values) for part, values in measured.items() if values}
+    rows = [(part, predicted.get(part, 0.0), medians.get(part, 0.0)) for part in sorted({*predicted, *medians})]
+    return tuple(sorted(rows, key=lambda row: (-abs(row[2] - row[1]), row[0])))
 
 
 def _ranking(workload: str, rows: Sequence[Row]) -> Ranking:

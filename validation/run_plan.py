@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ class MeasuredResult:
     median_s: float
     timeline: Timeline
     environment: Mapping[str, Any]
+    parts_s: Mapping[str, tuple[float, ...]] = field(default_factory=dict)  # breakdown part -> per iteration
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -113,8 +114,8 @@ def _measure_interleaved(plans: Sequence[tuple[str, ExecutionPlan]], ctx: Any, w
                          blocks: int) -> dict[str, dict[str, Any]]:
     """Each plan's ``iterations`` in ``blocks`` rounds that take the plans in turn (each block after its own
     warm-up): a drift of the host's speed during the job then weighs on every schedule alike, not on the
-    one that happened to run then. Per plan: every measured iteration, their median (the lower one), and
-    the timeline of the block whose median is nearest it."""
+    one that happened to run then. Per plan: every measured iteration, their median (the lower one), the
+    timeline of the block whose median is nearest it, and every iteration's parts (``breakdown``)."""
     from .executor import MeasuredRun, execute_plan
 
     shares = [iterations // blocks + (1 if b < iterations % blocks else 0) for b in range(blocks)]
@@ -125,6 +126,9 @@ def _measure_interleaved(plans: Sequence[tuple[str, ExecutionPlan]], ctx: Any, w
     results = {}
     for label, plan in plans:
         times = [t for run in runs[label] for t in run.iteration_times_s]
+        keys = sorted({key for run in runs[label] for key in run.parts_s})
+        parts = {key: [t for run in runs[label] for t in run.parts_s.get(key, [0.0] * len(run.iteration_times_s))]
+                 for key in keys}
         median = sorted(times)[(len(times) - 1) // 2]
         nearest = min(runs[label], key=lambda run: abs(run.median_s - median))
         results[label] = {
@@ -135,6 +139,7 @@ def _measure_interleaved(plans: Sequence[tuple[str, ExecutionPlan]], ctx: Any, w
             "median_s": median,
             "environment": nearest.environment,
             "timeline": timeline_to_dict(nearest.timeline),
+            "parts_s": parts,
         }
     return results
 
@@ -183,7 +188,8 @@ def load_measured(path: str | Path) -> dict[str, MeasuredResult]:
         return {label: MeasuredResult(label=label, schedule=entry["schedule"], knobs=entry["knobs"],
                                       iteration_times_s=tuple(entry["iteration_times_s"]),
                                       median_s=entry["median_s"], timeline=timeline_from_dict(entry["timeline"]),
-                                      environment=entry["environment"])
+                                      environment=entry["environment"],
+                                      parts_s={key: tuple(values) for key, values in entry.get("parts_s", {}).items()})
                 for label, entry in document["results"].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise MoesimError(f"{path}: not a measured-run file of format {FORMAT} ({err})") from None

@@ -136,6 +136,21 @@ def test_iteration_times_are_positive_and_the_timeline_is_the_median(measured, l
     assert result.environment["backend"] == "gloo" and result.environment["world_size"] == 2
 
 
+@pytest.mark.parametrize("label", LABELS)
+def test_every_iteration_is_broken_into_its_parts(measured, plans, label):
+    """Per measured iteration, mean over ranks: the compute of each role and phase of the plan, and the rest of
+    the iteration; together they are the iteration."""
+    from moesim.validation.breakdown import IDLE, part_of
+
+    result, plan = measured[label], plans[label]
+    compute = {part_of(plan.op_of(task)) for task in plan.tasks if task.stream is StreamKind.COMPUTE}
+    assert set(result.parts_s) == compute | {IDLE}
+    for index, total in enumerate(result.iteration_times_s):
+        parts = [values[index] for values in result.parts_s.values()]
+        assert all(value >= 0 for value in parts) and sum(parts) == pytest.approx(total, rel=1e-9)
+        assert 0 < result.parts_s[IDLE][index] < total
+
+
 # --- without a job ------------------------------------------------------------------------------
 
 def a2a_op(traffic, groups=((0, 1, 2),), payload=0.0):

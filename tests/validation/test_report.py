@@ -20,6 +20,11 @@ def test_report_compares_predicted_and_measured_per_schedule(tmp_path):
     for row in report.rows:
         assert row.predicted_s > 0 and row.measured_s > 0 and len(row.measured_iterations_s) == 2
         assert row.error == pytest.approx(row.predicted_s / row.measured_s - 1)
+        # where the time goes, predicted beside measured: the predicted parts add up to the prediction
+        assert {part for part, _, _ in row.parts} >= {"not computing", "expert_fc1:forward", "qkv:backward_weight"}
+        assert sum(p for _, p, _ in row.parts) == pytest.approx(row.predicted_s, rel=1e-9)
+        differences = [abs(m - p) for _, p, m in row.parts]
+        assert differences == sorted(differences, reverse=True)
     assert report.mape == pytest.approx(sum(abs(r.error) for r in report.rows) / 2)
     (ranking,) = report.rankings
     assert sorted(ranking.predicted) == sorted(ranking.measured) == ["sequential", "tutel-d2"]
@@ -30,6 +35,7 @@ def test_report_compares_predicted_and_measured_per_schedule(tmp_path):
         assert any(event["ph"] == "X" for event in trace["traceEvents"])
     saved = json.loads(write_report(report, tmp_path / "report.json").read_text())
     assert saved["mape"] == pytest.approx(report.mape) and len(saved["rows"]) == 2
+    assert len(saved["rows"][0]["parts"]) == len(report.rows[0].parts)
 
 
 def test_the_ranking_counts_only_pairs_a_rank_sum_test_tells_apart():
