@@ -210,6 +210,9 @@ def _validation(module: str) -> Any:
         raise
 
 
+_PARTS_SHOWN = 4  # parts per schedule in the text report's "where the error is"
+
+
 def _print_validation(report: Any) -> None:
     from moesim.analysis.tables import metrics_table
 
@@ -236,9 +239,6 @@ def _print_validation(report: Any) -> None:
         for r in with_parts:
             largest = ", ".join(f"{part} {(m - p) * 1e3:+.1f}" for part, p, m in r.parts[:_PARTS_SHOWN])
             print(f"  {r.workload} {r.variant}: {largest}")
-
-
-_PARTS_SHOWN = 4
 
 
 def _print_run(result: Any) -> None:
