@@ -233,7 +233,7 @@ def stream_handoff(ctx: RankContext, sizes: sweeps.Sizes, dtype: DType) -> Strea
         return None
     plan = sweeps.handoff_plan(sizes.handoff_rounds, ctx.world_size, dtype)
     run = execute_plan(plan, ctx, warmup=_OVERHEAD_WARMUP, iterations=_OVERHEAD_ITERATIONS)
-    gaps = [span.start - dep_end for span, dep_end in _woken_by_other_stream(plan, run)]
+    gaps = [span.start - dep_end for span, dep_end in _woken_by_other_stream(plan, run, _span_ends(run))]
     return StreamHandoffSample(rounds=sizes.handoff_rounds, seconds=max(0.0, statistics.fmean(gaps)))
 
 
@@ -247,7 +247,7 @@ def woken_under_comm(ctx: RankContext, sizes: sweeps.Sizes, dtype: DType) -> Wok
     run = execute_plan(plan, ctx, warmup=_OVERHEAD_WARMUP, iterations=_OVERHEAD_ITERATIONS)
     ends = _span_ends(run)
     gaps, busy = [], []
-    for span, small_end in _woken_by_other_stream(plan, run):
+    for span, small_end in _woken_by_other_stream(plan, run, ends):
         if span.stream is StreamKind.COMPUTE:  # the woken add; the busy all-to-all follows the small one
             small = plan.tasks[span.task].deps[0]
             gaps.append(span.start - small_end)
@@ -257,9 +257,10 @@ def woken_under_comm(ctx: RankContext, sizes: sweeps.Sizes, dtype: DType) -> Wok
                                 collective_seconds=max(0.0, statistics.fmean(busy)))
 
 
-def _woken_by_other_stream(plan: ExecutionPlan, run: MeasuredRun) -> list[tuple[Span, float]]:
-    """Each measured span whose task waits for a task of another stream, with that task's end on its rank."""
-    ends = _span_ends(run)
+def _woken_by_other_stream(plan: ExecutionPlan, run: MeasuredRun,
+                           ends: dict[tuple[int, int], float]) -> list[tuple[Span, float]]:
+    """Each measured span whose task waits for a task of another stream, with that task's end on its rank
+    (``ends``: ``_span_ends(run)``)."""
     return [(span, ends[span.rank, dep]) for span in run.timeline.spans
             for dep in plan.tasks[span.task].deps if plan.tasks[dep].stream is not span.stream]
 
@@ -280,7 +281,7 @@ def rendezvous_skew(ctx: RankContext, sizes: sweeps.Sizes, dtype: DType) -> list
         plan = sweeps.skew_plan(_SKEW_ROUNDS, segment, sizes.skew_matmul, ctx.world_size, dtype)
         run = execute_plan(plan, ctx, warmup=_OVERHEAD_WARMUP, iterations=_OVERHEAD_ITERATIONS)
         computed = [span.duration for span in run.timeline.spans if span.stream is StreamKind.COMPUTE]
-        waits = [span.end - dep_end for span, dep_end in _woken_by_other_stream(plan, run)
+        waits = [span.end - dep_end for span, dep_end in _woken_by_other_stream(plan, run, _span_ends(run))
                  if span.stream is StreamKind.COMM]
         samples.append(RendezvousSample(segment=segment, segment_seconds=segment * statistics.fmean(computed),
                                         wait_seconds=statistics.fmean(waits)))

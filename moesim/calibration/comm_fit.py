@@ -18,6 +18,7 @@ the sweep's samples are bandwidth-dominated (``f`` near 1), so they could not te
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 import numpy as np
@@ -64,9 +65,10 @@ def fit_collectives(node: NodeSpec, measurements: Measurements, device: Device) 
                          cost.collective_base_latency_s, cost.all_to_all_base_latency_s, node.intra.latency_s,
                          cost.all_to_all_peer_latency_s])
     measured = np.array([s.seconds for s in samples])
-    fits = [relative_nnls(design, measured, fallback=fallback, priority=[_RING_INVERSE, _A2A_INVERSE, *order])
-            for order in _LATENCY_ORDERS]
-    fit = next((f for f in fits if np.all(f.values[f.identified] > 0)), fits[0])
+    fits = (relative_nnls(design, measured, fallback=fallback, priority=[_RING_INVERSE, _A2A_INVERSE, *order])
+            for order in _LATENCY_ORDERS)  # lazily: the next order only where one leaves a pinned term at 0
+    first = next(fits)
+    fit = next((f for f in itertools.chain((first,), fits) if np.all(f.values[f.identified] > 0)), first)
     step = _bandwidth_step(node, fit, device)
     sweeps = tuple(sorted({_SWEEP_OF[s.kind] for s in samples}))
     sizes = sorted({s.group_size for s in samples})

@@ -14,6 +14,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from moesim import units
 from moesim.dtypes import DType
@@ -255,11 +256,7 @@ def handoff_plan(rounds: int, world_size: int, dtype: DType) -> ExecutionPlan:
     """``rounds`` of a one-element add on the compute stream, then a one-word-per-peer all-to-all of every
     rank on the comm stream that waits for it, which the next add waits for: every task but the first is
     woken by the other stream, so the gaps between them are the executor's hand-overs."""
-    def add(op_id: int, name: str, deps: tuple[int, ...]) -> Op:
-        return Op(id=op_id, name=name, role="residual", kind=OpKind.ELEMENTWISE, phase=Phase.FORWARD, layer=None,
-                  flops=1.0, mem_bytes=3.0 * dtype.bytes, deps=deps, dims={"numel": 1})
-
-    return _two_stream_plan("stream-handoff", rounds, 1, add, world_size, dtype)
+    return _two_stream_plan("stream-handoff", rounds, 1, partial(_one_add, dtype), world_size, dtype)
 
 
 def woken_plan(rounds: int, busy_bytes: int, world_size: int, dtype: DType) -> ExecutionPlan:
@@ -267,26 +264,22 @@ def woken_plan(rounds: int, busy_bytes: int, world_size: int, dtype: DType) -> E
     on the comm stream an all-to-all of ``busy_bytes`` per rank; and an add woken by the first all-to-all,
     so it starts while the second one runs: its wait beyond the plain hand-over is the compute thread's
     wait for the core the collective holds."""
-    tiny = CommSpec(groups=(tuple(range(world_size)),), bytes=float(world_size * dtype.bytes))
+    tiny = _word_per_peer(world_size, dtype)
     busy = CommSpec(groups=(tuple(range(world_size)),), bytes=float(busy_bytes))
     ops, streams = list[Op](), {StreamKind.COMPUTE: list[int](), StreamKind.COMM: list[int]()}
 
-    def add(kind: StreamKind, op: Op) -> None:
+    def append(kind: StreamKind, op: Op) -> None:
         ops.append(op)
         streams[kind].append(op.id)
 
-    def one_add(op_id: int, name: str, deps: tuple[int, ...]) -> Op:
-        return Op(id=op_id, name=name, role="residual", kind=OpKind.ELEMENTWISE, phase=Phase.FORWARD, layer=None,
-                  flops=1.0, mem_bytes=3.0 * dtype.bytes, deps=deps, dims={"numel": 1})
-
     for r in range(rounds):
         first = len(ops)
-        add(StreamKind.COMPUTE, one_add(first, f"woken.{r}.add", (first - 1,) if r else ()))
-        add(StreamKind.COMM, Op(id=first + 1, name=f"woken.{r}.a2a", role="dispatch", kind=OpKind.ALL_TO_ALL,
-                                phase=Phase.FORWARD, layer=None, deps=(first,), comm=tiny))
-        add(StreamKind.COMM, Op(id=first + 2, name=f"woken.{r}.busy", role="combine", kind=OpKind.ALL_TO_ALL,
-                                phase=Phase.FORWARD, layer=None, deps=(first + 1,), comm=busy))
-        add(StreamKind.COMPUTE, one_add(first + 3, f"woken.{r}.woken", (first + 1,)))
+        append(StreamKind.COMPUTE, _one_add(dtype, first, f"woken.{r}.add", (first - 1,) if r else ()))
+        append(StreamKind.COMM, Op(id=first + 1, name=f"woken.{r}.a2a", role="dispatch", kind=OpKind.ALL_TO_ALL,
+                                   phase=Phase.FORWARD, layer=None, deps=(first,), comm=tiny))
+        append(StreamKind.COMM, Op(id=first + 2, name=f"woken.{r}.busy", role="combine", kind=OpKind.ALL_TO_ALL,
+                                   phase=Phase.FORWARD, layer=None, deps=(first + 1,), comm=busy))
+        append(StreamKind.COMPUTE, _one_add(dtype, first + 3, f"woken.{r}.woken", (first + 1,)))
     return _plan_of("woken-under-comm", ops, streams, world_size, dtype)
 
 
@@ -307,7 +300,7 @@ def _two_stream_plan(schedule: str, rounds: int, segment: int, compute: Callable
     """``rounds`` of ``segment`` chained ``compute`` ops on the compute stream, then a one-word-per-peer
     all-to-all of every rank on the comm stream that waits for the segment and that the next segment waits
     for (``compute(id, name, deps)`` makes each compute op)."""
-    comm = CommSpec(groups=(tuple(range(world_size)),), bytes=float(world_size * dtype.bytes))
+    comm = _word_per_peer(world_size, dtype)
     ops, streams = list[Op](), {StreamKind.COMPUTE: list[int](), StreamKind.COMM: list[int]()}
     for r in range(rounds):
         for j in range(segment):
@@ -317,6 +310,17 @@ def _two_stream_plan(schedule: str, rounds: int, segment: int, compute: Callable
                       phase=Phase.FORWARD, layer=None, flops=0.0, mem_bytes=0.0, deps=(len(ops) - 1,), comm=comm))
         streams[StreamKind.COMM].append(ops[-1].id)
     return _plan_of(schedule, ops, streams, world_size, dtype)
+
+
+def _one_add(dtype: DType, op_id: int, name: str, deps: tuple[int, ...]) -> Op:
+    """A one-element add: the smallest compute task the executor runs."""
+    return Op(id=op_id, name=name, role="residual", kind=OpKind.ELEMENTWISE, phase=Phase.FORWARD, layer=None,
+              flops=1.0, mem_bytes=3.0 * dtype.bytes, deps=deps, dims={"numel": 1})
+
+
+def _word_per_peer(world_size: int, dtype: DType) -> CommSpec:
+    """An all-to-all of every rank moving one word to each peer: a collective that is all latency."""
+    return CommSpec(groups=(tuple(range(world_size)),), bytes=float(world_size * dtype.bytes))
 
 
 def _plan_of(schedule: str, ops: list[Op], streams: dict[StreamKind, list[int]], world_size: int,
