@@ -1,23 +1,26 @@
-"""Where an iteration's time goes, per part: the compute of each op role and phase, and the time a rank does
-not compute (waiting for a collective, a peer, a hand-over), mean over ranks. The validation report sets
-the measured parts (median over iterations) beside the predicted ones, so a prediction error can be traced
-to the ops that make it.
+"""Where an iteration's time goes, per part: the compute of each op role and phase, what the compute stream
+waits for when it waits for another stream (each collective's role and phase, then the hand-over after it
+ended), and the rest of the time a rank does not compute (bookkeeping between tasks, before its first and
+after its last task), mean over ranks. The validation report sets the measured parts (median over
+iterations) beside the predicted ones, so a prediction error can be traced to the ops that make it.
 
-Parts are keyed ``role:phase`` (``expert_fc1:backward_weight``): the layers of an op and the parts a
-schedule splits it into add up. This module imports neither torch nor simpy: the executor, the worker and
-the report all use it.
+Parts are keyed ``role:phase`` (``expert_fc1:backward_weight``), waits ``waiting for role:phase``: the layers
+of an op and the parts a schedule splits it into add up. This module imports neither torch nor simpy: the
+executor, the worker and the report all use it.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from moesim.plan import ExecutionPlan, StreamKind
 from moesim.timeline import Timeline
 from moesim.workload.ops import Op
 
 IDLE = "not computing"
+HANDOVER = "hand-over"
+WAITING = "waiting for "
 
 
 def part_of(op: Op) -> str:
@@ -25,17 +28,37 @@ def part_of(op: Op) -> str:
     return f"{op.role}:{op.phase.value}"
 
 
-def rank_parts(plan: ExecutionPlan, seconds_by_task: Iterable[tuple[int, float]],
-               iteration_s: float) -> dict[str, float]:
-    """One rank's parts in one iteration: each compute task's seconds (``(task id, seconds)``) summed by part,
-    and the rest of the iteration (``iteration_s``, the slowest rank's end) as ``IDLE``."""
+def rank_parts(plan: ExecutionPlan, times: Mapping[int, tuple[float, float]], iteration_s: float) -> dict[str, float]:
+    """One rank's parts in one iteration, from its tasks' ``(start, end)`` (task id -> seconds on one clock):
+    each compute task's time summed by part; where a compute task starts after the previous one ended
+    because a task of another stream it depends on had not ended, the gap up to that task's end (the last
+    to end, if several) as ``WAITING`` its part and the rest as ``HANDOVER``; and the rest of the iteration
+    (``iteration_s``, the slowest rank's end) as ``IDLE``."""
     parts: dict[str, float] = defaultdict(float)
-    for task_id, seconds in seconds_by_task:
+    parts[HANDOVER] = 0.0  # always present: a file with parts but no hand-over is from before waits were kept
+    previous_end: float | None = None
+    for task_id in plan.streams.get(StreamKind.COMPUTE, ()):
+        if task_id not in times:
+            continue
+        start, end = times[task_id]
         task = plan.tasks[task_id]
-        if task.stream is StreamKind.COMPUTE:
-            parts[part_of(plan.op_of(task))] += seconds
+        parts[part_of(plan.op_of(task))] += end - start
+        if previous_end is not None and start > previous_end:
+            late = [dep for dep in task.deps if plan.tasks[dep].stream is not StreamKind.COMPUTE
+                    and dep in times and times[dep][1] > previous_end]
+            if late:
+                awaited = max(late, key=lambda dep: times[dep][1])
+                until = min(times[awaited][1], start)
+                parts[WAITING + part_of(plan.op_of(plan.tasks[awaited]))] += until - previous_end
+                parts[HANDOVER] += start - until
+        previous_end = end
     parts[IDLE] = max(0.0, iteration_s - sum(parts.values()))
     return dict(parts)
+
+
+def is_wait(part: str) -> bool:
+    """Whether ``part`` is time the compute stream waited for another stream (a wait or a hand-over)."""
+    return part == HANDOVER or part.startswith(WAITING)
 
 
 def mean_over_ranks(per_rank: Sequence[Mapping[str, float]]) -> dict[str, float]:
@@ -47,7 +70,7 @@ def mean_over_ranks(per_rank: Sequence[Mapping[str, float]]) -> dict[str, float]
 def timeline_parts(plan: ExecutionPlan, timeline: Timeline) -> dict[str, float]:
     """A timeline's parts (a predicted one: its ranks as the timeline represents them), mean over ranks."""
     end = timeline.makespan
-    by_rank: dict[int, list[tuple[int, float]]] = defaultdict(list)
+    by_rank: dict[int, dict[int, tuple[float, float]]] = defaultdict(dict)
     for span in timeline.spans:
-        by_rank[span.rank].append((span.task, span.end - span.start))
-    return mean_over_ranks([rank_parts(plan, spans, end) for _, spans in sorted(by_rank.items())])
+        by_rank[span.rank][span.task] = (span.start, span.end)
+    return mean_over_ranks([rank_parts(plan, times, end) for _, times in sorted(by_rank.items())])

@@ -272,7 +272,7 @@ def _assemble(plan: ExecutionPlan, ctx: RankContext, measured: list[_Iteration],
 def _parts(plan: ExecutionPlan, ctx: RankContext, measured: list[_Iteration],
            iteration_times: list[float]) -> dict[str, list[float]]:
     """Each measured iteration's parts (``breakdown``), mean over ranks: part -> seconds per iteration."""
-    mine = [breakdown.rank_parts(plan, ((tid, end - start) for tid, (start, end) in enumerate(it.times)), total)
+    mine = [breakdown.rank_parts(plan, dict(enumerate(it.times)), total)
             for it, total in zip(measured, iteration_times, strict=True)]
     everyone: list[Any] = [None] * ctx.world_size
     dist.all_gather_object(everyone, mine)

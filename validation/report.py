@@ -158,10 +158,15 @@ def validate(
 def compare_parts(predicted: Mapping[str, float],
                   measured: Mapping[str, Sequence[float]]) -> tuple[tuple[str, float, float], ...]:
     """(part, predicted, measured median) for every part either side has, the largest difference first (ties
-    by name). Without measured parts (a file from before they were kept) there is nothing to compare."""
+    by name). Without measured parts (a file from before they were kept) there is nothing to compare; a file
+    from before the waits were told apart counts them in ``IDLE``, so the predicted waits are folded into it."""
     if not measured:
         return ()
     medians = {part: statistics.median(values) for part, values in measured.items() if values}
+    if breakdown.HANDOVER not in medians:
+        folded = sum(seconds for part, seconds in predicted.items() if breakdown.is_wait(part))
+        predicted = {part: seconds for part, seconds in predicted.items() if not breakdown.is_wait(part)}
+        predicted[breakdown.IDLE] = predicted.get(breakdown.IDLE, 0.0) + folded
     rows = [(part, predicted.get(part, 0.0), medians.get(part, 0.0)) for part in sorted({*predicted, *medians})]
     return tuple(sorted(rows, key=lambda row: (-abs(row[2] - row[1]), row[0])))
 

@@ -6,7 +6,7 @@ import pytest
 
 from moesim.api import run_schedule, scenario
 from moesim.plan import StreamKind
-from moesim.validation.breakdown import IDLE, part_of, rank_parts, timeline_parts
+from moesim.validation.breakdown import HANDOVER, IDLE, WAITING, is_wait, part_of, rank_parts, timeline_parts
 from moesim.validation.report import compare_parts
 
 SMALL = {"model.num_layers": 2, "training.batch_per_gpu": 2}
@@ -23,11 +23,15 @@ def test_a_timelines_parts_are_its_compute_by_role_and_phase_and_the_rest(tutel)
     parts = timeline_parts(plan, timeline)
     compute = [s for s in timeline.spans if s.stream is StreamKind.COMPUTE]
     ranks = sorted({s.rank for s in timeline.spans})
-    assert set(parts) - {IDLE} == {part_of(plan.op_of(plan.tasks[s.task])) for s in compute}
+    waits = {part for part in parts if is_wait(part)}
+    assert set(parts) - {IDLE} - waits == {part_of(plan.op_of(plan.tasks[s.task])) for s in compute}
+    # Tutel's expert chunks wait for their dispatch, the unpermute for the combine
+    assert {WAITING + "dispatch:forward", WAITING + "combine:forward", HANDOVER} <= waits
     # each rank's parts add up to the iteration; the parts are means over the timeline's ranks
     assert sum(parts.values()) == pytest.approx(timeline.makespan, rel=1e-12)
     busy = sum(s.end - s.start for s in compute) / len(ranks)
-    assert parts[IDLE] == pytest.approx(timeline.makespan - busy, rel=1e-12)
+    waited = sum(parts[part] for part in waits)
+    assert waited > 0 and parts[IDLE] == pytest.approx(timeline.makespan - busy - waited, rel=1e-9, abs=1e-12)
     # Tutel splits the expert matmuls: every part of expert_fc1's forward counts in one key
     fc1 = [s for s in compute if plan.op_of(plan.tasks[s.task]).role == "expert_fc1" and s.phase.value == "forward"]
     assert len(fc1) > len({s.op for s in fc1})  # more tasks than ops: the op was split
@@ -38,8 +42,30 @@ def test_rank_parts_count_compute_tasks_only(tutel) -> None:
     plan = tutel.plan
     comm = next(t.id for t in plan.tasks if t.stream is not StreamKind.COMPUTE)
     first = next(t for t in plan.tasks if t.stream is StreamKind.COMPUTE)
-    parts = rank_parts(plan, [(first.id, 0.002), (comm, 0.5)], iteration_s=0.010)
-    assert parts == {part_of(plan.op_of(first)): 0.002, IDLE: pytest.approx(0.008)}
+    parts = rank_parts(plan, {first.id: (0.0, 0.002), comm: (0.0, 0.5)}, iteration_s=0.010)
+    assert parts == {part_of(plan.op_of(first)): 0.002, HANDOVER: 0.0, IDLE: pytest.approx(0.008)}
+
+
+def test_a_wait_for_another_stream_counts_up_to_that_tasks_end_then_the_hand_over(tutel) -> None:
+    """The first compute task that depends on a collective: its predecessor ends at 1.0 ms, the collective
+    at 2.5 ms, the task starts at 2.6 ms: 1.5 ms waiting for the collective, 0.1 ms hand-over. A gap with no
+    late dependency (the predecessor's own) stays in IDLE."""
+    plan = tutel.plan
+    order = plan.streams[StreamKind.COMPUTE]
+    position, consumer = next((i, t) for i, t in enumerate(order) if i > 0 and any(
+        plan.tasks[d].stream is not StreamKind.COMPUTE for d in plan.tasks[t].deps))
+    previous = order[position - 1]
+    awaited = next(d for d in plan.tasks[consumer].deps if plan.tasks[d].stream is not StreamKind.COMPUTE)
+    ms = 1e-3
+    times = {previous: (0.0, 1.0 * ms), awaited: (0.5 * ms, 2.5 * ms), consumer: (2.6 * ms, 3.0 * ms)}
+    parts = rank_parts(plan, times, iteration_s=4.0 * ms)
+    waited = WAITING + part_of(plan.op_of(plan.tasks[awaited]))
+    assert parts[waited] == pytest.approx(1.5 * ms) and parts[HANDOVER] == pytest.approx(0.1 * ms)
+    assert parts[IDLE] == pytest.approx(4.0 * ms - 1.0 * ms - 0.4 * ms - 1.6 * ms)
+    # the collective ended before the predecessor did: no wait, the gap is bookkeeping
+    hidden = rank_parts(plan, {**times, awaited: (0.1 * ms, 0.9 * ms)}, iteration_s=4.0 * ms)
+    assert waited not in hidden and hidden[HANDOVER] == 0.0
+    assert hidden[IDLE] == pytest.approx(4.0 * ms - 1.4 * ms)
 
 
 def test_parts_are_compared_largest_difference_first() -> None:
@@ -48,3 +74,11 @@ def test_parts_are_compared_largest_difference_first() -> None:
     assert compare_parts(predicted, measured) == (
         ("b:forward", 2.0, 1.5), (IDLE, 0.5, 0.0), ("a:forward", 1.0, 1.1), ("c:forward", 0.0, 0.05))
     assert compare_parts(predicted, {}) == ()  # a measured file from before parts were kept
+
+
+def test_a_measured_file_without_waits_compares_them_inside_idle() -> None:
+    predicted = {"a:forward": 1.0, WAITING + "dispatch:forward": 0.3, HANDOVER: 0.1, IDLE: 0.2}
+    old = {"a:forward": (1.0,), IDLE: (0.7,)}
+    assert compare_parts(predicted, old) == ((IDLE, pytest.approx(0.6), 0.7), ("a:forward", 1.0, 1.0))
+    new = {"a:forward": (1.0,), WAITING + "dispatch:forward": (0.5,), HANDOVER: (0.1,), IDLE: (0.2,)}
+    assert compare_parts(predicted, new)[0] == (WAITING + "dispatch:forward", 0.3, 0.5)

@@ -138,13 +138,16 @@ def test_iteration_times_are_positive_and_the_timeline_is_the_median(measured, l
 
 @pytest.mark.parametrize("label", LABELS)
 def test_every_iteration_is_broken_into_its_parts(measured, plans, label):
-    """Per measured iteration, mean over ranks: the compute of each role and phase of the plan, and the rest of
-    the iteration; together they are the iteration."""
-    from moesim.validation.breakdown import IDLE, part_of
+    """Per measured iteration, mean over ranks: the compute of each role and phase of the plan, the waits for
+    collectives of other streams (and the hand-over after them), and the rest of the iteration; together
+    they are the iteration."""
+    from moesim.validation.breakdown import HANDOVER, IDLE, WAITING, part_of
 
     result, plan = measured[label], plans[label]
     compute = {part_of(plan.op_of(task)) for task in plan.tasks if task.stream is StreamKind.COMPUTE}
-    assert set(result.parts_s) == compute | {IDLE}
+    awaited = {WAITING + part_of(plan.op_of(task)) for task in plan.tasks if task.stream is not StreamKind.COMPUTE}
+    assert compute | {IDLE, HANDOVER} <= set(result.parts_s) <= compute | {IDLE, HANDOVER} | awaited
+    assert set(result.parts_s) & awaited  # the compute stream waits for a collective at least once
     for index, total in enumerate(result.iteration_times_s):
         parts = [values[index] for values in result.parts_s.values()]
         assert all(value >= 0 for value in parts) and sum(parts) == pytest.approx(total, rel=1e-9)
