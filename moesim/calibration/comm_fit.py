@@ -1,5 +1,6 @@
-"""Fit steps for communication: collective latency terms and fabric bandwidth, the compute slowdown
-while communicating, and the reverse: the collective slowdown while computing.
+"""Fit steps for communication: collective latency terms and fabric bandwidth, what a collective takes
+from the compute it overlaps (a CPU host: its work on the cores; a GPU: a slowdown while it runs), and the
+reverse: the collective slowdown while computing.
 
 The model fitted is ``RooflineCostModel``'s on one host, alpha-beta per collective kind. A ring
 collective (all-reduce) takes ``collective_base_latency`` plus the fabric's per-hop ``intra.latency``
@@ -19,6 +20,7 @@ the sweep's samples are bandwidth-dominated (``f`` near 1), so they could not te
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -26,7 +28,7 @@ import numpy as np
 from moesim import units
 from moesim.calibration.device import Device, fitted, kept, rate_step
 from moesim.calibration.lsq import LinearFit, relative_nnls
-from moesim.calibration.measurements import CollectiveSample, Measurements, Sweep
+from moesim.calibration.measurements import CollectiveSample, CommUnderComputeSample, Measurements, Sweep
 from moesim.calibration.predict import bandwidth_shares, cluster_for, collective_groups
 from moesim.calibration.report import Step
 from moesim.hardware import collectives
@@ -119,6 +121,8 @@ def fit_interference(node: NodeSpec, measurements: Measurements) -> Step:
     squares, closed form)."""
     path = "cost.compute_slowdown_under_comm"
     looped = [s for s in measurements.comm_under_compute if s.stolen_compute_seconds is not None]
+    if looped and node.gpu.device == "cpu":
+        return _fit_comm_cpu(node, looped)
     if looped:
         extra = np.array([s.stolen_compute_seconds for s in looped], dtype=np.float64)
         shares = bandwidth_shares(looped, node, measurements.environment.world_size)
@@ -137,6 +141,38 @@ def fit_interference(node: NodeSpec, measurements: Measurements) -> Step:
                                    if slowdown <= 0 else "")))
     entry = fitted(path, max(0.0, slowdown), sweeps, note)
     return Step(updates={path: entry.value}, fitted=(entry,))
+
+
+def _fit_comm_cpu(node: NodeSpec, looped: Sequence[CommUnderComputeSample]) -> Step:
+    """A CPU host: a collective's threads take the same cores as the compute, a piece of work per call
+    rather than a share of the time it runs (a 1 KiB and a 64 KiB all-to-all take ~0.3 ms of the loop
+    each, whether they run 0.2 or 1 ms). ``comm_cpu_us + comm_cpu_us_per_mib * MiB`` fitted to the compute
+    each collective took from the calling thread's loop (relative least squares, both >= 0), from the
+    all-to-alls (the collectives MoE schedules overlap) where there are some; ``compute_slowdown_under_comm``
+    is then 0, the engine charging the work instead."""
+    paths = ("cost.comm_cpu_us", "cost.comm_cpu_us_per_mib")
+    chosen = [s for s in looped if s.kind is OpKind.ALL_TO_ALL] or list(looped)
+    taken = np.array([s.stolen_compute_seconds or 0.0 for s in chosen], dtype=np.float64)
+    how = f"compute loops under {len(chosen)} {chosen[0].kind.value if len(chosen) < len(looped) else 'collective'}s"
+    slowdown = fitted("cost.compute_slowdown_under_comm", 0.0, (Sweep.COMM_UNDER_COMPUTE,),
+                      "a CPU host's collectives take their work from the compute (comm_cpu_*) instead")
+    step = Step(updates={slowdown.path: 0.0}, fitted=(slowdown,))
+    if not np.any(taken > 0):
+        entries = tuple(fitted(path, 0.0, (Sweep.COMM_UNDER_COMPUTE,),
+                               f"{how}; at its bound 0: compute ran no slower under them") for path in paths)
+        return step.plus(Step(updates={e.path: 0.0 for e in entries}, fitted=entries))
+    design = np.column_stack([np.ones(len(chosen)), [s.bytes_per_rank / units.MIB for s in chosen]])
+    fallback = np.array([units.us(node.cost.comm_cpu_us), units.us(node.cost.comm_cpu_us_per_mib)])
+    fit = relative_nnls(design, np.maximum(taken, units.us(1)), fallback=fallback, priority=(0, 1))
+    for column, path in enumerate(paths):
+        if fit.identified[column]:
+            value = units.to_us(fit.values[column])
+            entry = fitted(path, value, (Sweep.COMM_UNDER_COMPUTE,), how + ("; at its bound 0" if value == 0 else ""))
+            step = step.plus(Step(updates={path: entry.value}, fitted=(entry,)))
+        else:
+            base = (node.cost.comm_cpu_us, node.cost.comm_cpu_us_per_mib)[column]
+            step = step.plus(Step(kept=(kept(path, base, "one payload size: no per-MiB term separable"),)))
+    return step
 
 
 def fit_comm_slowdown(node: NodeSpec, measurements: Measurements) -> Step:

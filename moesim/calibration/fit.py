@@ -15,9 +15,11 @@ sweep, in the order their parameters feed each other:
 9. collectives:   all-to-all + all-reduce sweeps -> latency terms, per-rank fabric bandwidth
 10. reverse:      collectives alone vs with a matmul loop -> a collective's wait for a core and its
                   slower transfer (after 9: the model's transfer share of each collective stretches)
-11. interference: the compute loops under those collectives -> compute slowdown while a collective runs
-                  (after 10: over the collective's running time as the engine plays it; the matmul
-                  under a collective loop when the loops were not kept)
+11. interference: the compute loops under those collectives -> on a CPU host the work each collective
+                  takes from the compute it overlaps (a fixed part and a part per MiB; the slowdown is then
+                  0); on a GPU the compute slowdown while a collective runs (after 10: over the
+                  collective's running time as the engine plays it); the matmul under a collective loop
+                  when the loops were not kept
 
 Every parameter a step cannot identify keeps the base spec's value and is listed in the report with
 the reason; so are the inter-node parameters, which one host cannot measure. A parameter set by two

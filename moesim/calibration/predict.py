@@ -17,6 +17,7 @@ from moesim.calibration.measurements import (
     CollectiveSample,
     CommUnderComputeSample,
     ElementwiseSample,
+    InterferenceSample,
     KernelSample,
     LayernormSample,
     MatmulSample,
@@ -120,6 +121,25 @@ def bandwidth_shares(samples: Sequence[AnyCollectiveSample], node: NodeSpec, wor
         latency = sum(stage.latency_s for stage in demand.stages())
         shares.append((total - latency) / total if total > 0 else 0.0)
     return np.array(shares, dtype=np.float64)
+
+
+def predict_interference(samples: Sequence[InterferenceSample], node: NodeSpec, world_size: int) -> np.ndarray:
+    """Predicted ``seconds_with_comm / seconds_alone`` of each sample: a matmul under back-to-back
+    collectives over every rank runs ``1 + s`` times slower (``compute_slowdown_under_comm``), and each
+    collective takes ``comm_cpu`` of its compute, once per collective time ``T`` on an idle network:
+    ``1 + s + cpu / T``."""
+    if not samples:
+        return np.zeros(0)
+    model = RooflineCostModel(cluster_for(node, world_size), next(iter(node.gpu.peak_tflops)))
+    groups = collective_groups(world_size, world_size)
+    ratios = []
+    for sample in samples:
+        op = Op(id=0, name=f"microbench.{sample.kind.value}", role=sample.kind.value, kind=sample.kind,
+                phase=Phase.FORWARD, layer=None, comm=CommSpec(groups=groups, bytes=sample.bytes_per_rank))
+        seconds = model.collective_time(op, _COMM_TASK)
+        ratios.append(1.0 + node.cost.compute_slowdown_under_comm + node.cost.comm_cpu_s(sample.bytes_per_rank)
+                      / seconds if seconds > 0 else 1.0 + node.cost.compute_slowdown_under_comm)
+    return np.array(ratios, dtype=np.float64)
 
 
 def predict_comm_under_compute(samples: Sequence[CommUnderComputeSample], node: NodeSpec,

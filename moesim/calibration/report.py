@@ -19,6 +19,7 @@ from moesim.calibration.predict import (
     predict_collectives,
     predict_comm_under_compute,
     predict_compute,
+    predict_interference,
 )
 from moesim.hardware.specs import NodeSpec
 from moesim.workload.ops import OpKind
@@ -130,7 +131,7 @@ def sweep_errors(node: NodeSpec, measurements: Measurements) -> tuple[SweepError
             samples = m.collectives_of(kind)
             pairs.append((sweep, predict_collectives(samples, node, world), _seconds(samples)))
     ratios = np.array([s.ratio for s in m.interference])
-    pairs.append((Sweep.INTERFERENCE, np.full(len(ratios), 1.0 + node.cost.compute_slowdown_under_comm), ratios))
+    pairs.append((Sweep.INTERFERENCE, predict_interference(m.interference, node, world), ratios))
     pairs.append((Sweep.COMM_UNDER_COMPUTE, predict_comm_under_compute(m.comm_under_compute, node, world),
                   np.array([s.ratio for s in m.comm_under_compute])))
     return tuple(_error(sweep, predicted, measured) for sweep, predicted, measured in pairs if measured.size)

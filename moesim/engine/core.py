@@ -12,7 +12,8 @@ another stream starts ``stream_handoff`` later; a collective first waits for its
 stream goes idle (at most ``comm_latency_under_compute``). Neither wait slows compute: a thread that
 waits takes no cycles. The other way round, a compute task woken by another stream while a collective
 of its rank runs waits for the core until no collective of the rank runs (at most
-``compute_wait_under_comm``).
+``compute_wait_under_comm``); and a collective that starts takes ``collective_cpu`` of the compute its
+members run then (the kernel running ends that much later).
 
 Under rank symmetry only rank 0 is simulated: every rank reaches each collective at the same
 moment, so the rendezvous is trivial and the collective is one coflow over all sibling groups.
@@ -95,7 +96,9 @@ class _Play:
         self.network = FlowNetwork(self.env, cost.capacities, float(cost.comm_slowdown),
                                    track_compute=self.contention_delay > 0)
         slowdown = float(cost.compute_slowdown)
-        self.compute = {rank: RankCompute(self.env, slowdown) for rank in self.ranks}
+        charged = any(cost.collective_cpu(plan.op_of(task), task) > 0 for task in plan.tasks
+                      if plan.op_of(task).kind.is_collective)
+        self.compute = {rank: RankCompute(self.env, slowdown, charged) for rank in self.ranks}
         self.ops = [plan.op_of(task) for task in plan.tasks]
         self.membership = accounting.Membership()
         self.finished = {rank: [False] * len(plan.tasks) for rank in self.ranks}
@@ -234,6 +237,11 @@ class _Play:
 
             def start() -> None:
                 running(True)
+                if stage is demand:  # its threads' work on the members' cores, taken from what they compute
+                    cpu = self.cost.collective_cpu(op, task)
+                    for member in members:
+                        if member in self.compute:
+                            self.compute[member].charge(cpu)
                 if stage.latency_s > 0:
                     self.env.timeout(stage.latency_s).callbacks.append(transfer)
                 else:

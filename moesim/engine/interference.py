@@ -2,9 +2,10 @@
 
 While any collective of the rank runs (any stream; the engine does not count its waits for a peer or
 a core), every compute kernel of that rank progresses at ``1 / (1 + slowdown)`` of full speed; otherwise
-at full speed. Rates change exactly when the rank's running collective count moves between zero and
-non-zero, and only the running compute kernels of that rank are rescheduled: each keeps one valid
-wake-up, invalidated by a version number when its rate changes. The engine also waits on the count
+at full speed. A collective that starts may also ``charge`` the running kernels a fixed time (its
+threads' work on a CPU host's cores). Rates change exactly when the rank's running collective count
+moves between zero and non-zero, and only the running compute kernels of that rank are rescheduled: each
+keeps one valid wake-up, invalidated by a version number when its rate changes. The engine also waits on the count
 reaching zero (``comm_idle``): a compute task woken while a collective holds the rank's core.
 """
 
@@ -32,10 +33,10 @@ class RankCompute:
     Callers pair every ``comm_started`` with one later ``comm_ended``.
     """
 
-    def __init__(self, env: simpy.Environment, slowdown: float) -> None:
+    def __init__(self, env: simpy.Environment, slowdown: float, charged: bool = False) -> None:
         self._env = env
         self._slow_rate = 1.0 / (1.0 + slowdown)
-        self._interferes = slowdown != 0.0
+        self._interferes = slowdown != 0.0 or charged
         self._comm_in_flight = 0
         self._next_id = 0
         self._running: dict[int, _Kernel] = {}
@@ -81,6 +82,19 @@ class RankCompute:
             waiters, self._idle_waiters = self._idle_waiters, []
             for event in waiters:
                 event.succeed()
+
+    def charge(self, seconds: float) -> None:
+        """Every kernel running now ends ``seconds`` later (at its current rate): work taken from it now."""
+        if not seconds or not self._running:
+            return
+        assert self._interferes, "charge on a RankCompute built without charged=True"
+        now = self._env.now
+        for kernel_id, kernel in self._running.items():
+            done = (now - kernel.updated_at) * kernel.rate
+            kernel.work_left = max(0.0, kernel.work_left - done) + seconds * kernel.rate
+            kernel.updated_at = now
+            kernel.version += 1
+            self._schedule(kernel_id, kernel)
 
     def _set_rate(self, rate: float) -> None:
         if not self._interferes:

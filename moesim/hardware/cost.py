@@ -90,6 +90,12 @@ class RooflineCostModel:
     def comm_latency_under_compute(self) -> float:
         return self._params.comm_latency_under_compute_s
 
+    def collective_cpu(self, op: Op, task: Task) -> float:
+        assert op.comm is not None
+        if not (self._params.comm_cpu_us or self._params.comm_cpu_us_per_mib):
+            return 0.0
+        return self._params.comm_cpu_s(op.comm.bytes * task.fraction)
+
     @property
     def compute_wait_under_comm(self) -> float:
         return self._params.compute_wait_under_comm_s

@@ -81,6 +81,11 @@ class CostModel(Protocol):
         computes (on a CPU host, the communication thread waiting for a core)."""
         ...
 
+    def collective_cpu(self, op: Op, task: Task) -> float:
+        """Seconds of compute collective ``op`` (this task's part of it) takes from a member rank whose
+        compute runs when it starts (on a CPU host, its threads' work on the rank's cores); 0 on a GPU."""
+        ...
+
     @property
     def compute_wait_under_comm(self) -> float:
         """At most how many seconds a compute task woken by another stream while a collective of its rank

@@ -170,6 +170,13 @@ class CostParams(_Spec):
     # [assumption, to be calibrated]. On a CPU host the same cores move the bytes and compute, so
     # calibration measures it.
     comm_slowdown_under_compute: float = Field(default=0.0, ge=0)
+    # On a CPU host a collective's own threads run on the ranks' cores: one that starts while a member
+    # computes takes this much of that member's compute (the kernel running then ends that much later),
+    # a fixed part plus a part per MiB of the collective's per-rank payload. 0 on GPU presets, where NCCL
+    # runs on SMs of its own and compute_slowdown_under_comm covers the contention [assumption];
+    # `moesim calibrate` fits both on a CPU host (and compute_slowdown_under_comm is then 0).
+    comm_cpu_us: float = Field(default=0.0, ge=0)
+    comm_cpu_us_per_mib: float = Field(default=0.0, ge=0)
     # A collective that starts while a member rank computes also waits this long before moving bytes:
     # on a CPU host its communication thread waits for a core (a scheduler time slice). 0 on a GPU,
     # where NCCL's kernels are queued ahead [assumption, to be calibrated].
@@ -228,6 +235,10 @@ class CostParams(_Spec):
     @property
     def rendezvous_skew_cap_s(self) -> float:
         return float("inf") if self.rendezvous_skew_cap_us is None else units.us(self.rendezvous_skew_cap_us)
+
+    def comm_cpu_s(self, payload_bytes: float) -> float:
+        """Seconds of a member's compute a collective with ``payload_bytes`` per rank takes (``comm_cpu_us``)."""
+        return units.us(self.comm_cpu_us + self.comm_cpu_us_per_mib * payload_bytes / units.MIB)
 
     @property
     def stream_handoff_s(self) -> float:

@@ -69,7 +69,8 @@ def _planted_cpu(world: int = 2, **cost: float) -> NodeSpec:
                   other_compute_efficiency=0.03, hbm_efficiency=1.0, launch_overhead_us=8.0,
                   intra_bandwidth_efficiency=1.0, inter_bandwidth_efficiency=1.0, collective_base_latency_us=40.0,
                   all_to_all_base_latency_us=25.0, all_to_all_bandwidth_ratio=0.8,
-                  all_to_all_peer_latency_us=10.0, compute_slowdown_under_comm=0.35,
+                  all_to_all_peer_latency_us=10.0, compute_slowdown_under_comm=0.0, comm_cpu_us=250.0,
+                  comm_cpu_us_per_mib=400.0,
                   comm_slowdown_under_compute=0.6, comm_latency_under_compute_us=2000.0,
                   matmul_half_efficiency_dim=48.0, stream_handoff_us=50.0, rendezvous_skew=0.04,
                   rendezvous_skew_cap_us=500.0, attention_half_efficiency_seq=40.0, compute_wait_under_comm_us=700.0)
@@ -154,9 +155,10 @@ def _synthesize(node: NodeSpec, *, world: int, dtype: DType, shapes: dict, noise
                 for m, n, k in shapes["compute_loops"]:
                     kernel_s, (flight, running) = matmul_time(m, n, k), under_compute(op)
                     # the calling thread's loop: whole kernels until the collective ends, each slowed by
-                    # 1 + s while it runs (not while it waits for a core): c kernels take c K + s T, the
-                    # first c that reach past the collective's end
-                    stolen = node.cost.compute_slowdown_under_comm * running
+                    # 1 + s while it runs (not while it waits for a core), and the collective's work on the
+                    # cores (comm_cpu) taken once: c kernels take c K + s T + cpu, the first c that reach
+                    # past the collective's end
+                    stolen = node.cost.compute_slowdown_under_comm * running + node.cost.comm_cpu_s(size)
                     kernels = max(1, math.ceil((flight - stolen) / kernel_s))
                     window = kernels * kernel_s + stolen
                     comm_under_compute.append(CommUnderComputeSample(
@@ -164,10 +166,13 @@ def _synthesize(node: NodeSpec, *, world: int, dtype: DType, shapes: dict, noise
                         seconds_alone=noisy(model.collective_time(op, comm_task)),
                         seconds_with_compute=noisy(flight), kernel_seconds=kernel_s,
                         compute_window_seconds=noisy(window), compute_kernels=float(kernels)))
-    slowdown = 1.0 + node.cost.compute_slowdown_under_comm
     interference = []
+    everyone = (tuple(range(world)),)
     for (m, n, k), kind, size in shapes["interference"]:
         alone = matmul_time(m, n, k)
+        # back-to-back collectives: the matmul runs 1 + s slower and loses comm_cpu once per collective
+        loop = model.collective_time(_op(kind, comm=CommSpec(groups=everyone, bytes=size)), comm_task)
+        slowdown = 1.0 + node.cost.compute_slowdown_under_comm + node.cost.comm_cpu_s(size) / loop
         interference.append(InterferenceSample(m=m, n=n, k=k, dtype=dtype, kind=kind, bytes_per_rank=size,
                                                seconds_alone=noisy(alone), seconds_with_comm=noisy(alone * slowdown)))
     env = Environment(torch="2.13.0+synthetic", backend="gloo" if node.gpu.device == "cpu" else "nccl",

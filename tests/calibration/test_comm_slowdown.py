@@ -39,8 +39,10 @@ def hand_samples(stretch: float = 1.0) -> tuple[CommUnderComputeSample, ...]:
 
 @pytest.fixture
 def two_ranks(planted_cpu, synthesize, cpu_shapes):
-    """Measurements of the planted CPU on 2 ranks with the hand-made samples under compute."""
-    measured = synthesize(planted_cpu(world=2), world=2, dtype=DType.FP32, shapes=cpu_shapes)
+    """Measurements of the planted CPU on 2 ranks with the hand-made samples under compute (which keep no
+    compute loop: the compute slowdown comes from the interference sweep, planted as 0.35, not as work)."""
+    node = planted_cpu(world=2, compute_slowdown_under_comm=0.35, comm_cpu_us=0.0, comm_cpu_us_per_mib=0.0)
+    measured = synthesize(node, world=2, dtype=DType.FP32, shapes=cpu_shapes)
     return measured.model_copy(update={"comm_under_compute": hand_samples()})
 
 

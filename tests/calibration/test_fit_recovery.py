@@ -34,6 +34,7 @@ GPU_INTERCEPTS = CPU_INTERCEPTS[:6]
 SLOWDOWN = "cost.compute_slowdown_under_comm"
 REVERSE = "cost.comm_slowdown_under_compute"
 ONE_HOST = ["network.nic_gbps", "network.latency_us", "cost.inter_bandwidth_efficiency"]
+CPU_WORK = ["cost.comm_cpu_us", "cost.comm_cpu_us_per_mib"]  # a CPU host's collectives' work on its cores
 
 
 def at(node, path: str):
@@ -46,7 +47,7 @@ def at(node, path: str):
 def test_noise_free_cpu_fit_recovers_every_planted_parameter(cpu_measurements, planted_cpu) -> None:
     planted = planted_cpu(world=4)
     fit = fit_node(cpu_measurements, load_node("cpu-loopback"), name="cpu-test")
-    for path in CPU_RATES + CPU_INTERCEPTS + [SLOWDOWN, REVERSE]:
+    for path in CPU_RATES + CPU_INTERCEPTS + [SLOWDOWN, REVERSE] + CPU_WORK:
         assert at(fit.node, path) == pytest.approx(at(planted, path), rel=1e-3), path
         assert fit.report.fitted_value(path) == at(fit.node, path)
     # A CPU has no datasheet peak: the achieved rates are the peaks, their efficiencies 1.
@@ -72,8 +73,13 @@ def test_noisy_cpu_fit_recovers_within_tolerance(seed, synthesize, planted_cpu, 
         assert at(fit.node, path) == pytest.approx(at(planted, path), rel=0.20), path
     assert at(fit.node, SLOWDOWN) == pytest.approx(at(planted, SLOWDOWN), abs=0.08)
     assert at(fit.node, REVERSE) == pytest.approx(at(planted, REVERSE), abs=0.06)
+    # The collectives' work is what a loop lost: its window (several ms, 2% noise) less its kernels' time,
+    # so the fixed part (0.25 ms) carries about +-0.1 ms; the per-MiB part rests on the 16 MB samples.
+    assert at(fit.node, CPU_WORK[0]) == pytest.approx(at(planted, CPU_WORK[0]), rel=0.6)
+    assert at(fit.node, CPU_WORK[1]) == pytest.approx(at(planted, CPU_WORK[1]), rel=0.1)
     for error in fit.report.sweeps:  # residuals of a right model are the noise: ~2% RMS
-        assert error.rms_relative_error < 0.05, error
+        # the interference ratio (1 + work / collective time) inherits the work's error above
+        assert error.rms_relative_error < (0.1 if error.sweep is Sweep.INTERFERENCE else 0.05), error
 
 
 def test_noise_free_gpu_fit_keeps_datasheet_peaks_and_fits_efficiencies(synthesize, planted_gpu, gpu_shapes) -> None:
@@ -222,19 +228,24 @@ def test_a_run_across_hosts_keeps_every_collective_parameter(cpu_measurements) -
 
 def test_no_slowdown_under_communication_fits_zero(cpu_measurements) -> None:
     """Compute loops that ran their kernels no slower under the collectives (each window a little under its
-    kernels' time alone): the slowdown is written at its bound 0."""
+    kernels' time alone): on a CPU host the collectives' work is written at its bound 0, and the slowdown
+    is 0 there anyway (the work replaces it)."""
     quick = tuple(s.model_copy(update={"compute_window_seconds": 0.97 * (s.compute_kernels or 1)
                                        * (s.kernel_seconds or 1)}) for s in cpu_measurements.comm_under_compute)
     fit = fit_node(cpu_measurements.model_copy(update={"comm_under_compute": quick}), load_node("cpu-loopback"),
                    name="cpu-test")
     assert fit.node.cost.compute_slowdown_under_comm == 0.0
-    (entry,) = [f for f in fit.report.fitted if f.path == SLOWDOWN]
-    assert "bound 0" in entry.note and entry.sweeps == (Sweep.COMM_UNDER_COMPUTE,)
+    assert (fit.node.cost.comm_cpu_us, fit.node.cost.comm_cpu_us_per_mib) == (0.0, 0.0)
+    for path in CPU_WORK:
+        (entry,) = [f for f in fit.report.fitted if f.path == path]
+        assert "bound 0" in entry.note and entry.sweeps == (Sweep.COMM_UNDER_COMPUTE,)
 
 
-def test_without_compute_loops_the_interference_sweep_sets_the_slowdown(cpu_measurements) -> None:
-    """Measurements from before the loops were kept: the matmul under a loop of collectives decides, and a
-    matmul that ran 3% faster under it gives 0."""
+def test_without_compute_loops_the_interference_sweep_sets_the_slowdown(synthesize, planted_cpu, cpu_shapes) -> None:
+    """Measurements from before the loops were kept (planted with a slowdown, not work): the matmul under a
+    loop of collectives decides, and a matmul that ran 3% faster under it gives 0."""
+    node = planted_cpu(world=4, compute_slowdown_under_comm=0.35, comm_cpu_us=0.0, comm_cpu_us_per_mib=0.0)
+    cpu_measurements = synthesize(node, world=4, dtype=DType.FP32, shapes=cpu_shapes, group_sizes=(2, 4))
     bare = tuple(s.model_copy(update={"compute_window_seconds": None, "compute_kernels": None})
                  for s in cpu_measurements.comm_under_compute)
     faster = tuple(s.model_copy(update={"seconds_with_comm": 0.97 * s.seconds_alone})

@@ -38,6 +38,7 @@ class FakeCost:
         self.stream_handoff = 0.0
         self.rendezvous_skew = 0.0
         self.rendezvous_skew_cap = float("inf")
+        self.cpu: dict[str, float] = {}  # collective name -> seconds of compute it takes when it starts
         self.seconds: dict[str, float | tuple[float, ...]] = {}
         self.demands: dict[str, tuple[float, list[dict[int, float]]]] = {}
         self.next_stage: dict[str, tuple[float, dict[int, float]]] = {}  # name -> a second stage
@@ -45,6 +46,9 @@ class FakeCost:
 
     def resource_name(self, resource: int) -> str:
         return f"link{resource}"
+
+    def collective_cpu(self, op: Op, task: Task) -> float:
+        return self.cpu.get(op.name, 0.0) * task.fraction
 
     def compute_time(self, op: Op, task: Task, rank: int) -> float:
         seconds = self.seconds[op.name]
