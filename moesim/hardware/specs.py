@@ -178,8 +178,9 @@ class CostParams(_Spec):
     comm_cpu_us: float = Field(default=0.0, ge=0)
     comm_cpu_us_per_mib: float = Field(default=0.0, ge=0)
     # A collective that starts while a member rank computes also waits this long before moving bytes:
-    # on a CPU host its communication thread waits for a core (a scheduler time slice). 0 on a GPU,
-    # where NCCL's kernels are queued ahead [assumption, to be calibrated].
+    # its communication thread waiting for a core. 0 on a GPU, where NCCL's kernels are queued ahead
+    # [assumption, to be calibrated]; calibration measures ~0 on the 2-core development VM, a collective
+    # issued on a process group of its own (as the harness issues them) starting at once.
     comm_latency_under_compute_us: float = Field(default=0.0, ge=0)
     # A task that waited for a task of another stream starts this long after that task ended: the
     # hand-over between streams. On a CPU host the harness runs each stream in its own thread, so the
