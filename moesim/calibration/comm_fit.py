@@ -151,9 +151,11 @@ def _fit_comm_cpu(node: NodeSpec, looped: Sequence[CommUnderComputeSample]) -> S
     all-to-alls (the collectives MoE schedules overlap) where there are some; ``compute_slowdown_under_comm``
     is then 0, the engine charging the work instead."""
     paths = ("cost.comm_cpu_us", "cost.comm_cpu_us_per_mib")
-    chosen = [s for s in looped if s.kind is OpKind.ALL_TO_ALL] or list(looped)
+    bases = (node.cost.comm_cpu_us, node.cost.comm_cpu_us_per_mib)
+    all_to_alls = [s for s in looped if s.kind is OpKind.ALL_TO_ALL]
+    chosen = all_to_alls or list(looped)
     taken = np.array([s.stolen_compute_seconds or 0.0 for s in chosen], dtype=np.float64)
-    how = f"compute loops under {len(chosen)} {chosen[0].kind.value if len(chosen) < len(looped) else 'collective'}s"
+    how = f"compute loops under {len(chosen)} {'all-to-alls' if all_to_alls else 'collectives'}"
     slowdown = fitted("cost.compute_slowdown_under_comm", 0.0, (Sweep.COMM_UNDER_COMPUTE,),
                       "a CPU host's collectives take their work from the compute (comm_cpu_*) instead")
     step = Step(updates={slowdown.path: 0.0}, fitted=(slowdown,))
@@ -162,15 +164,14 @@ def _fit_comm_cpu(node: NodeSpec, looped: Sequence[CommUnderComputeSample]) -> S
                                f"{how}; at its bound 0: compute ran no slower under them") for path in paths)
         return step.plus(Step(updates={e.path: 0.0 for e in entries}, fitted=entries))
     design = np.column_stack([np.ones(len(chosen)), [s.bytes_per_rank / units.MIB for s in chosen]])
-    fallback = np.array([units.us(node.cost.comm_cpu_us), units.us(node.cost.comm_cpu_us_per_mib)])
-    fit = relative_nnls(design, np.maximum(taken, units.us(1)), fallback=fallback, priority=(0, 1))
-    for column, path in enumerate(paths):
+    fit = relative_nnls(design, np.maximum(taken, units.us(1)), fallback=np.array([units.us(b) for b in bases]),
+                        priority=(0, 1))
+    for column, (path, base) in enumerate(zip(paths, bases, strict=True)):
         if fit.identified[column]:
             value = units.to_us(fit.values[column])
             entry = fitted(path, value, (Sweep.COMM_UNDER_COMPUTE,), how + ("; at its bound 0" if value == 0 else ""))
             step = step.plus(Step(updates={path: entry.value}, fitted=(entry,)))
         else:
-            base = (node.cost.comm_cpu_us, node.cost.comm_cpu_us_per_mib)[column]
             step = step.plus(Step(kept=(kept(path, base, "one payload size: no per-MiB term separable"),)))
     return step
 

@@ -26,7 +26,7 @@ from moesim.dtypes import DType
 from moesim.hardware.cost import RooflineCostModel, matmul_shape_dim
 from moesim.hardware.specs import ClusterSpec, NodeSpec
 from moesim.plan import StreamKind, Task
-from moesim.workload.ops import CommSpec, Op, Phase
+from moesim.workload.ops import CommSpec, Op, OpKind, Phase
 
 ComputeSample = MatmulSample | ElementwiseSample | AttentionSample | LayernormSample | KernelSample
 AnyCollectiveSample = CollectiveSample | CommUnderComputeSample
@@ -81,9 +81,18 @@ def collective_groups(group_size: int, world_size: int) -> tuple[tuple[int, ...]
 
 
 def collective_op(sample: AnyCollectiveSample, world_size: int) -> Op:
-    comm = CommSpec(groups=collective_groups(sample.group_size, world_size), bytes=sample.bytes_per_rank)
-    return Op(id=0, name=f"microbench.{sample.kind.value}", role=sample.kind.value, kind=sample.kind,
-              phase=Phase.FORWARD, layer=None, comm=comm)
+    return _collective_op(sample.kind, sample.bytes_per_rank, sample.group_size, world_size)
+
+
+def _collective_op(kind: OpKind, bytes_per_rank: float, group_size: int, world_size: int) -> Op:
+    comm = CommSpec(groups=collective_groups(group_size, world_size), bytes=bytes_per_rank)
+    return Op(id=0, name=f"microbench.{kind.value}", role=kind.value, kind=kind, phase=Phase.FORWARD, layer=None,
+              comm=comm)
+
+
+def _comm_model(node: NodeSpec, world_size: int) -> RooflineCostModel:
+    """The cost model of ``world_size`` ranks of ``node`` (its first dtype: collectives do not read it)."""
+    return RooflineCostModel(cluster_for(node, world_size), next(iter(node.gpu.peak_tflops)))
 
 
 def predict_compute(samples: Sequence[ComputeSample], node: NodeSpec) -> np.ndarray:
@@ -101,7 +110,7 @@ def predict_collectives(samples: Sequence[CollectiveSample], node: NodeSpec, wor
     """Predicted seconds of each collective sample on an idle network of ``world_size`` ranks."""
     if not samples:
         return np.zeros(0)
-    model = RooflineCostModel(cluster_for(node, world_size), next(iter(node.gpu.peak_tflops)))
+    model = _comm_model(node, world_size)
     return np.array([model.collective_time(collective_op(s, world_size), _COMM_TASK) for s in samples])
 
 
@@ -111,7 +120,7 @@ def bandwidth_shares(samples: Sequence[AnyCollectiveSample], node: NodeSpec, wor
     ``1 + comm_slowdown_under_compute`` while a member rank computes. 0 for a collective with no bytes."""
     if not samples:
         return np.zeros(0)
-    model = RooflineCostModel(cluster_for(node, world_size), next(iter(node.gpu.peak_tflops)))
+    model = _comm_model(node, world_size)
     shares = []
     for sample in samples:
         op = collective_op(sample, world_size)
@@ -130,15 +139,13 @@ def predict_interference(samples: Sequence[InterferenceSample], node: NodeSpec, 
     ``1 + s + cpu / T``."""
     if not samples:
         return np.zeros(0)
-    model = RooflineCostModel(cluster_for(node, world_size), next(iter(node.gpu.peak_tflops)))
-    groups = collective_groups(world_size, world_size)
+    model = _comm_model(node, world_size)
     ratios = []
     for sample in samples:
-        op = Op(id=0, name=f"microbench.{sample.kind.value}", role=sample.kind.value, kind=sample.kind,
-                phase=Phase.FORWARD, layer=None, comm=CommSpec(groups=groups, bytes=sample.bytes_per_rank))
-        seconds = model.collective_time(op, _COMM_TASK)
-        ratios.append(1.0 + node.cost.compute_slowdown_under_comm + node.cost.comm_cpu_s(sample.bytes_per_rank)
-                      / seconds if seconds > 0 else 1.0 + node.cost.compute_slowdown_under_comm)
+        seconds = model.collective_time(_collective_op(sample.kind, sample.bytes_per_rank, world_size, world_size),
+                                        _COMM_TASK)
+        work = node.cost.comm_cpu_s(sample.bytes_per_rank) / seconds if seconds > 0 else 0.0
+        ratios.append(1.0 + node.cost.compute_slowdown_under_comm + work)
     return np.array(ratios, dtype=np.float64)
 
 

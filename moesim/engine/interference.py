@@ -88,22 +88,22 @@ class RankCompute:
         if not seconds or not self._running:
             return
         assert self._interferes, "charge on a RankCompute built without charged=True"
-        now = self._env.now
-        for kernel_id, kernel in self._running.items():
-            done = (now - kernel.updated_at) * kernel.rate
-            kernel.work_left = max(0.0, kernel.work_left - done) + seconds * kernel.rate
-            kernel.updated_at = now
-            kernel.version += 1
-            self._schedule(kernel_id, kernel)
+        self._reschedule(None, seconds)
 
     def _set_rate(self, rate: float) -> None:
-        if not self._interferes:
-            return
+        if self._interferes:
+            self._reschedule(rate, 0.0)
+
+    def _reschedule(self, rate: float | None, extra_s: float) -> None:
+        """Bring every running kernel's work up to now, give it ``rate`` (None: keep its own) and ``extra_s``
+        more seconds of work at that rate, and give it a new wake-up."""
         now = self._env.now
         for kernel_id, kernel in self._running.items():
             kernel.work_left = max(0.0, kernel.work_left - (now - kernel.updated_at) * kernel.rate)
             kernel.updated_at = now
-            kernel.rate = rate
+            if rate is not None:
+                kernel.rate = rate
+            kernel.work_left += extra_s * kernel.rate
             kernel.version += 1
             self._schedule(kernel_id, kernel)
 

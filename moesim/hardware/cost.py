@@ -92,8 +92,6 @@ class RooflineCostModel:
 
     def collective_cpu(self, op: Op, task: Task) -> float:
         assert op.comm is not None
-        if not (self._params.comm_cpu_us or self._params.comm_cpu_us_per_mib):
-            return 0.0
         return self._params.comm_cpu_s(op.comm.bytes * task.fraction)
 
     @property
