@@ -211,6 +211,7 @@ def _validation(module: str) -> Any:
 
 
 _PARTS_SHOWN = 4  # parts per schedule in the text report's "where the error is"
+_CALLS_SHOWN = 2  # collective parts per schedule in its "collective calls"
 
 
 def _print_validation(report: Any) -> None:
@@ -239,6 +240,15 @@ def _print_validation(report: Any) -> None:
         for r in with_parts:
             largest = ", ".join(f"{part} {(m - p) * 1e3:+.1f}" for part, p, m in r.parts[:_PARTS_SHOWN])
             print(f"  {r.workload} {r.variant}: {largest}")
+    with_calls = [r for r in report.rows if r.collectives]
+    if with_calls:
+        print(f"\ncollective calls: predicted mean / measured mean, median, 90th percentile ms, the "
+              f"{_CALLS_SHOWN} parts with the most measured time (--json has all)")
+        for r in with_calls:
+            calls = "; ".join(f"{c.part} {c.predicted_mean_s * 1e3:.2f} / {c.measured_mean_s * 1e3:.2f}, "
+                              f"{c.measured_median_s * 1e3:.2f}, {c.measured_p90_s * 1e3:.2f}"
+                              for c in r.collectives[:_CALLS_SHOWN])
+            print(f"  {r.workload} {r.variant}: {calls}")
 
 
 def _print_run(result: Any) -> None:

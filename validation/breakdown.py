@@ -56,6 +56,28 @@ def rank_parts(plan: ExecutionPlan, times: Mapping[int, tuple[float, float]], it
     return dict(parts)
 
 
+def collective_calls(plan: ExecutionPlan, times: Sequence[Mapping[int, tuple[float, float]]], *,
+                     from_rendezvous: bool) -> dict[str, list[float]]:
+    """Every collective call of one iteration, by part (its role and phase): how long it ran on each member
+    (``times[rank]``: task id -> ``(start, end)``), in task order then rank order. With ``from_rendezvous``
+    (every rank's times on one clock) a call runs from its group's rendezvous, the last member's start,
+    to its end, as the engine counts it; otherwise from the rank's own start, its wait for the peers
+    included. A rank without a task's times (outside the plan) is left out."""
+    calls: dict[str, list[float]] = defaultdict(list)
+    for task in plan.tasks:
+        op = plan.op_of(task)
+        if not op.kind.is_collective or op.comm is None:
+            continue
+        for group in op.comm.groups:
+            members = [rank for rank in group if rank < len(times) and task.id in times[rank]]
+            meeting = max((times[rank][task.id][0] for rank in members), default=0.0)
+            for rank in members:
+                start, end = times[rank][task.id]
+                began = min(max(start, meeting), end) if from_rendezvous else start
+                calls[part_of(op)].append(end - began)
+    return dict(calls)
+
+
 def is_wait(part: str) -> bool:
     """Whether ``part`` is time the compute stream waited for another stream (a wait or a hand-over)."""
     return part == HANDOVER or part.startswith(WAITING)

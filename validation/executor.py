@@ -56,13 +56,16 @@ GroupKey = tuple[StreamKind, tuple[int, ...]]
 @dataclass(frozen=True, slots=True, eq=False)
 class MeasuredRun:
     """The measured timeline (median iteration, every rank), each measured iteration's time (the
-    slowest rank's end), the environment the numbers depend on, and where each iteration's time went
-    (``breakdown``'s parts, mean over ranks: part -> seconds per measured iteration)."""
+    slowest rank's end), the environment the numbers depend on, where each iteration's time went
+    (``breakdown``'s parts, mean over ranks: part -> seconds per measured iteration), and how long every
+    collective call of every measured iteration ran on each rank (``breakdown.collective_calls``: part ->
+    seconds, iteration by iteration)."""
 
     timeline: Timeline
     iteration_times_s: list[float]
     environment: dict[str, Any]
     parts_s: dict[str, list[float]] = field(default_factory=dict)
+    collective_calls_s: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def median_s(self) -> float:
@@ -266,7 +269,8 @@ def _assemble(plan: ExecutionPlan, ctx: RankContext, measured: list[_Iteration],
                         represents={r: (r,) for r in range(ctx.world_size)},
                         task_deps=tuple(task.deps for task in plan.tasks), schedule=plan.schedule,
                         source="measured", meta=meta)
-    return MeasuredRun(timeline, iteration_times, run_environment, _parts(plan, ctx, measured, iteration_times))
+    return MeasuredRun(timeline, iteration_times, run_environment, _parts(plan, ctx, measured, iteration_times),
+                       _collective_calls(plan, ctx, measured, offsets, shared_clock))
 
 
 def _parts(plan: ExecutionPlan, ctx: RankContext, measured: list[_Iteration],
@@ -279,6 +283,23 @@ def _parts(plan: ExecutionPlan, ctx: RankContext, measured: list[_Iteration],
     per_iteration = [breakdown.mean_over_ranks([rank[i] for rank in everyone]) for i in range(len(measured))]
     keys = sorted({key for parts in per_iteration for key in parts})
     return {key: [parts.get(key, 0.0) for parts in per_iteration] for key in keys}
+
+
+def _collective_calls(plan: ExecutionPlan, ctx: RankContext, measured: list[_Iteration], offsets: list[list[float]],
+                      shared_clock: bool) -> dict[str, list[float]]:
+    """Every collective call of every measured iteration on every rank (``breakdown.collective_calls``),
+    timed from its group's rendezvous where the ranks share a clock: part -> seconds."""
+    collectives = [task.id for task in plan.tasks if plan.op_of(task).kind.is_collective]
+    mine = [{tid: (it.times[tid][0] + offsets[ctx.rank][i], it.times[tid][1] + offsets[ctx.rank][i])
+             for tid in collectives} for i, it in enumerate(measured)]
+    everyone: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(everyone, mine)
+    calls: dict[str, list[float]] = {}
+    for i in range(len(measured)):
+        ranks = [everyone[rank][i] for rank in range(ctx.world_size)]
+        for part, seconds in breakdown.collective_calls(plan, ranks, from_rendezvous=shared_clock).items():
+            calls.setdefault(part, []).extend(seconds)
+    return calls
 
 
 def _from_rendezvous(plan: ExecutionPlan, times: list[list[tuple[float, float]]]) -> list[list[tuple[float, float]]]:

@@ -21,6 +21,8 @@ from typing import Any
 
 from moesim.analysis.chrome_trace import write_chrome_trace
 from moesim.api import run_schedule, scenario
+from moesim.plan import ExecutionPlan
+from moesim.timeline import Timeline
 from moesim.validation import breakdown
 from moesim.validation.launch import torchrun
 
@@ -53,6 +55,26 @@ VARIANTS = (
 
 
 @dataclass(frozen=True)
+class CollectiveCalls:
+    """One collective part's calls (role and phase, e.g. ``dispatch:forward``): the predicted mean call and
+    the measured calls of every iteration and rank, from the group's rendezvous to the end. A mean well
+    above the median is a tail: calls that stall, which an exposed collective pays in full but a hidden one
+    only where the stall outlasts the compute beside it."""
+
+    part: str
+    predicted_mean_s: float
+    measured_calls: int
+    measured_mean_s: float
+    measured_median_s: float
+    measured_p90_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"part": self.part, "predicted_mean_s": self.predicted_mean_s, "measured_calls": self.measured_calls,
+                "measured_mean_s": self.measured_mean_s, "measured_median_s": self.measured_median_s,
+                "measured_p90_s": self.measured_p90_s}
+
+
+@dataclass(frozen=True)
 class Row:
     workload: str
     variant: str
@@ -63,6 +85,8 @@ class Row:
     # where the time goes (``breakdown``): (part, predicted s, measured s = median over iterations), mean
     # over ranks, the largest |measured - predicted| first
     parts: tuple[tuple[str, float, float], ...] = ()
+    # each collective part's calls, predicted beside measured (``compare_collectives``)
+    collectives: tuple[CollectiveCalls, ...] = ()
 
     @property
     def error(self) -> float:
@@ -99,7 +123,8 @@ class ValidationReport:
             "rows": [{"workload": r.workload, "schedule": r.variant, "predicted_s": r.predicted_s,
                       "measured_s": r.measured_s, "measured_spread_s": r.measured_spread_s,
                       "measured_iterations_s": list(r.measured_iterations_s), "error": r.error,
-                      "parts": [{"part": part, "predicted_s": p, "measured_s": m} for part, p, m in r.parts]}
+                      "parts": [{"part": part, "predicted_s": p, "measured_s": m} for part, p, m in r.parts],
+                      "collectives": [c.to_dict() for c in r.collectives]}
                      for r in self.rows],
             "rankings": [{"workload": k.workload, "predicted": list(k.predicted), "measured": list(k.measured),
                           "match": k.match, "match_beyond_noise": k.match_beyond_noise,
@@ -144,10 +169,11 @@ def validate(
         for v in variants:
             run = measured[v.spec]
             times = tuple(run.iteration_times_s)
-            rows.append(Row(workload, v.label, predicted[v.label].metrics.iteration_time_s,
+            guess = predicted[v.label]
+            rows.append(Row(workload, v.label, guess.metrics.iteration_time_s,
                             statistics.median(times), (max(times) - min(times)) / 2, times,
-                            compare_parts(breakdown.timeline_parts(predicted[v.label].plan,
-                                                                   predicted[v.label].timeline), run.parts_s)))
+                            compare_parts(breakdown.timeline_parts(guess.plan, guess.timeline), run.parts_s),
+                            compare_collectives(guess.plan, guess.timeline, run.collective_calls_s)))
             environment = run.environment
             if trace_dir is not None:
                 traces += _write_traces(trace_dir / workload, v.label, predicted[v.label].timeline, run.timeline)
@@ -169,6 +195,26 @@ def compare_parts(predicted: Mapping[str, float],
         predicted[breakdown.IDLE] = predicted.get(breakdown.IDLE, 0.0) + folded
     rows = [(part, predicted.get(part, 0.0), medians.get(part, 0.0)) for part in sorted({*predicted, *medians})]
     return tuple(sorted(rows, key=lambda row: (-abs(row[2] - row[1]), row[0])))
+
+
+def compare_collectives(plan: ExecutionPlan, predicted: Timeline,
+                        measured: Mapping[str, Sequence[float]]) -> tuple[CollectiveCalls, ...]:
+    """Per collective part the measured calls have: the predicted timeline's mean call of that part and the
+    measured calls' count, mean, median and 90th percentile (nearest rank), the part with the most measured
+    time first (ties by name). Empty for a measured file from before the calls were kept."""
+    spans: dict[str, list[float]] = {}
+    for span in predicted.spans:
+        if span.kind.is_collective:
+            spans.setdefault(breakdown.part_of(plan.graph.ops[span.op]), []).append(span.duration)
+    rows = []
+    for part, calls in measured.items():
+        if not calls:
+            continue
+        ordered = sorted(calls)
+        rows.append(CollectiveCalls(part, statistics.fmean(spans[part]) if part in spans else 0.0, len(calls),
+                                    statistics.fmean(calls), statistics.median(calls),
+                                    ordered[math.ceil(0.9 * len(ordered)) - 1]))
+    return tuple(sorted(rows, key=lambda row: (-row.measured_mean_s * row.measured_calls, row.part)))
 
 
 def _ranking(workload: str, rows: Sequence[Row]) -> Ranking:

@@ -46,6 +46,8 @@ class MeasuredResult:
     timeline: Timeline
     environment: Mapping[str, Any]
     parts_s: Mapping[str, tuple[float, ...]] = field(default_factory=dict)  # breakdown part -> per iteration
+    # breakdown part -> every collective call's seconds, over every iteration and rank
+    collective_calls_s: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -115,7 +117,8 @@ def _measure_interleaved(plans: Sequence[tuple[str, ExecutionPlan]], ctx: Any, w
     """Each plan's ``iterations`` in ``blocks`` rounds that take the plans in turn (each block after its own
     warm-up): a drift of the host's speed during the job then weighs on every schedule alike, not on the
     one that happened to run then. Per plan: every measured iteration, their median (the lower one), the
-    timeline of the block whose median is nearest it, and every iteration's parts (``breakdown``)."""
+    timeline of the block whose median is nearest it, every iteration's parts and every collective call's
+    time (``breakdown``)."""
     from .executor import MeasuredRun, execute_plan
 
     shares = [iterations // blocks + (1 if b < iterations % blocks else 0) for b in range(blocks)]
@@ -140,6 +143,8 @@ def _measure_interleaved(plans: Sequence[tuple[str, ExecutionPlan]], ctx: Any, w
             "environment": nearest.environment,
             "timeline": timeline_to_dict(nearest.timeline),
             "parts_s": parts,
+            "collective_calls_s": {key: [t for run in runs[label] for t in run.collective_calls_s.get(key, ())]
+                                   for key in sorted({key for run in runs[label] for key in run.collective_calls_s})},
         }
     return results
 
@@ -189,7 +194,9 @@ def load_measured(path: str | Path) -> dict[str, MeasuredResult]:
                                       iteration_times_s=tuple(entry["iteration_times_s"]),
                                       median_s=entry["median_s"], timeline=timeline_from_dict(entry["timeline"]),
                                       environment=entry["environment"],
-                                      parts_s={key: tuple(values) for key, values in entry.get("parts_s", {}).items()})
+                                      parts_s={key: tuple(values) for key, values in entry.get("parts_s", {}).items()},
+                                      collective_calls_s={key: tuple(values) for key, values
+                                                          in entry.get("collective_calls_s", {}).items()})
                 for label, entry in document["results"].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise MoesimError(f"{path}: not a measured-run file of format {FORMAT} ({err})") from None

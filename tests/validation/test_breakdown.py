@@ -6,8 +6,17 @@ import pytest
 
 from moesim.api import run_schedule, scenario
 from moesim.plan import StreamKind
-from moesim.validation.breakdown import HANDOVER, IDLE, WAITING, is_wait, part_of, rank_parts, timeline_parts
-from moesim.validation.report import compare_parts
+from moesim.validation.breakdown import (
+    HANDOVER,
+    IDLE,
+    WAITING,
+    collective_calls,
+    is_wait,
+    part_of,
+    rank_parts,
+    timeline_parts,
+)
+from moesim.validation.report import compare_collectives, compare_parts
 
 SMALL = {"model.num_layers": 2, "training.batch_per_gpu": 2}
 
@@ -82,3 +91,39 @@ def test_a_measured_file_without_waits_compares_them_inside_idle() -> None:
     assert compare_parts(predicted, old) == ((IDLE, pytest.approx(0.6), 0.7), ("a:forward", 1.0, 1.0))
     new = {"a:forward": (1.0,), WAITING + "dispatch:forward": (0.5,), HANDOVER: (0.1,), IDLE: (0.2,)}
     assert compare_parts(predicted, new)[0] == (WAITING + "dispatch:forward", 0.3, 0.5)
+
+
+def test_collective_calls_run_from_the_rendezvous_on_one_clock(tutel) -> None:
+    """Two ranks, one clock: rank 1 reaches the first dispatch 0.3 ms after rank 0, both end at 1.0 ms: each
+    call ran 0.7 ms from the rendezvous; on clocks of their own each counts from its own start."""
+    plan = tutel.plan
+    dispatch = next(t for t in plan.tasks if plan.op_of(t).kind.is_collective and plan.op_of(t).role == "dispatch")
+    grad = next(t for t in plan.tasks if plan.op_of(t).role == "grad_sync")
+    ms = 1e-3
+    rank0 = {dispatch.id: (0.0, 1.0 * ms), grad.id: (5.0 * ms, 9.0 * ms)}
+    rank1 = {dispatch.id: (0.3 * ms, 1.0 * ms), grad.id: (5.5 * ms, 9.0 * ms)}
+    shared = collective_calls(plan, [rank0, rank1], from_rendezvous=True)
+    assert shared == {"dispatch:forward": [pytest.approx(0.7 * ms)] * 2,
+                      "grad_sync:grad_sync": [pytest.approx(3.5 * ms)] * 2}
+    own = collective_calls(plan, [rank0, rank1], from_rendezvous=False)
+    assert own["dispatch:forward"] == [pytest.approx(1.0 * ms), pytest.approx(0.7 * ms)]
+    # compute tasks do not count; a rank without times for a call is left out
+    assert collective_calls(plan, [rank0, {}], from_rendezvous=True)["dispatch:forward"] == [pytest.approx(1.0 * ms)]
+
+
+def test_collective_calls_are_compared_most_measured_time_first(tutel) -> None:
+    """The predicted mean call of each part from the timeline, beside the measured calls' count, mean,
+    median and 90th percentile (nearest rank); a part the prediction lacks is predicted 0."""
+    plan, timeline = tutel.plan, tutel.timeline
+    dispatches = [s.duration for s in timeline.spans if s.kind.is_collective
+                  and part_of(plan.graph.ops[s.op]) == "dispatch:forward"]
+    measured = {"dispatch:forward": [0.001 * k for k in range(1, 11)], "combine:forward": [0.02, 0.02],
+                "made:up": [0.5], "empty:forward": []}
+    compared = compare_collectives(plan, timeline, measured)
+    assert [c.part for c in compared] == ["made:up", "dispatch:forward", "combine:forward"]
+    (made_up, dispatch, _) = compared
+    assert made_up.predicted_mean_s == 0.0 and made_up.measured_p90_s == 0.5
+    assert dispatches and dispatch.predicted_mean_s == pytest.approx(sum(dispatches) / len(dispatches))
+    assert (dispatch.measured_calls, dispatch.measured_mean_s, dispatch.measured_median_s, dispatch.measured_p90_s) \
+        == (10, pytest.approx(0.0055), pytest.approx(0.0055), pytest.approx(0.009))
+    assert compare_collectives(plan, timeline, {}) == ()  # a measured file from before the calls were kept

@@ -154,6 +154,24 @@ def test_every_iteration_is_broken_into_its_parts(measured, plans, label):
         assert 0 < result.parts_s[IDLE][index] < total
 
 
+@pytest.mark.parametrize("label", LABELS)
+def test_every_collective_call_of_every_iteration_is_kept(measured, plans, label):
+    """Per collective part, one call per member rank per task per measured iteration, none negative; the
+    median iteration's calls are among them, timed from the rendezvous as its timeline times them."""
+    from moesim.validation.breakdown import part_of
+
+    result, plan = measured[label], plans[label]
+    members = Counter(part_of(plan.op_of(task)) for task in plan.tasks if plan.op_of(task).kind.is_collective
+                      for group in plan.op_of(task).comm.groups for _ in group)
+    assert {part: len(calls) for part, calls in result.collective_calls_s.items()} == {
+        part: count * ITERATIONS for part, count in members.items()}
+    kept = sorted(seconds for calls in result.collective_calls_s.values() for seconds in calls)
+    assert kept[0] >= 0
+    for span in result.timeline.spans:
+        if span.kind.is_collective:
+            assert min(abs(span.duration - seconds) for seconds in kept) < 1e-12
+
+
 # --- without a job ------------------------------------------------------------------------------
 
 def a2a_op(traffic, groups=((0, 1, 2),), payload=0.0):
@@ -278,7 +296,8 @@ def test_schedules_run_interleaved_in_blocks_and_keep_every_iteration(monkeypatc
         times = [float(next(clock)) for _ in range(iterations)]
         timeline = Timeline(spans=(), num_ranks=2, represents={0: (0,)}, task_deps=(), schedule=plan.schedule,
                             source="measured", meta={"block": len(calls)})
-        return executor.MeasuredRun(timeline=timeline, iteration_times_s=times, environment={"backend": "fake"})
+        return executor.MeasuredRun(timeline=timeline, iteration_times_s=times, environment={"backend": "fake"},
+                                    collective_calls_s={"dispatch:forward": [t / 10 for t in times]})
 
     monkeypatch.setattr(executor, "execute_plan", fake)
     chosen = [(label, plans[label]) for label in ("sequential", "lancet")]
@@ -289,3 +308,4 @@ def test_schedules_run_interleaved_in_blocks_and_keep_every_iteration(monkeypatc
     assert sequential["iteration_times_s"] == [1.0, 2.0, 3.0, 7.0, 8.0, 11.0, 12.0]
     assert sequential["median_s"] == 7.0
     assert sequential["timeline"]["meta"] == {"block": 3}  # block medians 2, 7, 11: the second is nearest
+    assert sequential["collective_calls_s"] == {"dispatch:forward": [t / 10 for t in sequential["iteration_times_s"]]}

@@ -25,6 +25,12 @@ def test_report_compares_predicted_and_measured_per_schedule(tmp_path):
         assert sum(p for _, p, _ in row.parts) == pytest.approx(row.predicted_s, rel=1e-9)
         differences = [abs(m - p) for _, p, m in row.parts]
         assert differences == sorted(differences, reverse=True)
+        # every collective part's calls, predicted beside measured: both schedules dispatch and sync gradients
+        calls = {c.part: c for c in row.collectives}
+        assert {"dispatch:forward", "combine:backward_input", "grad_sync:grad_sync"} <= set(calls)
+        for c in row.collectives:
+            assert c.predicted_mean_s > 0 and c.measured_calls >= 4  # 2 ranks x 2 iterations at least
+            assert 0 <= c.measured_median_s <= c.measured_p90_s and c.measured_mean_s > 0
     assert report.mape == pytest.approx(sum(abs(r.error) for r in report.rows) / 2)
     (ranking,) = report.rankings
     assert sorted(ranking.predicted) == sorted(ranking.measured) == ["sequential", "tutel-d2"]
@@ -36,6 +42,7 @@ def test_report_compares_predicted_and_measured_per_schedule(tmp_path):
     saved = json.loads(write_report(report, tmp_path / "report.json").read_text())
     assert saved["mape"] == pytest.approx(report.mape) and len(saved["rows"]) == 2
     assert len(saved["rows"][0]["parts"]) == len(report.rows[0].parts)
+    assert [c["part"] for c in saved["rows"][0]["collectives"]] == [c.part for c in report.rows[0].collectives]
 
 
 def test_the_ranking_counts_only_pairs_a_rank_sum_test_tells_apart():
