@@ -2,7 +2,8 @@
 waits for when it waits for another stream (each collective's role and phase, then the hand-over after it
 ended), and the rest of the time a rank does not compute (bookkeeping between tasks, before its first and
 after its last task), mean over ranks. The validation report sets the measured parts (median over
-iterations) beside the predicted ones, so a prediction error can be traced to the ops that make it.
+iterations) beside the predicted ones, so a prediction error can be traced to the ops that make it, and
+every collective call's time by part (``collective_calls``) beside the predicted mean call.
 
 Parts are keyed ``role:phase`` (``expert_fc1:backward_weight``), waits ``waiting for role:phase``: the layers
 of an op and the parts a schedule splits it into add up. This module imports neither torch nor simpy: the

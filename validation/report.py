@@ -57,9 +57,10 @@ VARIANTS = (
 @dataclass(frozen=True)
 class CollectiveCalls:
     """One collective part's calls (role and phase, e.g. ``dispatch:forward``): the predicted mean call and
-    the measured calls of every iteration and rank, from the group's rendezvous to the end. A mean well
-    above the median is a tail: calls that stall, which an exposed collective pays in full but a hidden one
-    only where the stall outlasts the compute beside it."""
+    the measured calls of every iteration and rank, from the group's rendezvous to the end (the predicted
+    call also holds the modelled wait for the last member, ``rendezvous_skew``, at most its cap). A mean
+    well above the median is a tail: calls that stall, which an exposed collective pays in full but a
+    hidden one only where the stall outlasts the compute beside it."""
 
     part: str
     predicted_mean_s: float
@@ -176,7 +177,7 @@ def validate(
                             compare_collectives(guess.plan, guess.timeline, run.collective_calls_s)))
             environment = run.environment
             if trace_dir is not None:
-                traces += _write_traces(trace_dir / workload, v.label, predicted[v.label].timeline, run.timeline)
+                traces += _write_traces(trace_dir / workload, v.label, guess.timeline, run.timeline)
         rankings.append(_ranking(workload, [r for r in rows if r.workload == workload]))
     return ValidationReport(hardware, tuple(rows), tuple(rankings), environment, tuple(traces))
 
