@@ -117,49 +117,44 @@ def test_validate_calibrate_json_keeps_stdout_one_json_document(capsys, monkeypa
     assert code == 0 and json.loads(out) == {"mape": 0.05} and "fitted: everything" in err
 
 
-def test_validate_prints_the_parts_where_the_error_is(capsys, monkeypatch):
-    """The text report names, per schedule, the parts whose measured time differs most from the prediction."""
+def _validate_text(capsys, monkeypatch, measured_row):
+    """``moesim validate``'s text for a stand-in report of tiny-moe-a: ``measured_row`` and a lancet row that has
+    neither parts nor calls. Returns the whole output and the row's line in each per-schedule section."""
     import types
 
     import moesim.cli as cli
     from moesim.validation.report import Ranking, Row, ValidationReport
 
-    parts = (("not computing", 0.010, 0.018), ("expert_fc1:forward", 0.012, 0.014), ("qkv:forward", 0.02, 0.0195),
-             ("ln1:forward", 0.001, 0.0011), ("loss:forward", 0.001, 0.001))
-    rows = (Row("tiny-moe-a", "sequential", 0.30, 0.32, 0.01, (0.31, 0.32, 0.33), parts),
-            Row("tiny-moe-a", "lancet", 0.29, 0.31, 0.01, (0.30, 0.31, 0.32)))
+    rows = (measured_row, Row("tiny-moe-a", "lancet", 0.29, 0.31, 0.01, (0.30, 0.31, 0.32)))
     report = ValidationReport("cpu-local", rows, (Ranking("tiny-moe-a", ("lancet", "sequential"),
                                                           ("lancet", "sequential"), True, True),),
                               {"world_size": 2, "backend": "gloo", "torch": "2.13.0"})
     monkeypatch.setattr(cli, "_validation", {"report": types.SimpleNamespace(validate=lambda *a, **k: report)}.get)
     code, out, _ = run_cli(capsys, "validate")
     assert code == 0
-    (line,) = [line for line in out.splitlines() if line.startswith("  tiny-moe-a sequential:")]
-    assert line == ("  tiny-moe-a sequential: not computing +8.0, expert_fc1:forward +2.0, qkv:forward -0.5, "
-                    "ln1:forward +0.1")
-    assert "tiny-moe-a lancet:" not in out  # a row without measured parts has nothing to show
+    assert "tiny-moe-a lancet:" not in out  # a row without measured parts or calls has nothing to show
+    return [line for line in out.splitlines() if line.startswith("  tiny-moe-a sequential:")]
+
+
+def test_validate_prints_the_parts_where_the_error_is(capsys, monkeypatch):
+    """The text report names, per schedule, the parts whose measured time differs most from the prediction."""
+    from moesim.validation.report import Row
+
+    parts = (("not computing", 0.010, 0.018), ("expert_fc1:forward", 0.012, 0.014), ("qkv:forward", 0.02, 0.0195),
+             ("ln1:forward", 0.001, 0.0011), ("loss:forward", 0.001, 0.001))
+    row = Row("tiny-moe-a", "sequential", 0.30, 0.32, 0.01, (0.31, 0.32, 0.33), parts)
+    assert _validate_text(capsys, monkeypatch, row) == [
+        "  tiny-moe-a sequential: not computing +8.0, expert_fc1:forward +2.0, qkv:forward -0.5, ln1:forward +0.1"]
 
 
 def test_validate_prints_each_schedules_collective_calls(capsys, monkeypatch):
     """The text report gives, per schedule, the predicted mean call beside the measured calls' mean, median
     and 90th percentile for the collective parts with the most measured time."""
-    import types
-
-    import moesim.cli as cli
-    from moesim.validation.report import CollectiveCalls, Ranking, Row, ValidationReport
+    from moesim.validation.report import CollectiveCalls, Row
 
     calls = (CollectiveCalls("dispatch:forward", 0.0014, 16, 0.0012, 0.0006, 0.0029),
              CollectiveCalls("combine:forward", 0.0014, 16, 0.0010, 0.0005, 0.0021),
              CollectiveCalls("grad_sync:grad_sync", 0.0079, 2, 0.0001, 0.0001, 0.0001))
-    rows = (Row("tiny-moe-a", "sequential", 0.30, 0.32, 0.01, (0.31, 0.32, 0.33), (), calls),
-            Row("tiny-moe-a", "lancet", 0.29, 0.31, 0.01, (0.30, 0.31, 0.32)))
-    report = ValidationReport("cpu-local", rows, (Ranking("tiny-moe-a", ("lancet", "sequential"),
-                                                          ("lancet", "sequential"), True, True),),
-                              {"world_size": 2, "backend": "gloo", "torch": "2.13.0"})
-    monkeypatch.setattr(cli, "_validation", {"report": types.SimpleNamespace(validate=lambda *a, **k: report)}.get)
-    code, out, _ = run_cli(capsys, "validate")
-    assert code == 0
-    (line,) = [line for line in out.splitlines() if line.startswith("  tiny-moe-a sequential:")]
-    assert line == ("  tiny-moe-a sequential: dispatch:forward 1.40 / 1.20, 0.60, 2.90; "
-                    "combine:forward 1.40 / 1.00, 0.50, 2.10")
-    assert "tiny-moe-a lancet:" not in out
+    row = Row("tiny-moe-a", "sequential", 0.30, 0.32, 0.01, (0.31, 0.32, 0.33), (), calls)
+    assert _validate_text(capsys, monkeypatch, row) == [
+        "  tiny-moe-a sequential: dispatch:forward 1.40 / 1.20, 0.60, 2.90; combine:forward 1.40 / 1.00, 0.50, 2.10"]
