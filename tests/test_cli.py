@@ -119,7 +119,8 @@ def test_validate_calibrate_json_keeps_stdout_one_json_document(capsys, monkeypa
 
 def _validate_text(capsys, monkeypatch, measured_row):
     """``moesim validate``'s text for a stand-in report of tiny-moe-a: ``measured_row`` and a lancet row that has
-    neither parts nor calls. Returns the whole output and the row's line in each per-schedule section."""
+    neither parts nor calls (checked to show nothing). Returns ``measured_row``'s lines: one per section
+    of the report that has something of it to show."""
     import types
 
     import moesim.cli as cli

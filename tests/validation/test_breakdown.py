@@ -107,7 +107,7 @@ def test_collective_calls_run_from_the_rendezvous_on_one_clock(tutel) -> None:
                       "grad_sync:grad_sync": [pytest.approx(3.5 * ms)] * 2}
     own = collective_calls(plan, [rank0, rank1], from_rendezvous=False)
     assert own["dispatch:forward"] == [pytest.approx(1.0 * ms), pytest.approx(0.7 * ms)]
-    # compute tasks do not count; a rank without times for a call is left out
+    # a rank without times for a call is left out: the other's call runs from its own start
     assert collective_calls(plan, [rank0, {}], from_rendezvous=True)["dispatch:forward"] == [pytest.approx(1.0 * ms)]
 
 
