@@ -57,14 +57,12 @@ def rank_parts(plan: ExecutionPlan, times: Mapping[int, tuple[float, float]], it
     return dict(parts)
 
 
-def collective_calls(plan: ExecutionPlan, times: Sequence[Mapping[int, tuple[float, float]]], *,
-                     from_rendezvous: bool) -> dict[str, list[float]]:
-    """Every collective call of one iteration, by part (its role and phase): how long it ran on each member
-    (``times[rank]``: task id -> ``(start, end)``), in task order then rank order. With ``from_rendezvous``
-    (every rank's times on one clock) a call runs from its group's rendezvous, the last member's start,
-    to its end, as the engine counts it; otherwise from the rank's own start, its wait for the peers
-    included. A rank without a task's times (outside the plan) is left out."""
-    calls: dict[str, list[float]] = defaultdict(list)
+def at_rendezvous(plan: ExecutionPlan,
+                  times: Sequence[Mapping[int, tuple[float, float]]]) -> list[dict[int, tuple[float, float]]]:
+    """Every rank's ``(start, end)`` by task id (one clock), with each collective started at its group's
+    rendezvous, the last member's start, as the engine starts it: waiting for a peer is then idle time on
+    the stream, not communication. A rank without a task's times (outside the plan) is left out of it."""
+    adjusted = [dict(row) for row in times]
     for task in plan.tasks:
         op = plan.op_of(task)
         if not op.kind.is_collective or op.comm is None:
@@ -74,8 +72,28 @@ def collective_calls(plan: ExecutionPlan, times: Sequence[Mapping[int, tuple[flo
             meeting = max((times[rank][task.id][0] for rank in members), default=0.0)
             for rank in members:
                 start, end = times[rank][task.id]
-                began = min(max(start, meeting), end) if from_rendezvous else start
-                calls[part_of(op)].append(end - began)
+                adjusted[rank][task.id] = (min(max(start, meeting), end), end)
+    return adjusted
+
+
+def collective_calls(plan: ExecutionPlan, times: Sequence[Mapping[int, tuple[float, float]]], *,
+                     from_rendezvous: bool) -> dict[str, list[float]]:
+    """Every collective call of one iteration, by part (its role and phase): how long it ran on each member
+    (``times[rank]``: task id -> ``(start, end)``), in task order then rank order. With ``from_rendezvous``
+    (every rank's times on one clock) a call runs from its group's rendezvous (``at_rendezvous``) to its
+    end, as the engine counts it; otherwise from the rank's own start, its wait for the peers included. A
+    rank without a task's times (outside the plan) is left out."""
+    timed = at_rendezvous(plan, times) if from_rendezvous else times
+    calls: dict[str, list[float]] = defaultdict(list)
+    for task in plan.tasks:
+        op = plan.op_of(task)
+        if not op.kind.is_collective or op.comm is None:
+            continue
+        for group in op.comm.groups:
+            for rank in group:
+                if rank < len(timed) and task.id in timed[rank]:
+                    start, end = timed[rank][task.id]
+                    calls[part_of(op)].append(end - start)
     return dict(calls)
 
 

@@ -246,7 +246,8 @@ class _CudaRun:
 
 def _assemble(plan: ExecutionPlan, ctx: RankContext, measured: list[_Iteration], warmup: int,
               run_environment: dict[str, Any]) -> MeasuredRun:
-    """Gather every rank's iterations, place them on one clock, keep the median iteration's spans."""
+    """Gather every rank's iterations once, place them on one clock, keep the median iteration's spans and
+    every iteration's parts and collective calls."""
     local = (socket.gethostname(), [it.t0 for it in measured], [max((e for _, e in it.times), default=0.0)
                                                                  for it in measured])
     summaries: list[Any] = [None] * ctx.world_size
@@ -256,66 +257,43 @@ def _assemble(plan: ExecutionPlan, ctx: RankContext, measured: list[_Iteration],
     iteration_times = [max(offsets[r][i] + summaries[r][2][i] for r in range(ctx.world_size))
                        for i in range(len(measured))]
     median = sorted(range(len(measured)), key=lambda i: (iteration_times[i], i))[(len(measured) - 1) // 2]
-    mine = [(s + offsets[ctx.rank][median], e + offsets[ctx.rank][median]) for s, e in measured[median].times]
+    shift = offsets[ctx.rank]
+    mine = [[(s + shift[i], e + shift[i]) for s, e in it.times] for i, it in enumerate(measured)]
     everyone: list[Any] = [None] * ctx.world_size
     dist.all_gather_object(everyone, mine)
-    if shared_clock:
-        everyone = _from_rendezvous(plan, everyone)
+    # per iteration, every rank's (start, end) by task id on one clock (where the ranks share one)
+    iterations = [[dict(enumerate(everyone[rank][i])) for rank in range(ctx.world_size)] for i in range(len(measured))]
+    shown = breakdown.at_rendezvous(plan, iterations[median]) if shared_clock else iterations[median]
     meta = {**run_environment, "iteration_times_s": iteration_times, "median_iteration": median,
             "warmup": warmup, "clock": "shared monotonic" if shared_clock else "per-rank barrier exit",
             "path": "cuda streams" if ctx.device.type == "cuda" else "threads",
             "2dh_as_linear": any(t.algorithm is A2AAlgorithm.HIERARCHICAL for t in plan.tasks)}
-    timeline = Timeline(spans=_spans(plan, everyone), num_ranks=ctx.world_size,
+    timeline = Timeline(spans=_spans(plan, shown), num_ranks=ctx.world_size,
                         represents={r: (r,) for r in range(ctx.world_size)},
                         task_deps=tuple(task.deps for task in plan.tasks), schedule=plan.schedule,
                         source="measured", meta=meta)
-    return MeasuredRun(timeline, iteration_times, run_environment, _parts(plan, ctx, measured, iteration_times),
-                       _collective_calls(plan, ctx, measured, offsets, shared_clock))
+    return MeasuredRun(timeline, iteration_times, run_environment, _parts(plan, iterations, iteration_times),
+                       _collective_calls(plan, iterations, shared_clock))
 
 
-def _parts(plan: ExecutionPlan, ctx: RankContext, measured: list[_Iteration],
+def _parts(plan: ExecutionPlan, iterations: list[list[dict[int, tuple[float, float]]]],
            iteration_times: list[float]) -> dict[str, list[float]]:
     """Each measured iteration's parts (``breakdown``), mean over ranks: part -> seconds per iteration."""
-    mine = [breakdown.rank_parts(plan, dict(enumerate(it.times)), total)
-            for it, total in zip(measured, iteration_times, strict=True)]
-    everyone: list[Any] = [None] * ctx.world_size
-    dist.all_gather_object(everyone, mine)
-    per_iteration = [breakdown.mean_over_ranks([rank[i] for rank in everyone]) for i in range(len(measured))]
+    per_iteration = [breakdown.mean_over_ranks([breakdown.rank_parts(plan, times, total) for times in ranks])
+                     for ranks, total in zip(iterations, iteration_times, strict=True)]
     keys = sorted({key for parts in per_iteration for key in parts})
     return {key: [parts.get(key, 0.0) for parts in per_iteration] for key in keys}
 
 
-def _collective_calls(plan: ExecutionPlan, ctx: RankContext, measured: list[_Iteration], offsets: list[list[float]],
+def _collective_calls(plan: ExecutionPlan, iterations: list[list[dict[int, tuple[float, float]]]],
                       shared_clock: bool) -> dict[str, list[float]]:
     """Every collective call of every measured iteration on every rank (``breakdown.collective_calls``),
     timed from its group's rendezvous where the ranks share a clock: part -> seconds."""
-    collectives = [task.id for task in plan.tasks if plan.op_of(task).kind.is_collective]
-    mine = [{tid: (it.times[tid][0] + offsets[ctx.rank][i], it.times[tid][1] + offsets[ctx.rank][i])
-             for tid in collectives} for i, it in enumerate(measured)]
-    everyone: list[Any] = [None] * ctx.world_size
-    dist.all_gather_object(everyone, mine)
     calls: dict[str, list[float]] = {}
-    for i in range(len(measured)):
-        ranks = [everyone[rank][i] for rank in range(ctx.world_size)]
+    for ranks in iterations:
         for part, seconds in breakdown.collective_calls(plan, ranks, from_rendezvous=shared_clock).items():
             calls.setdefault(part, []).extend(seconds)
     return calls
-
-
-def _from_rendezvous(plan: ExecutionPlan, times: list[list[tuple[float, float]]]) -> list[list[tuple[float, float]]]:
-    """Start every collective span at its group's rendezvous (the last member's arrival), as the engine
-    does, so waiting for a peer shows as idle time on the stream, not as communication. Needs one clock."""
-    adjusted = [list(row) for row in times]
-    for task in plan.tasks:
-        op = plan.op_of(task)
-        if not op.kind.is_collective or op.comm is None:
-            continue
-        for group in op.comm.groups:
-            meeting = max(times[rank][task.id][0] for rank in group)
-            for rank in group:
-                start, end = times[rank][task.id]
-                adjusted[rank][task.id] = (min(max(start, meeting), end), end)
-    return adjusted
 
 
 def _offsets(t0s: list[list[float]], shared_clock: bool) -> list[list[float]]:
@@ -326,11 +304,12 @@ def _offsets(t0s: list[list[float]], shared_clock: bool) -> list[list[float]]:
     return [[t0 - origin for t0, origin in zip(row, origins, strict=True)] for row in t0s]
 
 
-def _spans(plan: ExecutionPlan, times: list[list[tuple[float, float]]]) -> tuple[Span, ...]:
-    """Spans of every rank with the engine's flops and bytes, sorted as the engine sorts them."""
+def _spans(plan: ExecutionPlan, times: list[dict[int, tuple[float, float]]]) -> tuple[Span, ...]:
+    """Spans of every rank (``times[rank]``: task id -> ``(start, end)``) with the engine's flops and bytes,
+    sorted as the engine sorts them."""
     membership = accounting.Membership()
-    records = sorted((rank, start, _STREAMS.index(task.stream), task.id, end)
-                     for rank, row in enumerate(times) for task, (start, end) in zip(plan.tasks, row, strict=True))
+    records = sorted((rank, row[task.id][0], _STREAMS.index(task.stream), task.id, row[task.id][1])
+                     for rank, row in enumerate(times) for task in plan.tasks)
     spans = []
     for rank, start, _, tid, end in records:
         task = plan.tasks[tid]
