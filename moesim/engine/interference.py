@@ -36,7 +36,8 @@ class RankCompute:
     def __init__(self, env: simpy.Environment, slowdown: float, charged: bool = False) -> None:
         self._env = env
         self._slow_rate = 1.0 / (1.0 + slowdown)
-        self._interferes = slowdown != 0.0 or charged
+        self._slows = slowdown != 0.0  # the rate moves with the collective count
+        self._interferes = self._slows or charged  # kernels are tracked (their rate moves, or they are charged)
         self._comm_in_flight = 0
         self._next_id = 0
         self._running: dict[int, _Kernel] = {}
@@ -91,7 +92,7 @@ class RankCompute:
         self._reschedule(None, seconds)
 
     def _set_rate(self, rate: float) -> None:
-        if self._interferes:
+        if self._slows:  # charged only, the rate stays 1: nothing to reschedule
             self._reschedule(rate, 0.0)
 
     def _reschedule(self, rate: float | None, extra_s: float) -> None:
