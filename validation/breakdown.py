@@ -13,7 +13,7 @@ executor, the worker and the report all use it.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from moesim.plan import ExecutionPlan, StreamKind
 from moesim.timeline import Timeline
@@ -95,6 +95,16 @@ def collective_calls(plan: ExecutionPlan, times: Sequence[Mapping[int, tuple[flo
                     start, end = timed[rank][task.id]
                     calls[part_of(op)].append(end - start)
     return dict(calls)
+
+
+def joined(runs: Iterable[Mapping[str, Sequence[float]]]) -> dict[str, list[float]]:
+    """Each key's values of every mapping of ``runs`` one after the other, in the order of ``runs``
+    (sorted keys): the collective calls of several iterations or runs as one."""
+    values: dict[str, list[float]] = defaultdict(list)
+    for run in runs:
+        for key, seconds in run.items():
+            values[key].extend(seconds)
+    return {key: values[key] for key in sorted(values)}
 
 
 def is_wait(part: str) -> bool:

@@ -289,11 +289,8 @@ def _collective_calls(plan: ExecutionPlan, iterations: list[list[dict[int, tuple
                       shared_clock: bool) -> dict[str, list[float]]:
     """Every collective call of every measured iteration on every rank (``breakdown.collective_calls``),
     timed from its group's rendezvous where the ranks share a clock: part -> seconds."""
-    calls: dict[str, list[float]] = {}
-    for ranks in iterations:
-        for part, seconds in breakdown.collective_calls(plan, ranks, from_rendezvous=shared_clock).items():
-            calls.setdefault(part, []).extend(seconds)
-    return calls
+    return breakdown.joined(breakdown.collective_calls(plan, ranks, from_rendezvous=shared_clock)
+                            for ranks in iterations)
 
 
 def _offsets(t0s: list[list[float]], shared_clock: bool) -> list[list[float]]:

@@ -30,6 +30,8 @@ from moesim.schedules import get_schedule
 from moesim.timeline import Span, Timeline
 from moesim.workload.ops import OpKind, Phase
 
+from . import breakdown
+
 FORMAT = "moesim-measured/1"
 _BLOCKS = 3
 
@@ -143,8 +145,7 @@ def _measure_interleaved(plans: Sequence[tuple[str, ExecutionPlan]], ctx: Any, w
             "environment": nearest.environment,
             "timeline": timeline_to_dict(nearest.timeline),
             "parts_s": parts,
-            "collective_calls_s": {key: [t for run in runs[label] for t in run.collective_calls_s.get(key, ())]
-                                   for key in sorted({key for run in runs[label] for key in run.collective_calls_s})},
+            "collective_calls_s": breakdown.joined(run.collective_calls_s for run in runs[label]),
         }
     return results
 
