@@ -67,13 +67,19 @@ class Task:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class ExecutionPlan:
-    """Tasks indexed by id (``tasks[i].id == i``), and each stream's order as task ids."""
+    """Tasks indexed by id (``tasks[i].id == i``), and each stream's order as task ids.
+
+    ``priority`` gives the network priority class of each stream's collectives: on a resource they
+    share, a lower class is served first (strict priority) and a higher one gets what is left; a
+    stream not named is class 0.
+    """
 
     graph: OpGraph
     schedule: str
     tasks: tuple[Task, ...]
     streams: Mapping[StreamKind, tuple[int, ...]]
     knobs: Mapping[str, object] = field(default_factory=dict)
+    priority: Mapping[StreamKind, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         assert all(task.id == index for index, task in enumerate(self.tasks)), "task ids must be their index"
@@ -94,6 +100,9 @@ class ExecutionPlan:
 
     def op_of(self, task: Task) -> Op:
         return self.graph.ops[task.op]
+
+    def priority_of(self, task: Task) -> int:
+        return self.priority.get(task.stream, 0)
 
     def stream_of(self, kind: StreamKind) -> Sequence[Task]:
         return [self.tasks[tid] for tid in self.streams.get(kind, ())]

@@ -211,6 +211,7 @@ class _Play:
         the end of the stage: a communication thread that waits for a peer or for a core takes no cycles.
         """
         demand = self.cost.collective_demand(op, task, groups)
+        priority = self.plan.priority_of(task)
         drift = 0.0  # the most compute a (played) member did since its previous collective; reset for all
         for member in members:
             if member in self.since_sync:
@@ -233,7 +234,7 @@ class _Play:
                     run_stage(stage.then)
 
             def transfer(_: object = None) -> None:
-                self.network.transfer(stage.resources, stage.volume, after, tuple(members))
+                self.network.transfer(stage.resources, stage.volume, after, tuple(members), priority)
 
             def start() -> None:
                 running(True)

@@ -7,6 +7,10 @@ takes ``max_i volume[i] / capacity[i]``. Rates come from progressive filling: ra
 ``lambda`` for all unfrozen coflows until some resource saturates, freeze the coflows crossing it,
 repeat with the rest.
 
+Priority classes: each coflow belongs to a class (the plan's priority of its stream); classes are
+served in strict priority, so a lower-priority coflow moves only on what the higher ones leave and
+waits, at rate 0, where they take everything.
+
 Reverse interference: while any member rank of a coflow runs a compute kernel, the coflow moves at
 ``1 / (1 + comm_slowdown)`` of its max-min rate (on a CPU host the same cores move the bytes); the
 share it leaves unused is not handed to other coflows, since the bottleneck is then the rank, not the
@@ -34,13 +38,16 @@ _SATURATION_RTOL = 1e-12
 
 
 def max_min_rates(
-    resources: Sequence[np.ndarray], volumes: Sequence[np.ndarray], capacities: np.ndarray
+    resources: Sequence[np.ndarray], volumes: Sequence[np.ndarray], capacities: np.ndarray,
+    classes: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Progress rates (fraction of the transfer per second) of coflows sharing ``capacities``.
 
     Coflow ``c`` moves ``volumes[c][i]`` bytes across resource ``resources[c][i]``; every volume is
-    > 0 and every capacity used is > 0 (the caller guarantees both). The result is max-min fair in
-    ``lambda = p * D``: no coflow can go faster without slowing one whose ``lambda`` is not larger.
+    > 0 and every capacity used is > 0 (the caller guarantees both). Within a priority class the result
+    is max-min fair in ``lambda = p * D``: no coflow can go faster without slowing one whose ``lambda``
+    is not larger. Classes (``classes[c]``, all 0 when None) are served in strict priority, the lowest
+    first: a class shares only what the classes before it left, so a coflow may get rate 0.
     """
     count = len(resources)
     heaviest = np.array([volume.max() for volume in volumes])
@@ -50,18 +57,20 @@ def max_min_rates(
     weight[rows, column] = np.concatenate(volumes) / heaviest[rows]
     free = capacities[used].astype(np.float64)
     level = np.zeros(count)
-    unfrozen = np.ones(count, dtype=bool)
-    while unfrozen.any():
-        load = weight[unfrozen].sum(axis=0)
-        crossed = load > 0
-        limit = np.full(len(used), np.inf)
-        limit[crossed] = free[crossed] / load[crossed]
-        lam = limit.min()
-        saturated = crossed & (limit <= lam * (1 + _SATURATION_RTOL))
-        freezing = unfrozen & (weight[:, saturated] > 0).any(axis=1)
-        level[freezing] = lam
-        free -= lam * weight[freezing].sum(axis=0)
-        unfrozen &= ~freezing
+    of_class = np.zeros(count, dtype=np.int64) if classes is None else np.asarray(classes, dtype=np.int64)
+    for served in np.unique(of_class):
+        unfrozen = of_class == served
+        while unfrozen.any():
+            load = weight[unfrozen].sum(axis=0)
+            crossed = load > 0
+            limit = np.full(len(used), np.inf)
+            limit[crossed] = free[crossed] / load[crossed]
+            lam = limit.min()
+            saturated = crossed & (limit <= lam * (1 + _SATURATION_RTOL))
+            freezing = unfrozen & (weight[:, saturated] > 0).any(axis=1)
+            level[freezing] = lam
+            free = np.maximum(free - lam * weight[freezing].sum(axis=0), 0.0)
+            unfrozen &= ~freezing
     return level / heaviest
 
 
@@ -69,15 +78,16 @@ class Coflow:
     """One collective's transfer in flight; ``on_done`` is called once, when it completes."""
 
     __slots__ = ("seq", "resources", "volume", "solo_rate", "remaining", "rate", "fair_rate", "factor",
-                 "members", "updated_at", "version", "on_done")
+                 "members", "priority", "updated_at", "version", "on_done")
 
     def __init__(self, seq: int, resources: np.ndarray, volume: np.ndarray, solo_rate: float,
-                 members: tuple[int, ...], on_done: Callable[[], None]) -> None:
+                 members: tuple[int, ...], priority: int, on_done: Callable[[], None]) -> None:
         self.seq = seq
         self.resources = resources
         self.volume = volume
         self.solo_rate = solo_rate
         self.members = members
+        self.priority = priority
         self.remaining = 1.0  # fraction of the transfer still to move, as of ``updated_at``
         self.fair_rate = 0.0  # the max-min rate; ``rate`` = fair_rate * factor (reverse interference)
         self.factor = 1.0
@@ -135,9 +145,9 @@ class FlowNetwork:
                     self._set_rate(coflow, coflow.fair_rate * factor, now)
 
     def transfer(self, resources: np.ndarray, volume: np.ndarray, on_done: Callable[[], None],
-                 members: tuple[int, ...] = ()) -> None:
-        """Start moving ``volume[i]`` bytes across ``resources[i]`` now for the ranks ``members``;
-        call ``on_done`` when all moved.
+                 members: tuple[int, ...] = (), priority: int = 0) -> None:
+        """Start moving ``volume[i]`` bytes across ``resources[i]`` now for the ranks ``members``, in
+        priority class ``priority`` (see ``max_min_rates``); call ``on_done`` when all moved.
 
         Zero volumes are dropped; with nothing left to move ``on_done`` is called at once.
         """
@@ -150,7 +160,7 @@ class FlowNetwork:
             return
         self._check(resources)
         solo_rate = float(1.0 / (volume / self._capacities[resources]).max())
-        coflow = Coflow(self._next_seq, resources, volume, solo_rate, tuple(members), on_done)
+        coflow = Coflow(self._next_seq, resources, volume, solo_rate, tuple(members), priority, on_done)
         coflow.factor = self._factor(coflow.members)
         self._next_seq += 1
         coflow.updated_at = self._env.now
@@ -201,7 +211,8 @@ class FlowNetwork:
             rates = [component[0].solo_rate]
         else:
             rates = max_min_rates(
-                [c.resources for c in component], [c.volume for c in component], self._capacities
+                [c.resources for c in component], [c.volume for c in component], self._capacities,
+                [c.priority for c in component],
             ).tolist()
         now = self._env.now
         for coflow, fair_rate in zip(component, rates, strict=True):
@@ -215,8 +226,9 @@ class FlowNetwork:
         coflow.updated_at = now
         coflow.rate = rate
         coflow.version += 1
-        wake = self._env.timeout(coflow.remaining / rate)
-        wake.callbacks.append(self._waker(coflow, coflow.version))
+        if rate > 0:  # a coflow starved by a higher priority class waits for the next reallocation
+            wake = self._env.timeout(coflow.remaining / rate)
+            wake.callbacks.append(self._waker(coflow, coflow.version))
 
     def _waker(self, coflow: Coflow, version: int) -> Callable[[simpy.Event], None]:
         def wake(_: simpy.Event) -> None:

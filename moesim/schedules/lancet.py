@@ -45,6 +45,7 @@ from pydantic import Field
 from moesim.hardware.interface import CostModel
 from moesim.plan import ExecutionPlan, Task
 from moesim.schedules.builder import Part, PlanBuilder, default_stream
+from moesim.schedules.grad_sync import arrange_grad_sync
 from moesim.schedules.lancet_dw import DWPlacement, place_weight_gradients, program_order
 from moesim.schedules.lancet_partition import PartitionedRange, PartitionPlan, plan_partitions
 from moesim.schedules.registry import KnobTable, Schedule, ScheduleConfig
@@ -60,25 +61,24 @@ class LancetConfig(ScheduleConfig):
 
 def plan(graph: OpGraph, cost: CostModel, config: LancetConfig) -> ExecutionPlan:
     placement = None
-    order = list(range(len(graph.ops)))
     if config.dw_scheduling:
-        # Moving dW ops changes the order gradients become ready, and DDP fills its buckets in that order.
+        # Moving dW ops changes the order gradients become ready, and DDP fills its buckets in that order:
+        # the rebuilt graph lists every op in the order Lancet runs it.
         placed = _place_dw(graph, cost)
         graph, new_id = rebucket(graph, program_order(graph, placed))
         placement = placed.renumbered(new_id)
-        order = program_order(graph, placement)
     partitions = plan_partitions(graph, cost, max_parts=config.max_partitions) if config.partition else None
 
     builder = PlanBuilder(graph, SCHEDULE.name)
     ranges = {r.ops[0]: r for r in partitions.ranges} if partitions is not None else {}
     inside = {op_id for r in ranges.values() for op_id in r.ops}
-    for op_id in order:
-        if op_id in ranges:
-            region = ranges[op_id]
+    for op in graph.ops:
+        if op.id in ranges:
+            region = ranges[op.id]
             builder.add_region([(graph.ops[o], p) for o, p in region.order], region.parts, _specs(region))
-        elif op_id not in inside:
-            builder.add_whole(graph.ops[op_id])
-    return builder.build(_knobs(graph, config, placement, partitions))
+        elif op.id not in inside:
+            builder.add_whole(op)
+    return arrange_grad_sync(builder.build(_knobs(graph, config, placement, partitions)), config.grad_sync, cost)
 
 
 def _specs(region: PartitionedRange) -> Callable[[Op, int], Part]:

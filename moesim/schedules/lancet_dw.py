@@ -31,6 +31,7 @@ from types import MappingProxyType
 from moesim.workload.ops import Op, OpGraph, OpKind, Phase
 
 _BACKWARD = frozenset({Phase.BACKWARD_INPUT, Phase.BACKWARD_WEIGHT})
+_GRAD_SYNC = frozenset({Phase.GRAD_SYNC, Phase.OPTIMIZER})
 
 
 @dataclass(frozen=True)
@@ -92,21 +93,18 @@ def place_weight_gradients(
 
 
 def program_order(graph: OpGraph, placement: DWPlacement) -> list[int]:
-    """All op ids of the graph: program order with every placed op removed from its own position and
-    re-inserted right after its all-to-all (all-to-alls keep their positions).
-
-    A gradient all-reduce bucket (and whatever follows one, such as the optimizer) whose gradients now
-    come later waits until the last of them is computed, as a DDP bucket fires when it is full;
-    buckets keep their order. The result is a valid topological order of the graph (asserted).
-    ``placement`` must come from ``place_weight_gradients`` on this graph.
+    """Every op id but the gradient buckets and the optimizer, in the order Lancet runs them: program
+    order with every placed op removed from its own position and re-inserted right after its
+    all-to-all (all-to-alls keep their positions). The result is a valid topological order of those
+    ops (asserted); ``buckets.rebucket`` rebuilds the buckets for it. ``placement`` must come from
+    ``place_weight_gradients`` on this graph.
     """
     placed = {op_id for ids in placement.after.values() for op_id in ids}
-    sequence: list[int] = []
+    order: list[int] = []
     for op in graph.ops:
-        if op.id not in placed:
-            sequence.append(op.id)
-            sequence.extend(placement.after.get(op.id, ()))
-    order = _defer_grad_sync(graph, sequence, placed)
+        if op.id not in placed and op.phase not in _GRAD_SYNC:
+            order.append(op.id)
+            order.extend(placement.after.get(op.id, ()))
     _assert_topological(graph, order)
     return order
 
@@ -200,43 +198,10 @@ def _assign(
     return after
 
 
-def _defer_grad_sync(graph: OpGraph, sequence: list[int], placed: set[int]) -> list[int]:
-    """Emit ``sequence``, holding back gradient-sync ops (all-reduce buckets and their descendants)
-    until their dependencies are out; held-back ops keep their order and are released between blocks
-    (an all-to-all with the ops placed after it is one block)."""
-    ops = {op.id: op for op in graph.ops}
-    tail: set[int] = set()
-    for op in graph.ops:
-        if op.kind is OpKind.ALL_REDUCE or any(d in tail for d in op.deps):
-            tail.add(op.id)
-    done: set[int] = set()
-    order: list[int] = []
-    held: list[int] = []
-
-    def ready(op_id: int) -> bool:
-        return all(d in done for d in ops[op_id].deps)
-
-    def release() -> None:
-        while held and ready(held[0]):
-            done.add(held[0])
-            order.append(held.pop(0))
-
-    for op_id in sequence:
-        if op_id not in placed:
-            release()
-        if op_id in tail and (held or not ready(op_id)):
-            held.append(op_id)
-            continue
-        assert ready(op_id), f"{ops[op_id].name} placed before one of its dependencies"
-        done.add(op_id)
-        order.append(op_id)
-    release()
-    assert not held, "gradient-sync ops left waiting"
-    return order
-
-
 def _assert_topological(graph: OpGraph, order: list[int]) -> None:
     at = {op_id: index for index, op_id in enumerate(order)}
-    assert len(at) == len(order) == len(graph.ops), "program order must hold every op once"
-    for op in graph.ops:
-        assert all(at[d] < at[op.id] for d in op.deps), f"{op.name} ordered before a dependency"
+    assert len(at) == len(order) == sum(op.phase not in _GRAD_SYNC for op in graph.ops), \
+        "program order must hold every op but the buckets and the optimizer once"
+    for op_id in order:
+        assert all(at[d] < at[op_id] for d in graph.ops[op_id].deps), \
+            f"{graph.ops[op_id].name} ordered before a dependency"

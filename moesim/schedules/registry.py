@@ -21,13 +21,17 @@ from moesim.errors import MoesimError
 from moesim.hardware.interface import CostModel
 from moesim.overrides import one_line
 from moesim.plan import ExecutionPlan
+from moesim.schedules.grad_sync import GradSync
 from moesim.workload.ops import OpGraph
 
 
 class ScheduleConfig(BaseModel):
-    """Base of every policy's knobs (``--set schedule.<knob>=value``)."""
+    """Base of every policy's knobs (``--set schedule.<knob>=value``); ``grad_sync`` is every policy's
+    (how gradient buckets are issued, see ``grad_sync.py``)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    grad_sync: GradSync = GradSync.DDP
 
 
 PlanFn = Callable[[OpGraph, CostModel, Any], ExecutionPlan]
@@ -47,8 +51,10 @@ def no_tables(knobs: Mapping[str, object]) -> list[KnobTable]:
 
 
 def plain_summary(knobs: Mapping[str, object]) -> str:
-    """``k=v, ...`` of the scalar knobs: what a table has room for."""
-    return ", ".join(f"{k}={v}" for k, v in knobs.items() if isinstance(v, str | int | float | bool)) or "-"
+    """``k=v, ...`` of the scalar knobs but a default ``grad_sync``: what a table has room for."""
+    shown = {k: v for k, v in knobs.items() if isinstance(v, str | int | float | bool)
+             and not (k == "grad_sync" and v == GradSync.DDP.value)}
+    return ", ".join(f"{k}={v}" for k, v in shown.items()) or "-"
 
 
 @dataclass(frozen=True, slots=True)

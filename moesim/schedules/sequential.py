@@ -2,7 +2,7 @@
 
 Every op runs in program order. An all-to-all waits for the compute before it and the compute after it
 waits for the all-to-all, as when the collective is issued on the compute stream and blocks it. Gradient
-all-reduce buckets still run on their own stream as buckets fill (DDP), as in every schedule.
+all-reduce buckets are issued as ``schedule.grad_sync`` says, as in every schedule.
 """
 
 from __future__ import annotations
@@ -10,12 +10,13 @@ from __future__ import annotations
 from moesim.hardware.interface import CostModel
 from moesim.plan import ExecutionPlan, StreamKind
 from moesim.schedules.builder import PlanBuilder, default_stream
+from moesim.schedules.grad_sync import arrange_grad_sync
 from moesim.schedules.registry import Schedule, ScheduleConfig
 from moesim.workload.ops import OpGraph
 
 
 class SequentialConfig(ScheduleConfig):
-    """No knobs: the baseline."""
+    """No knobs of its own (``grad_sync`` is every schedule's): the baseline."""
 
 
 def plan(graph: OpGraph, cost: CostModel, config: SequentialConfig) -> ExecutionPlan:
@@ -34,7 +35,7 @@ def plan(graph: OpGraph, cost: CostModel, config: SequentialConfig) -> Execution
             unawaited_a2a = None
         else:
             builder.add_whole(op)
-    return builder.build()
+    return arrange_grad_sync(builder.build(), config.grad_sync, cost)
 
 
 SCHEDULE = Schedule(

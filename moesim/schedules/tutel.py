@@ -5,7 +5,7 @@ chunks along the capacity dimension. The all-to-alls run on the comm stream and 
 compute stream, so chunk c's experts overlap chunk c+1's dispatch and chunk c-1's combine. The
 backward pass is autograd over the chunked forward: the same split between ``combine.dx`` and
 ``dispatch.dx``. Everything else (router, permute, shared experts, attention ...) stays whole, in
-program order; gradient all-reduce buckets run on their own stream as in every schedule.
+program order; gradient all-reduce buckets are issued as ``schedule.grad_sync`` says, as in every schedule.
 
 ``degree="auto"`` plans every degree in {1, 2, 4, 8} the capacity allows, simulates each with the
 engine and keeps the fastest (ties go to the smaller degree), as Tutel searches its overlap degree.
@@ -17,11 +17,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from moesim.engine import simulate_plan
 from moesim.errors import MoesimError
 from moesim.hardware.interface import CostModel
 from moesim.plan import A2AAlgorithm, ExecutionPlan
 from moesim.schedules.builder import Part, PlanBuilder
+from moesim.schedules.grad_sync import arrange_grad_sync
+from moesim.schedules.judge import fastest
 from moesim.schedules.registry import KnobTable, Schedule, ScheduleConfig
 from moesim.workload.ops import Axis, Op, OpGraph, OpKind, Phase
 
@@ -67,17 +68,19 @@ def plan(graph: OpGraph, cost: CostModel, config: TutelConfig) -> ExecutionPlan:
     """
     regions = find_regions(graph)
     capacity = _capacity(graph)
-    knobs: dict[str, object] = {"a2a": config.a2a.value}
+
+    def planned(degree: int) -> ExecutionPlan:
+        built = build_plan(graph, regions, degree, capacity, config.a2a, {"degree": degree, "a2a": config.a2a.value})
+        return arrange_grad_sync(built, config.grad_sync, cost)
+
     if config.degree != "auto":
-        degree = _checked_degree(config.degree, capacity)
-        return build_plan(graph, regions, degree, capacity, config.a2a, {"degree": degree, **knobs})
+        return planned(_checked_degree(config.degree, capacity))
     candidates = [degree for degree in DEGREES if capacity is None or degree <= capacity]
-    plans = {degree: build_plan(graph, regions, degree, capacity, config.a2a, {"degree": degree, **knobs})
-             for degree in candidates}
-    seconds = {degree: simulate_plan(candidate, cost).makespan for degree, candidate in plans.items()}
-    best = min(candidates, key=lambda degree: (seconds[degree], degree))
-    search = {str(degree): time for degree, time in seconds.items()}
-    return replace(plans[best], knobs={"degree": best, **knobs, "degree_search": search})
+    plans = [planned(degree) for degree in candidates]
+    best, seconds = fastest(plans, cost)
+    chosen = plans[best]
+    search = {str(degree): time for degree, time in zip(candidates, seconds, strict=True)}
+    return replace(chosen, knobs={**chosen.knobs, "degree_search": search})
 
 
 def find_regions(graph: OpGraph) -> list[Region]:

@@ -1,75 +1,119 @@
-"""DDP's bucket rebuild: gradient buckets re-formed in the order gradients become ready.
+"""DDP's gradient buckets: filled in the order gradients become ready, all-reduced once full.
 
-PyTorch DDP fills its buckets in the order gradients were ready in the first iteration (it rebuilds
-them once), so a schedule that moves weight-gradient ops (Lancet's dW scheduling) also changes which
-gradients travel together. ``rebucket`` returns the same iteration with its buckets rebuilt for a
-given execution order; every other op is unchanged but for its id.
+PyTorch DDP puts gradients into buckets of ``grad_bucket_mb`` in the order they became ready in the
+first iteration (it rebuilds them once) and launches bucket i's all-reduce once buckets 0..i are full,
+so buckets travel in the order they fill. Dense and expert parameters fill separate buckets (expert
+parameters are all-reduced over their expert-data-parallel group, as DeepSpeed-MoE and Tutel do);
+nothing is all-reduced across a group of one. ``BucketFiller`` is that rule; the graph builder uses it
+on the program order, ``rebucket`` on the order a schedule runs the gradients in, and Lancet's dW pass
+on the orders it weighs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
-from moesim.dtypes import DType
 from moesim.workload.ops import CommSpec, Op, OpGraph, OpKind, Phase
+
+Groups = tuple[tuple[int, ...], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BucketSpec:
+    """How gradients are bucketed: the cap and, per kind (expert or dense), the groups that all-reduce
+    them; a kind without groups (a data-parallel group of one) is not synchronised."""
+
+    cap_bytes: float
+    grad_bytes: int                 # bytes per gradient element
+    groups: Mapping[bool, Groups]   # expert? -> data-parallel groups
+
+    def synced(self, op: Op) -> bool:
+        """Whether ``op`` produces a gradient that a bucket carries."""
+        return op.phase is Phase.BACKWARD_WEIGHT and op.param_bytes > 0 and op.expert in self.groups
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """One filled bucket: its kind, its gradients (op ids, in fill order) and its size."""
+
+    expert: bool
+    members: tuple[int, ...]
+    bytes: float
+
+
+@dataclass(slots=True)
+class BucketFiller:
+    """DDP's rule, one gradient at a time: ``add`` puts a gradient into the open bucket of its kind and
+    returns that bucket once it reaches the cap (so a bucket may exceed it by its last tensor);
+    ``close`` closes the open bucket of a kind (after its last gradient)."""
+
+    spec: BucketSpec
+    _members: dict[bool, list[int]] = field(default_factory=lambda: {False: [], True: []})
+    _bytes: dict[bool, float] = field(default_factory=lambda: {False: 0.0, True: 0.0})
+
+    def add(self, op: Op) -> Bucket | None:
+        if not self.spec.synced(op):
+            return None
+        self._members[op.expert].append(op.id)
+        self._bytes[op.expert] += op.param_bytes
+        return self._close(op.expert) if self._bytes[op.expert] >= self.spec.cap_bytes else None
+
+    def close(self, expert: bool) -> Bucket | None:
+        return self._close(expert) if self._members[expert] else None
+
+    def _close(self, expert: bool) -> Bucket:
+        bucket = Bucket(expert, tuple(self._members[expert]), self._bytes[expert])
+        self._members[expert], self._bytes[expert] = [], 0.0
+        return bucket
+
+
+def bucket_op(op_id: int, index: int, bucket: Bucket, spec: BucketSpec, member_ids: Sequence[int]) -> Op:
+    """The all-reduce op of ``bucket``, the ``index``-th of its kind; ``member_ids`` are its gradients' op ids."""
+    kind = "expert" if bucket.expert else "dense"
+    return Op(id=op_id, name=f"grad_sync.{kind}.{index}", role="grad_sync", kind=OpKind.ALL_REDUCE,
+              phase=Phase.GRAD_SYNC, layer=None, deps=tuple(member_ids),
+              dims={"numel": round(bucket.bytes / spec.grad_bytes)},
+              comm=CommSpec(groups=spec.groups[bucket.expert], bytes=bucket.bytes), expert=bucket.expert)
 
 
 def rebucket(graph: OpGraph, ready: Sequence[int]) -> tuple[OpGraph, dict[int, int]]:
-    """``graph`` with buckets of ``graph.meta["grad_bucket_bytes"]`` filled in ``ready`` order (op ids in
-    the order they will run). Returns the new graph and the new id of every op that is not a bucket.
+    """``graph`` as it runs in ``ready`` order, its buckets rebuilt for that order (DDP's rebuild).
 
-    A bucket is placed in program order right after its member that comes last there; the optimizer
-    stays last and depends on every dW op and every bucket. Graphs without buckets are returned as they are.
+    ``ready`` holds every op that is neither a bucket nor the optimizer, once each, in a topological
+    order: the order a schedule runs them. The result lists those ops in that order, each bucket right
+    after the gradient that fills it or, for the last of its kind, after the last gradient of its kind
+    (so buckets appear in the order they fill, the order DDP issues them), and the optimizer last,
+    depending on every dW op and every bucket. Buckets follow ``graph.meta["buckets"]`` (a
+    ``BucketSpec``; None: no bucket). Returns the new graph and the new id of every op but the buckets.
     """
-    buckets = [op for op in graph.ops if op.phase is Phase.GRAD_SYNC]
-    if not buckets:
-        return graph, {op.id: op.id for op in graph.ops}
-    groups = {op.expert: op.comm.groups for op in buckets if op.comm is not None}
-    grouped = _fill(graph, ready, float(graph.meta["grad_bucket_bytes"]), groups)  # type: ignore[arg-type]
-
-    grad_bytes = DType(str(graph.meta["dtype"])).grad_bytes
-    kept = [op for op in graph.ops if op.phase not in (Phase.GRAD_SYNC, Phase.OPTIMIZER)]
-    after: dict[int, list[tuple[str, bool, list[int]]]] = {}
-    count = {False: 0, True: 0}
-    for expert, members in grouped:  # named in fill order, as DDP numbers its buckets
-        name = f"grad_sync.{'expert' if expert else 'dense'}.{count[expert]}"
-        count[expert] += 1
-        after.setdefault(max(members), []).append((name, expert, members))
+    optimizer = next(op for op in graph.ops if op.phase is Phase.OPTIMIZER)
+    assert sorted(ready) == sorted(op.id for op in graph.ops if op.phase not in (Phase.GRAD_SYNC,
+                                                                                 Phase.OPTIMIZER)), \
+        "ready must hold every op but the buckets and the optimizer, once"
+    spec = graph.meta.get("buckets")
+    assert spec is None or isinstance(spec, BucketSpec), "graph.meta['buckets'] is a BucketSpec or None"
+    last_of_kind = {graph.ops[op_id].expert: op_id for op_id in ready
+                    if spec is not None and spec.synced(graph.ops[op_id])}
+    filler = BucketFiller(spec) if spec is not None else None
     ops: list[Op] = []
     new_id: dict[int, int] = {}
-    for op in kept:
-        new_id[op.id] = len(ops)
+    count = {False: 0, True: 0}
+    for old in ready:
+        op = graph.ops[old]
+        new_id[old] = len(ops)
         ops.append(replace(op, id=len(ops), deps=tuple(new_id[d] for d in op.deps)))
-        for name, expert, members in after.get(op.id, []):
-            size = sum(graph.ops[m].param_bytes for m in members)
-            ops.append(Op(id=len(ops), name=name, role="grad_sync", kind=OpKind.ALL_REDUCE, phase=Phase.GRAD_SYNC,
-                          layer=None, deps=tuple(new_id[m] for m in members), dims={"numel": round(size / grad_bytes)},
-                          comm=CommSpec(groups=groups[expert], bytes=size), expert=expert))
-    optimizer = next(op for op in graph.ops if op.phase is Phase.OPTIMIZER)
+        if filler is None:
+            continue
+        full = filler.add(op)
+        if full is None and last_of_kind.get(op.expert) == old:
+            full = filler.close(op.expert)
+        if full is not None:
+            ops.append(bucket_op(len(ops), count[full.expert], full, filler.spec, [new_id[m] for m in full.members]))
+            count[full.expert] += 1
     weight = tuple(op.id for op in ops if op.phase in (Phase.BACKWARD_WEIGHT, Phase.GRAD_SYNC))
     new_id[optimizer.id] = len(ops)
     ops.append(replace(optimizer, id=len(ops), deps=weight))
     rebuilt = OpGraph(ops=tuple(ops), num_ranks=graph.num_ranks, num_layers=graph.num_layers,
                       moe_layers=graph.moe_layers, meta=graph.meta)
     return rebuilt, new_id
-
-
-def _fill(graph: OpGraph, ready: Sequence[int], cap: float,
-          groups: dict[bool, tuple[tuple[int, ...], ...]]) -> list[tuple[bool, list[int]]]:
-    """DDP's rule: add gradients in ready order; close a bucket once it reaches the cap."""
-    open_: dict[bool, list[int]] = {False: [], True: []}
-    size = {False: 0.0, True: 0.0}
-    closed: list[tuple[bool, list[int]]] = []
-    for op_id in ready:
-        op = graph.ops[op_id]
-        if op.phase is not Phase.BACKWARD_WEIGHT or op.param_bytes <= 0 or op.expert not in groups:
-            continue
-        open_[op.expert].append(op_id)
-        size[op.expert] += op.param_bytes
-        if size[op.expert] >= cap:
-            closed.append((op.expert, open_[op.expert]))
-            open_[op.expert], size[op.expert] = [], 0.0
-    closed += [(expert, members) for expert, members in open_.items() if members]
-    return closed
-

@@ -23,13 +23,12 @@ writes the low-precision weight copy when training below FP32.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from moesim.units import mb
 from moesim.workload.blocks import ForwardNode, ForwardRecipe
+from moesim.workload.buckets import BucketSpec, rebucket
 from moesim.workload.config import OptimizerKind, Workload
 from moesim.workload.moe import moe_plans
-from moesim.workload.ops import CommSpec, Op, OpGraph, OpKind, Phase
+from moesim.workload.ops import Op, OpGraph, OpKind, Phase
 from moesim.workload.routing import LayerRouting, route
 
 LAYERNORM_DW_FLOPS_PER_ELEMENT = 2  # d(gamma), d(beta) multiply-accumulate
@@ -42,12 +41,12 @@ def build_graph(workload: Workload) -> OpGraph:
     routing = route(workload)
     nodes = ForwardRecipe(workload, moe_plans(workload, routing)).build()
     ops = [_forward_op(index, node) for index, node in enumerate(nodes)]
-    sync = _GradSync(workload)
-    _add_backward(workload, nodes, ops, sync)
-    sync.flush(ops)
+    _add_backward(workload, nodes, ops)
     ops.append(_optimizer(workload, ops))
-    return OpGraph(ops=tuple(ops), num_ranks=workload.num_gpus, num_layers=workload.model.total_layers,
-                   moe_layers=workload.model.moe_layers, meta=_meta(workload, routing, nodes))
+    unbucketed = OpGraph(ops=tuple(ops), num_ranks=workload.num_gpus, num_layers=workload.model.total_layers,
+                         moe_layers=workload.model.moe_layers, meta=_meta(workload, routing, nodes))
+    graph, _ = rebucket(unbucketed, [op.id for op in ops[:-1]])
+    return graph
 
 
 def _forward_op(index: int, node: ForwardNode) -> Op:
@@ -56,7 +55,7 @@ def _forward_op(index: int, node: ForwardNode) -> Op:
               comm=node.comm, rank_scale=node.rank_scale, expert=node.expert)
 
 
-def _add_backward(workload: Workload, nodes: list[ForwardNode], ops: list[Op], sync: _GradSync) -> None:
+def _add_backward(workload: Workload, nodes: list[ForwardNode], ops: list[Op]) -> None:
     consumers: list[list[int]] = [[] for _ in nodes]
     for index, node in enumerate(nodes):
         for source in node.grad_inputs:
@@ -74,9 +73,7 @@ def _add_backward(workload: Workload, nodes: list[ForwardNode], ops: list[Op], s
         if node.params:
             owned = sum(elems for key, elems in node.params if owners[key] == index)
             numel = workload.tokens_per_gpu * workload.model.hidden
-            dw = _dw_op(len(ops), node, deps, owned * grad_bytes, numel)
-            ops.append(dw)
-            sync.add(dw, ops)
+            ops.append(_dw_op(len(ops), node, deps, owned * grad_bytes, numel))
 
 
 def _param_owners(nodes: list[ForwardNode]) -> dict[str, int]:
@@ -117,48 +114,8 @@ def _dw_op(op_id: int, node: ForwardNode, deps: tuple[int, ...], param_bytes: fl
               rank_scale=node.rank_scale, param_bytes=float(param_bytes), expert=node.expert)
 
 
-@dataclass
-class _Bucket:
-    members: list[int] = field(default_factory=list)
-    bytes: float = 0.0
-
-
-class _GradSync:
-    """DDP-style buckets, one stream of them for dense and one for expert parameters."""
-
-    def __init__(self, workload: Workload) -> None:
-        self.cap = mb(workload.training.grad_bucket_mb)
-        self.grad_bytes = workload.training.dtype.grad_bytes
-        self.groups = {False: (workload.dense_dp_group,), True: workload.expert_dp_groups}
-        self.open = {False: _Bucket(), True: _Bucket()}
-        self.count = {False: 0, True: 0}
-
-    def add(self, dw: Op, ops: list[Op]) -> None:
-        if dw.param_bytes <= 0 or len(self.groups[dw.expert][0]) == 1:
-            return
-        bucket = self.open[dw.expert]
-        bucket.members.append(dw.id)
-        bucket.bytes += dw.param_bytes
-        if bucket.bytes >= self.cap:
-            self._close(dw.expert, ops)
-
-    def flush(self, ops: list[Op]) -> None:
-        for expert in (False, True):
-            if self.open[expert].members:
-                self._close(expert, ops)
-
-    def _close(self, expert: bool, ops: list[Op]) -> None:
-        bucket, self.open[expert] = self.open[expert], _Bucket()
-        kind = "expert" if expert else "dense"
-        ops.append(Op(id=len(ops), name=f"grad_sync.{kind}.{self.count[expert]}", role="grad_sync",
-                      kind=OpKind.ALL_REDUCE, phase=Phase.GRAD_SYNC, layer=None, deps=tuple(bucket.members),
-                      dims={"numel": round(bucket.bytes / self.grad_bytes)},
-                      comm=CommSpec(groups=self.groups[expert], bytes=bucket.bytes), expert=expert))
-        self.count[expert] += 1
-
-
 def _optimizer(workload: Workload, ops: list[Op]) -> Op:
-    weight_ops = [op for op in ops if op.phase in (Phase.BACKWARD_WEIGHT, Phase.GRAD_SYNC)]
+    weight_ops = [op for op in ops if op.phase is Phase.BACKWARD_WEIGHT]
     grad_bytes = workload.training.dtype.grad_bytes
     params = sum(op.param_bytes for op in ops if op.phase is Phase.BACKWARD_WEIGHT) / grad_bytes
     if workload.training.optimizer is OptimizerKind.SGD_MOMENTUM:
@@ -168,6 +125,17 @@ def _optimizer(workload: Workload, ops: list[Op]) -> Op:
     return Op(id=len(ops), name="optimizer", role="optimizer", kind=OpKind.OPTIMIZER, phase=Phase.OPTIMIZER,
               layer=None, flops=flops_per * params, mem_bytes=bytes_per * params,
               deps=tuple(op.id for op in weight_ops), dims={"params": round(params)})
+
+
+def _bucket_spec(workload: Workload) -> BucketSpec | None:
+    """Dense gradients over every rank, expert gradients over their expert-data-parallel groups; a kind
+    whose group is a single rank is not synchronised (None when neither is)."""
+    groups = {expert: members for expert, members in ((False, (workload.dense_dp_group,)),
+                                                      (True, workload.expert_dp_groups))
+              if len(members[0]) > 1}
+    if not groups:
+        return None
+    return BucketSpec(mb(workload.training.grad_bucket_mb), workload.training.dtype.grad_bytes, groups)
 
 
 def _meta(workload: Workload, routing: tuple[LayerRouting, ...],
@@ -186,6 +154,7 @@ def _meta(workload: Workload, routing: tuple[LayerRouting, ...],
         "hidden": workload.model.hidden,
         "capacity": workload.capacity,
         "grad_bucket_bytes": mb(workload.training.grad_bucket_mb),
+        "buckets": _bucket_spec(workload),
         "dtype": workload.training.dtype.value,
         "num_experts": workload.num_experts,
         "experts_per_rank": workload.experts_per_rank,

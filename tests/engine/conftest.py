@@ -84,6 +84,7 @@ class Story:
         self.ops: list[Op] = []
         self.tasks: list[Task] = []
         self.streams: dict[StreamKind, list[int]] = {}
+        self.priority: dict[StreamKind, int] = {}  # the plan's network priority class per stream
 
     def compute(
         self,
@@ -140,7 +141,8 @@ class Story:
     def plan(self) -> ExecutionPlan:
         graph = OpGraph(ops=tuple(self.ops), num_ranks=self.num_ranks, num_layers=1, moe_layers=(0,))
         streams = {kind: tuple(order) for kind, order in self.streams.items()}
-        return ExecutionPlan(graph=graph, schedule="story", tasks=tuple(self.tasks), streams=streams)
+        return ExecutionPlan(graph=graph, schedule="story", tasks=tuple(self.tasks), streams=streams,
+                             priority=dict(self.priority))
 
     def run(self, symmetric: bool | None = None) -> Timeline:
         return simulate_plan(self.plan(), self.cost, symmetric=symmetric)

@@ -78,7 +78,7 @@ def test_region_ops_are_split_into_whole_slots_and_the_rest_stays_whole(tiny):
         if op.name not in chunked:
             whole = [t for t in plan.tasks if t.op == op.id]
             assert [(t.parts, t.fraction) for t in whole] == [(1, 1.0)], op.name
-    assert plan.knobs == {"degree": 8, "a2a": "linear"}
+    assert plan.knobs == {"degree": 8, "a2a": "linear", "grad_sync": "ddp"}
 
 
 def test_comm_stream_issues_every_first_chunk_then_every_second(tiny):
