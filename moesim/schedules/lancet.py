@@ -45,11 +45,13 @@ from pydantic import Field
 from moesim.hardware.interface import CostModel
 from moesim.plan import ExecutionPlan, Task
 from moesim.schedules.builder import Part, PlanBuilder, default_stream
+from moesim.schedules.estimate import seconds_alone
 from moesim.schedules.grad_sync import arrange_grad_sync
+from moesim.schedules.lancet_clock import GradSyncCost
 from moesim.schedules.lancet_dw import DWPlacement, place_weight_gradients, program_order
 from moesim.schedules.lancet_partition import PartitionedRange, PartitionPlan, plan_partitions
 from moesim.schedules.registry import KnobTable, Schedule, ScheduleConfig
-from moesim.workload.buckets import rebucket
+from moesim.workload.buckets import Bucket, BucketSpec, bucket_op, rebucket
 from moesim.workload.ops import Op, OpGraph
 
 
@@ -86,22 +88,14 @@ def _specs(region: PartitionedRange) -> Callable[[Op, int], Part]:
 
 
 def _place_dw(graph: OpGraph, cost: CostModel) -> DWPlacement:
-    def whole(op: Op) -> Task:
-        return Task(id=0, op=op.id, stream=default_stream(op))
+    def alone(op: Op) -> float:
+        return seconds_alone(op, Task(id=0, op=op.id, stream=default_stream(op)), cost, graph.num_ranks)
 
-    def compute_s(op: Op) -> float:
-        return max(cost.compute_time(op, whole(op), rank) for rank in _probe_ranks(op, graph))
-
-    def a2a_s(op: Op) -> float:
-        assert op.comm is not None
-        return cost.collective_demand(op, whole(op), range(len(op.comm.groups))).uncontended_s(cost.capacities)
-
-    return place_weight_gradients(graph, compute_s, a2a_s)
-
-
-def _probe_ranks(op: Op, graph: OpGraph) -> range | tuple[int]:
-    """The ranks whose times differ: all of them under uneven routing, else rank 0 stands for all."""
-    return range(graph.num_ranks) if op.rank_scale is not None else (0,)
+    spec = graph.meta.get("buckets")
+    assert spec is None or isinstance(spec, BucketSpec), "graph.meta['buckets'] is a BucketSpec or None"
+    sync = None if spec is None else GradSyncCost(spec, lambda expert, size: alone(bucket_op(0, 0, Bucket(
+        expert, (), size), spec, ())))
+    return place_weight_gradients(graph, alone, alone, sync)
 
 
 def _knobs(graph: OpGraph, config: LancetConfig, placement: DWPlacement | None,
@@ -117,9 +111,10 @@ def _knobs(graph: OpGraph, config: LancetConfig, placement: DWPlacement | None,
     if placement is not None:
         knobs["dw_placement"] = [
             {"all_to_all": name[a2a], "a2a_s": placement.a2a_s[a2a], "covered_s": placement.covered_s[a2a],
-             "placed": [name[op_id] for op_id in placed]}
-            for a2a, placed in placement.after.items() if placed
+             "placed": [name[op_id] for op_id in placed], "lancet_placed": placement.proposed[a2a]}
+            for a2a, placed in placement.after.items() if placed or placement.proposed[a2a]
         ]
+        knobs["dw_clock_s"] = {"program_order": placement.estimated_s[0], "moved": placement.estimated_s[1]}
     return knobs
 
 
@@ -133,9 +128,11 @@ def summarize(knobs: Mapping[str, object]) -> str:
     placed = knobs.get("dw_placement")
     if isinstance(placed, list):
         moved = sum(len(entry["placed"]) for entry in placed)
-        parts.append(f"{moved} dW moved under {len(placed)} a2a")
+        parts.append(f"{moved} dW moved under {sum(bool(entry['placed']) for entry in placed)} a2a")
     elif knobs.get("dw_scheduling") is False:
         parts.append("no dW scheduling")
+    if knobs.get("grad_sync", "ddp") != "ddp":
+        parts.append(f"grad_sync={knobs['grad_sync']}")
     return "; ".join(parts)
 
 
@@ -154,11 +151,17 @@ def tables(knobs: Mapping[str, object]) -> list[KnobTable]:
     if isinstance(placed, list):
         rows = [{"a2a": e["all_to_all"], "a2a_ms": f"{e['a2a_s'] * 1e3:.2f}",
                  "covered_ms": f"{e['covered_s'] * 1e3:.2f}", "count": len(e["placed"]),
+                 "lancet": e["lancet_placed"],
                  "placed": ", ".join(e["placed"][:4]) + (" ..." if len(e["placed"]) > 4 else "")}
                 for e in placed]
-        result.append(KnobTable("backward dW placement (compute run while each all-to-all is in flight)", rows,
+        clock = knobs.get("dw_clock_s")
+        estimate = (f"; the clock's iteration end {clock['program_order'] * 1e3:.2f} ms in program order, "
+                    f"{clock['moved'] * 1e3:.2f} ms moved" if isinstance(clock, Mapping) else "")
+        result.append(KnobTable("backward dW placement (compute run while each all-to-all is in flight; 'Lancet' "
+                                "counts the ops Lancet's greedy put there, forced ones included, before the moves "
+                                f"that delay gradient sync more than they hide were undone{estimate})", rows,
                                 [("a2a", "all-to-all"), ("a2a_ms", "a2a ms"), ("covered_ms", "placed ms"),
-                                 ("count", "ops"), ("placed", "placed ops")]))
+                                 ("count", "ops"), ("lancet", "Lancet"), ("placed", "placed ops")]))
     return result
 
 
