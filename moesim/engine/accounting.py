@@ -14,23 +14,24 @@ from moesim.workload.ops import Op, OpKind
 class Membership:
     """Where each rank sits in each collective op: ``(group index, position in the group)``.
 
-    Built lazily per op and owned by one simulation (no shared cache).
+    Built lazily per groups tuple (ops of one plan share them; the plan keeps them alive) and owned by
+    one simulation (no shared cache).
     """
 
     def __init__(self) -> None:
-        self._by_op: dict[int, dict[int, tuple[int, int]]] = {}
+        self._by_groups: dict[int, dict[int, tuple[int, int]]] = {}
 
     def of(self, op: Op, rank: int) -> tuple[int, int] | None:
         """``(group index, member index)`` of ``rank`` in collective ``op``, or None if in no group."""
-        places = self._by_op.get(op.id)
+        assert op.comm is not None, f"{op.name} is a collective without a CommSpec"
+        places = self._by_groups.get(id(op.comm.groups))
         if places is None:
-            assert op.comm is not None, f"{op.name} is a collective without a CommSpec"
             places = {
                 member: (index, position)
                 for index, group in enumerate(op.comm.groups)
                 for position, member in enumerate(group)
             }
-            self._by_op[op.id] = places
+            self._by_groups[id(op.comm.groups)] = places
         return places.get(rank)
 
 

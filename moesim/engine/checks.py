@@ -33,12 +33,15 @@ def check_plan(plan: ExecutionPlan, cost: CostModel) -> None:
                     f"{task.label} ({plan.graph.ops[task.op].name}): deps contains {dep}, "
                     f"not a task id of this plan (0..{num_tasks - 1})"
                 )
+    checked: set[int] = set()  # ops share groups tuples: check each once
     for op in plan.graph.ops:
         if not op.kind.is_collective:
             continue
         if op.comm is None:
             raise MoesimError(f"op {op.name}: comm must be set for a {op.kind.value} op")
-        _check_groups(op.name, op.comm.groups, num_ranks)
+        if id(op.comm.groups) not in checked:
+            _check_groups(op.name, op.comm.groups, num_ranks)
+            checked.add(id(op.comm.groups))
 
 
 def _check_groups(name: str, groups: tuple[tuple[int, ...], ...], num_ranks: int) -> None:

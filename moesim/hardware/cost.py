@@ -21,7 +21,7 @@ from moesim.hardware.interface import CollectiveDemand
 from moesim.hardware.resources import ResourceMap
 from moesim.hardware.specs import ClusterSpec, DType
 from moesim.plan import A2AAlgorithm, Task
-from moesim.workload.ops import Op, OpKind, Phase
+from moesim.workload.ops import CommSpec, Op, OpKind, Phase
 
 _TENSOR_KINDS = frozenset({OpKind.MATMUL, OpKind.ATTENTION})
 _RING_TRAVERSALS = {OpKind.ALL_REDUCE: 2, OpKind.ALL_GATHER: 1, OpKind.REDUCE_SCATTER: 1}
@@ -56,7 +56,7 @@ class RooflineCostModel:
         self._vector_peak = min(self._tensor_peak, vector_peak)
         self._hbm = gpu.hbm_bytes_per_s * params.hbm_efficiency
         self._launch = params.launch_overhead_s
-        self._cache: dict[tuple[object, ...], tuple[Op, np.ndarray | None, CollectiveDemand]] = {}
+        self._cache: dict[tuple[object, ...], tuple[CommSpec, np.ndarray | None, CollectiveDemand]] = {}
 
     @property
     def cluster(self) -> ClusterSpec:
@@ -134,19 +134,21 @@ class RooflineCostModel:
     def collective_demand(self, op: Op, task: Task, groups: Sequence[int]) -> CollectiveDemand:
         """One coflow for ``op.comm.groups[i] for i in groups``; see ``collectives`` for each algorithm.
 
-        Cached per (op, fraction, groups, task traffic): ops and plans are immutable, and the cache
-        holds the op and traffic so their ids stay unique while cached.
+        Cached per (kind, groups, algorithm, what sets the bytes: the task's own traffic, else the comm spec
+        and the fraction): specs and plans are immutable (ops rebuilt with new ids keep their CommSpec; parts
+        of several ops may share a traffic array), and the cache holds the spec and traffic so their ids
+        stay unique while cached.
         """
         assert op.kind.is_collective and op.comm is not None, f"{op.name} is not a collective"
-        key = (id(op), task.fraction, tuple(groups), None if task.traffic is None else id(task.traffic),
-               task.algorithm)
+        source = (id(op.comm), task.fraction) if task.traffic is None else (id(op.comm.groups), id(task.traffic))
+        key = (op.kind, *source, tuple(groups), task.traffic is None, task.algorithm)
         hit = self._cache.get(key)
         if hit is not None:
             return hit[2]
         demand = self._demand(op, task, groups)
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache.clear()
-        self._cache[key] = (op, task.traffic, demand)
+        self._cache[key] = (op.comm, task.traffic, demand)  # keeps the ids in the key alive
         return demand
 
     def collective_time(self, op: Op, task: Task, groups: Sequence[int] | None = None) -> float:
