@@ -16,7 +16,7 @@ from enum import StrEnum
 
 import numpy as np
 
-from moesim.workload.ops import Op, OpGraph, uniform_traffic
+from moesim.workload.ops import Axis, Op, OpGraph, uniform_traffic
 
 
 class A2AAlgorithm(StrEnum):
@@ -43,7 +43,8 @@ class Task:
     ops, whose all-to-all-v parts carry only kept tokens: with capacity slack they sum to less.
     ``traffic`` overrides the op's all-to-all byte matrix for this part (same shape), for schedules
     whose parts are irregular (Lancet's capacity passing). ``algorithm`` chooses how an all-to-all
-    moves its bytes.
+    moves its bytes. ``axis`` says along which dimension a part cuts its op where that changes the
+    kernel's shape (a sequence part of an attention runs fewer query rows; None: the token dimension).
     """
 
     id: int
@@ -56,6 +57,7 @@ class Task:
     traffic: np.ndarray | None = None
     rank_fraction: tuple[float, ...] | None = None
     algorithm: A2AAlgorithm = A2AAlgorithm.LINEAR
+    axis: Axis | None = None
 
     def fraction_on(self, rank: int) -> float:
         return self.fraction if self.rank_fraction is None else self.rank_fraction[rank]

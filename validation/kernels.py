@@ -12,7 +12,8 @@ The table ``KERNELS`` maps (kind, phase) to a builder. It follows the FLOP / byt
 - MATMUL: ``[batch,] m x k @ k x n``. dX and dW ops carry transposed dims already; the token
   dimension is ``m`` (forward, dX) or ``k`` (dW).
 - ATTENTION: scaled_dot_product_attention on ``[b', heads, s, head_dim]`` (grouped kv heads when
-  ``kv_heads < heads``); dX is costed at 2x forward, so it runs the forward twice.
+  ``kv_heads < heads``); dX is costed at 2x forward, so it runs the forward twice. A part cut along
+  the sequence (``task.axis``) runs its share of the query rows against all ``s`` keys instead.
 - LAYERNORM: layer_norm; dW: the two column sums ``sum(g * x)``, ``sum(g)`` (it reads one more
   tensor than the convention's bytes). ELEMENTWISE: an add for residual roles, else the activation
   whose FLOPs per element match (GELU 8, SwiGLU 5, ReLU 1; the nearest otherwise). SOFTMAX: softmax.
@@ -47,7 +48,7 @@ from moesim.plan import Task
 from moesim.workload.blocks import activation_flops
 from moesim.workload.builder import SGD_FLOPS_PER_PARAM
 from moesim.workload.config import Activation
-from moesim.workload.ops import Op, OpKind, Phase
+from moesim.workload.ops import Axis, Op, OpKind, Phase
 
 Kernel = Callable[[], object]
 
@@ -121,6 +122,9 @@ Builder = Callable[[Op, float, TensorPool], Kernel]
 
 def compute_kernel(op: Op, task: Task, rank: int, pool: TensorPool) -> Kernel:
     """The kernel of compute ``task`` (a part of ``op``) on ``rank``; unknown (kind, phase) raise KeyError."""
+    if op.kind is OpKind.ATTENTION and task.axis is Axis.SEQUENCE:
+        assert op.phase is Phase.FORWARD, "only forward attention is cut along the sequence"
+        return _attention_rows(op, share_of(op, task, rank), pool)
     return KERNELS[op.kind, op.phase](op, share_of(op, task, rank), pool)
 
 
@@ -145,6 +149,18 @@ def _attention(op: Op, share: float, pool: TensorPool) -> Kernel:
     q = pool.get("attn.q", batch, heads, d["s"], d["head_dim"])
     k = pool.get("attn.k", batch, kv_heads, d["s"], d["head_dim"])
     v = pool.get("attn.v", batch, kv_heads, d["s"], d.get("v_head_dim", d["head_dim"]))
+    grouped = kv_heads != heads
+    return lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=grouped)
+
+
+def _attention_rows(op: Op, share: float, pool: TensorPool) -> Kernel:
+    """A part of a causal attention cut along the sequence: its share of the query rows against every key
+    (the same FLOPs as the causal span it stands for, whose keys are those of its span and the earlier ones)."""
+    d = op.dims
+    heads, kv_heads, seq = d["heads"], d.get("kv_heads", d["heads"]), d["s"]
+    q = pool.get("attn.q", d["b"], heads, scaled(seq, share), d["head_dim"])
+    k = pool.get("attn.k", d["b"], kv_heads, seq, d["head_dim"])
+    v = pool.get("attn.v", d["b"], kv_heads, seq, d.get("v_head_dim", d["head_dim"]))
     grouped = kv_heads != heads
     return lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=grouped)
 

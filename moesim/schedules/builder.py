@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from moesim.plan import A2AAlgorithm, ExecutionPlan, StreamKind, Task
-from moesim.workload.ops import Op, OpGraph, OpKind
+from moesim.workload.ops import Axis, Op, OpGraph, OpKind
 
 
 def default_stream(op: Op) -> StreamKind:
@@ -27,6 +27,7 @@ class Part:
     fraction: float
     rank_fraction: tuple[float, ...] | None = None
     traffic: np.ndarray | None = None
+    axis: Axis | None = None
 
 
 class PlanBuilder:
@@ -55,6 +56,7 @@ class PlanBuilder:
         traffic: np.ndarray | None = None,
         rank_fraction: tuple[float, ...] | None = None,
         algorithm: A2AAlgorithm = A2AAlgorithm.LINEAR,
+        axis: Axis | None = None,
     ) -> int:
         task_id = len(self._tasks)
         kind = stream if stream is not None else default_stream(op)
@@ -62,7 +64,7 @@ class PlanBuilder:
         if op.kind is not OpKind.ALL_TO_ALL:
             algorithm = A2AAlgorithm.LINEAR  # the choice concerns all-to-alls only
         self._tasks.append(
-            Task(task_id, op.id, kind, unique_deps, part, parts, fraction, traffic, rank_fraction, algorithm)
+            Task(task_id, op.id, kind, unique_deps, part, parts, fraction, traffic, rank_fraction, algorithm, axis)
         )
         self._streams[kind].append(task_id)
         self._parts.setdefault(op.id, []).append(task_id)
@@ -87,31 +89,34 @@ class PlanBuilder:
         *,
         extra_deps: Mapping[tuple[int, int], Iterable[int]] | None = None,
         algorithm: A2AAlgorithm = A2AAlgorithm.LINEAR,
+        causal: Collection[int] = (),
     ) -> dict[tuple[int, int], int]:
         """Add a region of ops split into ``parts`` parts, in ``order`` (pairs of op and part index).
 
-        Part p of an op depends on part p of each op it depends on inside the region, and on every
-        part of each dependency outside it; an op outside the region that depends on a region op
-        later waits for all its parts (``done``). ``order`` fixes each stream's order, so the caller
-        decides the pipelining (Tutel's chunks, Lancet's stage-major order). Returns the task id of
-        each (op id, part).
+        Part p of an op depends on part p of each op it depends on inside the region (parts 0..p for
+        the ops in ``causal``, by op id), and on every part of each dependency outside it; an op
+        outside the region that depends on a region op later waits for all its parts (``done``).
+        ``order`` fixes each stream's order, so the caller decides the pipelining (Tutel's chunks,
+        Lancet's stage-major order). Returns the task id of each (op id, part).
         """
         inside = {op.id for op, _ in order}
         placed: dict[tuple[int, int], int] = {}
         extra = extra_deps or {}
         for op, index in order:
             deps: list[int] = list(extra.get((op.id, index), ()))
+            read = range(index + 1) if op.id in causal else (index,)
             for dep in op.deps:
                 if dep in inside:
-                    assert (dep, index) in placed, f"{op.name} part {index} comes before a part it depends on"
-                    deps.append(placed[dep, index])
+                    assert all((dep, p) in placed for p in read), \
+                        f"{op.name} part {index} comes before a part it depends on"
+                    deps.extend(placed[dep, p] for p in read)
                 else:
                     deps.extend(self.done(dep))
             spec = part_of(op, index)
             placed[op.id, index] = self.add(
                 op, deps=deps, part=index, parts=parts,
                 fraction=spec.fraction, traffic=spec.traffic, rank_fraction=spec.rank_fraction,
-                algorithm=algorithm,
+                algorithm=algorithm, axis=spec.axis,
             )
         assert len(placed) == len(inside) * parts, "every op of a region needs each of its parts once"
         return placed

@@ -4,29 +4,38 @@ Two passes, as in the paper, each with an ablation switch:
 - backward, ``dw_scheduling``: weight gradients (and other backward compute with no path to or from
   an all-to-all) are moved to run on the compute stream while an all-to-all is in flight
   (lancet_dw.py: reachability + the greedy best fit of the paper's Algorithm 1 with the code's
-  refinements);
+  refinements, then only the moves worth what they delay in gradient sync, lancet_clock.py);
 - forward, ``partition``: around each MoE layer a range of ops, reaching back into attention and on
-  into the next block, is split along the batch into k parts and pipelined, so one part's
-  all-to-all overlaps another part's non-MoE compute (lancet_partition.py: the paper's DP over
-  grouped ops, ranges costed by a two-resource list scheduler over our cost model; per-part
-  all-to-alls carry the real kept tokens of capacity passing).
-The plan that results is judged, like every plan, by the full engine.
+  into the next block, is split along the batch (or, where the batch allows no k, along the sequence)
+  into k parts and pipelined, so one part's all-to-all overlaps another part's non-MoE compute
+  (lancet_partition.py: the paper's DP over grouped ops, ranges costed by a two-resource list
+  scheduler over our cost model; per-part all-to-alls carry the real kept tokens of capacity passing).
+The passes lead to several plans: both passes with the DP's k, with every range's next smaller and
+next larger k, each pass alone (with the same k variants), and program order. The engine plays each
+and the fastest is returned (``knobs["judged"]``, ``knobs["kept"]``): Lancet never returns a plan the
+engine finds slower than where it started, nor than its ablations.
 
 Where we differ from the paper and its code, and why:
-- Gradient all-reduce stays DDP-style on its own stream in every schedule (DESIGN.md), so Lancet's
-  packing of all-reduces into gaps between all-to-alls is not modelled; schedules differ only in the
-  all-to-alls and the compute around them. Like DDP (which rebuilds its buckets in the order
-  gradients became ready), the buckets are re-formed in the order the moved dW ops produce them.
+- Gradient buckets are DDP's, rebuilt in the order the moved dW ops produce gradients (as DDP
+  rebuilds them after its first iteration) and issued as ``grad_sync`` says, as in every schedule;
+  ``grad_sync=packed`` is the code's handling (all-reduces in the gaps between all-to-alls).
+- The dW pass weighs what each move delays: the code forces every dW it did not pick behind the last
+  all-to-all it may overlap, which on a graph with gradient buckets piles them behind the last
+  backward all-to-all and delays every bucket; we keep only the moves an estimate of the iteration
+  with its buckets finds worth it (lancet_dw.py, step 4).
 - Only backward ops are dW candidates (the code's reachability test would also move forward ops such
   as shared experts); forward overlap is the partition pass's job. A candidate moves only inside
   its window (after every fixed op it depends on, before every fixed op that depends on it), which
   keeps the moved program a valid order in any DAG; on our graphs it gives the code's answer.
-- Op times come from our cost model (compute with no interference, all-to-alls alone on the
-  network), not from profiling one GPU and interpolating nccl-tests curves.
+- Op times come from our cost model (all-to-alls alone on the network), not from profiling one GPU
+  and interpolating nccl-tests curves; the DP's list scheduler applies the engine's interference
+  between compute and all-to-alls, which Lancet's cost model leaves out.
 - The DP tries every allowed k and keeps the best (the code stops at the first k that does not
-  improve), making it exact for its own cost function; k is at most ``max_partitions`` (8) and
-  divides the per-GPU batch (the code also splits the sequence for Switch gates): with a batch of
-  1, as in our Mixtral/DeepSeek/Qwen presets, nothing is partitioned.
+  improve), making it exact for its own cost function; k is at most ``max_partitions`` (8), at most
+  half the cut dimension and divides it, as in the code. The code cuts its flattened token axis,
+  the batch unless it is 1; we cut the sequence wherever the batch allows no k, and split a causal
+  attention causally (part p reads the keys and values of parts 0..p) where the code splits query
+  rows against the whole key/value tensor.
 - In the list scheduler a resource with no ready part keeps its part pointer (the code advances it
   by one); all completions at an instant are applied before any choice, so ties are deterministic.
 - Per-part all-to-alls use the real token counts of capacity passing (an all-to-all-v), not the
@@ -37,7 +46,9 @@ Where we differ from the paper and its code, and why:
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import Field
@@ -47,9 +58,10 @@ from moesim.plan import ExecutionPlan, Task
 from moesim.schedules.builder import Part, PlanBuilder, default_stream
 from moesim.schedules.estimate import seconds_alone
 from moesim.schedules.grad_sync import arrange_grad_sync
+from moesim.schedules.judge import fastest
 from moesim.schedules.lancet_clock import GradSyncCost
 from moesim.schedules.lancet_dw import DWPlacement, place_weight_gradients, program_order
-from moesim.schedules.lancet_partition import PartitionedRange, PartitionPlan, plan_partitions
+from moesim.schedules.lancet_partition import LancetRanges, PartitionedRange, PartitionPlan
 from moesim.schedules.registry import KnobTable, Schedule, ScheduleConfig
 from moesim.workload.buckets import Bucket, BucketSpec, bucket_op, rebucket
 from moesim.workload.ops import Op, OpGraph
@@ -62,25 +74,72 @@ class LancetConfig(ScheduleConfig):
 
 
 def plan(graph: OpGraph, cost: CostModel, config: LancetConfig) -> ExecutionPlan:
-    placement = None
-    if config.dw_scheduling:
-        # Moving dW ops changes the order gradients become ready, and DDP fills its buckets in that order:
-        # the rebuilt graph lists every op in the order Lancet runs it.
-        placed = _place_dw(graph, cost)
-        graph, new_id = rebucket(graph, program_order(graph, placed))
-        placement = placed.renumbered(new_id)
-    partitions = plan_partitions(graph, cost, max_parts=config.max_partitions) if config.partition else None
+    """The fastest, by the engine, of the plans Lancet's passes lead to (see ``candidates``); its knobs say
+    which were judged and which was kept."""
+    options = candidates(graph, cost, config)
+    plans = [build(option, config, cost) for option in options]
+    best, seconds = fastest(plans, cost)
+    judged = [{"candidate": option.name, "iteration_s": time, "k": _k_summary(option.partitions),
+               "dw_moved": option.moved} for option, time in zip(options, seconds, strict=True)]
+    kept = plans[best]
+    return replace(kept, knobs={**kept.knobs, "judged": judged, "kept": options[best].name})
 
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Option:
+    """One plan Lancet could return: a graph (dW ops moved or not), its placement, its forward partitions."""
+
+    name: str
+    graph: OpGraph
+    placement: DWPlacement | None
+    partitions: PartitionPlan | None
+
+    @property
+    def moved(self) -> int:
+        return 0 if self.placement is None else sum(len(ids) for ids in self.placement.after.values())
+
+
+def candidates(graph: OpGraph, cost: CostModel, config: LancetConfig) -> list[Option]:
+    """Every plan the enabled passes lead to, best guess first: both passes at the DP's k, then at the
+    next smaller and larger k of each range, then each pass alone (partitions at the DP's k and its
+    neighbours), then program order. A variant equal to an earlier one (no range, no move) is left out.
+    The forward partitions are planned once: moving dW ops leaves the forward as it is."""
+    moved: list[tuple[str, OpGraph, DWPlacement | None]] = [("", graph, None)]
+    if config.dw_scheduling:
+        placed = _place_dw(graph, cost)
+        if any(placed.after.values()):
+            # Moving dW ops changes the order gradients become ready, and DDP fills its buckets in that
+            # order: the rebuilt graph lists every op in the order Lancet runs it.
+            rebuilt, new_id = rebucket(graph, program_order(graph, placed))
+            moved.insert(0, ("dW", rebuilt, placed.renumbered(new_id)))
+    cuts: list[tuple[str, PartitionPlan | None]] = [("", None)]
+    if config.partition:
+        ranges = LancetRanges(graph, cost, max_parts=config.max_partitions)
+        dp = ranges.plan()
+        if dp.ranges:
+            variants = [("partitions", dp), ("partitions, k down", ranges.neighbour(dp, -1)),
+                        ("partitions, k up", ranges.neighbour(dp, +1))]
+            cuts[:0] = [(name, cut) for name, cut in variants if cut is not None]
+    options = [Option(" + ".join(filter(None, (dw, cut))) or "program order", g, placement, partitions)
+               for dw, g, placement in moved for cut, partitions in cuts]
+    return options
+
+
+def build(option: Option, config: LancetConfig, cost: CostModel) -> ExecutionPlan:
+    """The plan of one option, its gradient buckets issued as ``config.grad_sync`` says."""
+    graph, partitions = option.graph, option.partitions
     builder = PlanBuilder(graph, SCHEDULE.name)
     ranges = {r.ops[0]: r for r in partitions.ranges} if partitions is not None else {}
     inside = {op_id for r in ranges.values() for op_id in r.ops}
     for op in graph.ops:
         if op.id in ranges:
             region = ranges[op.id]
-            builder.add_region([(graph.ops[o], p) for o, p in region.order], region.parts, _specs(region))
+            builder.add_region([(graph.ops[o], p) for o, p in region.order], region.parts, _specs(region),
+                               causal=region.causal)
         elif op.id not in inside:
             builder.add_whole(op)
-    return arrange_grad_sync(builder.build(_knobs(graph, config, placement, partitions)), config.grad_sync, cost)
+    knobs = _knobs(graph, config, option.placement, partitions)
+    return arrange_grad_sync(builder.build(knobs), config.grad_sync, cost)
 
 
 def _specs(region: PartitionedRange) -> Callable[[Op, int], Part]:
@@ -98,14 +157,26 @@ def _place_dw(graph: OpGraph, cost: CostModel) -> DWPlacement:
     return place_weight_gradients(graph, alone, alone, sync)
 
 
+def _k_summary(partitions: PartitionPlan | None) -> str:
+    """``k x count`` per k over the partitioned MoE layers, e.g. ``2 x30, 4 x2``; ``none``."""
+    if partitions is None or not partitions.ranges:
+        return "none"
+    counts = Counter(r.parts for r in partitions.ranges)
+    return ", ".join(f"{k} x{n}" for k, n in sorted(counts.items()))
+
+
 def _knobs(graph: OpGraph, config: LancetConfig, placement: DWPlacement | None,
            partitions: PartitionPlan | None) -> dict[str, Any]:
+    """The decisions of one option: its ranges (an empty list where partitioning is on but the option
+    cuts nothing) and its dW placement (where dW scheduling is on and the option moves dW ops)."""
     name = {op.id: op.name for op in graph.ops}
     knobs: dict[str, Any] = {"dw_scheduling": config.dw_scheduling, "partition": config.partition}
+    if config.partition:
+        knobs["ranges"] = []
     if partitions is not None:
         knobs["ranges"] = [
             {"layer": r.layer, "first": name[r.ops[0]], "last": name[r.ops[-1]], "ops": len(r.ops), "k": r.parts,
-             "pipelined_s": r.cost_s, "unpartitioned_s": r.unpartitioned_s}
+             "axis": r.axis.value, "pipelined_s": r.cost_s, "unpartitioned_s": r.unpartitioned_s}
             for r in partitions.ranges
         ]
     if placement is not None:
@@ -122,7 +193,10 @@ def summarize(knobs: Mapping[str, object]) -> str:
     parts = []
     ranges = knobs.get("ranges")
     if isinstance(ranges, list):
-        parts.append("k " + (" ".join(f"L{r['layer']}:{r['k']}" for r in ranges) if ranges else "none"))
+        counts = Counter(r["k"] for r in ranges)
+        cuts = ", ".join(f"k={k} on {n}" for k, n in sorted(counts.items()))
+        axes = "/".join(sorted({r["axis"] for r in ranges}))
+        parts.append(f"{cuts} MoE layers ({axes})" if ranges else "no partition")
     elif knobs.get("partition") is False:
         parts.append("no partition")
     placed = knobs.get("dw_placement")
@@ -133,11 +207,22 @@ def summarize(knobs: Mapping[str, object]) -> str:
         parts.append("no dW scheduling")
     if knobs.get("grad_sync", "ddp") != "ddp":
         parts.append(f"grad_sync={knobs['grad_sync']}")
+    judged = knobs.get("judged")
+    if isinstance(judged, list) and judged and knobs.get("kept") != judged[0]["candidate"]:
+        parts.append(f"kept {knobs['kept']}")
     return "; ".join(parts)
 
 
 def tables(knobs: Mapping[str, object]) -> list[KnobTable]:
     result = []
+    judged = knobs.get("judged")
+    if isinstance(judged, list):
+        rows = [{"candidate": e["candidate"], "iteration_ms": f"{e['iteration_s'] * 1e3:.2f}", "k": e["k"],
+                 "moved": e["dw_moved"], "kept": "<-" if e["candidate"] == knobs.get("kept") else ""}
+                for e in judged]
+        result.append(KnobTable("plans judged by the engine (Lancet keeps the fastest)", rows,
+                                [("candidate", "candidate"), ("iteration_ms", "iteration ms"), ("k", "k x MoE layers"),
+                                 ("moved", "dW moved"), ("kept", "kept")]))
     ranges = knobs.get("ranges")
     if isinstance(ranges, list):
         rows = [{"layer": r["layer"], "range": f"{r['first']} .. {r['last']}", "ops": r["ops"], "k": r["k"],

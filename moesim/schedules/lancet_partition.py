@@ -1,4 +1,10 @@
-"""Lancet's forward pass: which op ranges to cut into how many batch parts (paper §2.3, §5).
+"""Lancet's forward pass: which op ranges to cut into how many parts (paper §2.3, §5).
+
+Parts cut the per-GPU batch; where the batch allows no part count (k >= 2 dividing it, at most half of
+it, as the public Lancet code requires), they cut each sequence into consecutive token spans instead,
+and an attention in the range runs causally over them (part p reads the keys and values of spans 0..p).
+Lancet's code reaches the same sequence split for a batch of one through its token axis, but splits
+attention by query rows against the whole key/value tensor; a causal split pipelines attention too.
 
 Steps: group the forward ops -> cost every range of at most ``max_len`` groups with the list scheduler
 (``lancet_pipeline``), unpartitioned and in each allowed number of parts -> pick the segmentation of
@@ -11,7 +17,7 @@ the start of the next one's dispatch, over 5 (about five groups between MoE laye
 layer, the forward time outside its all-to-alls over 5). As in Lancet, each permute and unpermute is a
 group of its own, a boundary never falls between a layer's dispatch and its combine, and never where
 an op still runs across it. Partitioning can therefore start at a permute: a batch-prioritized router
-has no batch axis, so the ranges holding it stay whole.
+has no batch or sequence axis, so the ranges holding it stay whole.
 """
 
 from __future__ import annotations
@@ -25,8 +31,9 @@ from moesim.errors import MoesimError
 from moesim.hardware.interface import CostModel
 from moesim.plan import A2AAlgorithm, StreamKind, Task
 from moesim.schedules.builder import Part
+from moesim.schedules.estimate import seconds_alone
 from moesim.schedules.lancet_passing import MoEParts, moe_parts
-from moesim.schedules.lancet_pipeline import PipelineSchedule, RangeOp, pipeline_schedule
+from moesim.schedules.lancet_pipeline import Interference, PipelineSchedule, RangeOp, pipeline_schedule
 from moesim.workload.config import GateKind
 from moesim.workload.ops import Axis, Op, OpGraph, OpKind, Phase
 from moesim.workload.routing import LayerRouting
@@ -50,6 +57,9 @@ class PartitionedRange:
     part_specs: Mapping[tuple[int, int], Part]
     cost_s: float                   # pipelined time of the range (list scheduler)
     unpartitioned_s: float          # the same range at k = 1
+    groups: tuple[int, int]         # the DP's groups [i, j) the range holds
+    axis: Axis                      # the dimension its parts cut
+    causal: frozenset[int]          # ops whose part p reads parts 0..p of its inputs (PlanBuilder.add_region)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -69,10 +79,7 @@ def plan_partitions(graph: OpGraph, cost: CostModel, *, max_parts: int = DEFAULT
     Every allowed k is tried, where Lancet stops at the first k that does not improve: the DP is then
     exact for its own cost function. A range is partitioned only if that beats k = 1 strictly.
     """
-    ranges = LancetRanges(graph, cost, max_parts=max_parts, algorithm=algorithm)
-    total, segments = best_segmentation(len(ranges.groups), ranges.max_len, ranges.best)
-    chosen = tuple(ranges.partitioned_range(i, j, k) for i, j, k in segments if k > 1)
-    return PartitionPlan(chosen, ranges.groups, total)
+    return LancetRanges(graph, cost, max_parts=max_parts, algorithm=algorithm).plan()
 
 
 def best_segmentation(num_groups: int, max_len: int, range_cost: Callable[[int, int], tuple[float, int]]
@@ -103,9 +110,23 @@ def best_segmentation(num_groups: int, max_len: int, range_cost: Callable[[int, 
     return best[num_groups], segments[::-1]
 
 
-def allowed_parts(batch: int, max_parts: int) -> tuple[int, ...]:
-    """Part counts k >= 2 that divide the per-GPU batch and are at most ``max_parts``."""
-    return tuple(k for k in range(2, min(max_parts, batch) + 1) if batch % k == 0)
+def allowed_parts(size: int, max_parts: int) -> tuple[int, ...]:
+    """Part counts k >= 2 that divide ``size`` (the partitioned dimension), at most half of it and at most
+    ``max_parts``: the public Lancet code's limit (its GetPartitionParts)."""
+    return tuple(k for k in range(2, min(max_parts, size // 2) + 1) if size % k == 0)
+
+
+def partition_axis(batch: int, seq_len: int, max_parts: int) -> tuple[Axis, tuple[int, ...]]:
+    """The dimension Lancet cuts and the part counts it allows: the per-GPU batch where it allows some k,
+    else the sequence (a batch of one or two sequences is cut along its tokens)."""
+    by_batch = allowed_parts(batch, max_parts)
+    return (Axis.BATCH, by_batch) if by_batch else (Axis.SEQUENCE, allowed_parts(seq_len, max_parts))
+
+
+def causal_fractions(parts: int) -> tuple[float, ...]:
+    """Each part's share of a causal attention cut into ``parts`` consecutive query spans: span p attends to
+    p earlier spans and half of its own, so it does (2p + 1) / parts^2 of the whole (the shares sum to 1)."""
+    return tuple((2 * part + 1) / parts**2 for part in range(parts))
 
 
 class LancetRanges:
@@ -114,7 +135,9 @@ class LancetRanges:
     Range (i, j) holds groups i..j-1. Part durations and specs depend only on (op, k, part), so they are
     computed once and cached here (one instance per planning; no shared state). Compute parts take the
     slowest rank's time (rank 0's when every rank is alike); an all-to-all part takes its coflow over all
-    its groups on an idle network; other collectives count as free (Lancet's DP ignores them).
+    its groups on an idle network; other collectives count as free (Lancet's DP ignores them; in the
+    forward pass no gradient bucket is in flight). The list scheduler applies the cost model's
+    interference between compute and all-to-all parts, as the engine does.
     """
 
     def __init__(self, graph: OpGraph, cost: CostModel, *, max_parts: int = DEFAULT_MAX_PARTS,
@@ -123,15 +146,48 @@ class LancetRanges:
             raise MoesimError(f"max_parts: {max_parts} is not allowed; use an integer >= 1 (1 disables partitioning)")
         self.graph, self.cost, self.algorithm = graph, cost, algorithm
         self.forward = tuple(op for op in graph.ops if op.phase is Phase.FORWARD)
-        self.parts_allowed = allowed_parts(_meta_int(graph, "batch_per_gpu"), max_parts)
+        self.axis, self.parts_allowed = partition_axis(_meta_int(graph, "batch_per_gpu"),
+                                                       _meta_int(graph, "seq_len"), max_parts)
         self._durations: dict[tuple[int, int, int], float] = {}
         self._specs: dict[tuple[int, int], tuple[Part, ...]] = {}
-        self._moe: dict[tuple[int, int], MoEParts] = {}
+        self._moe: dict[tuple[object, ...], MoEParts] = {}
         self._ep_groups = {op.layer: op.comm.groups for op in self.forward
                            if op.kind is OpKind.ALL_TO_ALL and op.comm is not None}
         whole = self._schedule(self.forward, 1)
         self.groups = group_forward(self.forward, whole)
         self.max_len = max_range_groups(self.groups, self.graph)
+
+    def plan(self) -> PartitionPlan:
+        """The DP's answer over these ranges (see ``plan_partitions``)."""
+        total, segments = best_segmentation(len(self.groups), self.max_len, self.best)
+        chosen = tuple(self.partitioned_range(i, j, k) for i, j, k in segments if k > 1)
+        return PartitionPlan(chosen, self.groups, total)
+
+    def neighbour(self, plan: PartitionPlan, step: int) -> PartitionPlan | None:
+        """``plan`` with each range cut into the next smaller (``step`` -1) or larger (+1) allowed number of
+        parts, 1 (whole) below the smallest; a range at the largest keeps its k. None if nothing changes."""
+        counts = (1, *self.parts_allowed)
+
+        def next_to(r: PartitionedRange) -> int:
+            index = counts.index(r.parts) + step
+            return counts[index] if 0 <= index < len(counts) else r.parts
+
+        return self.recut(plan, next_to)
+
+    def recut(self, plan: PartitionPlan, parts_of: Callable[[PartitionedRange], int]) -> PartitionPlan | None:
+        """``plan``'s ranges cut into ``parts_of(range)`` parts each (1: left whole); None if nothing changes."""
+        ranges, total, changed = [], plan.total_s, False
+        for r in plan.ranges:
+            parts = parts_of(r)
+            assert parts == 1 or parts in self.parts_allowed, f"{parts} parts are not allowed here"
+            changed |= parts != r.parts
+            if parts == 1:
+                total += r.unpartitioned_s - r.cost_s
+            else:
+                recut = r if parts == r.parts else self.partitioned_range(*r.groups, parts)
+                total += recut.cost_s - r.cost_s
+                ranges.append(recut)
+        return PartitionPlan(tuple(ranges), plan.groups, total) if changed else None
 
     def ops_of(self, i: int, j: int) -> tuple[Op, ...]:
         return tuple(self.graph.ops[op_id] for group in self.groups[i:j] for op_id in group)
@@ -141,7 +197,7 @@ class LancetRanges:
         it holds one layer's all-to-alls and every op of it splits along the batch; else None."""
         ops = self.ops_of(i, j)
         layers = {op.layer for op in ops if op.kind is OpKind.ALL_TO_ALL}
-        if len(layers) != 1 or any(Axis.BATCH not in op.axes for op in ops):
+        if len(layers) != 1 or any(self.axis not in op.axes for op in ops):
             return None
         return layers.pop()
 
@@ -171,7 +227,8 @@ class LancetRanges:
         pipelined = self.schedule(i, j, parts)
         specs = {(op.id, part): self.part_spec(op, parts, part) for op in ops for part in range(parts)}
         return PartitionedRange(layer, tuple(op.id for op in ops), parts, pipelined.order, specs,
-                                pipelined.makespan_s, self.cost_at(i, j, 1))
+                                pipelined.makespan_s, self.cost_at(i, j, 1), (i, j), self.axis,
+                                frozenset(op.id for op in ops if self._causal(op)))
 
     def part_spec(self, op: Op, parts: int, part: int) -> Part:
         """Part ``part`` of ``parts`` of ``op``: ``fraction`` is always 1/k (parts of an op sum to 1).
@@ -189,27 +246,34 @@ class LancetRanges:
         return self._specs[key][part]
 
     def _make_specs(self, op: Op, parts: int) -> tuple[Part, ...]:
-        share = 1.0 / parts
+        share, axis = 1.0 / parts, self.axis
         if op.kind is OpKind.ALL_TO_ALL:
             assert op.role in ("dispatch", "combine"), f"{op.name}: a forward all-to-all is a dispatch or a combine"
             moe = self._moe_parts(op, parts)
             traffic = moe.dispatch if op.role == "dispatch" else moe.combine
-            return tuple(Part(share, None, matrix) for matrix in traffic)
+            return tuple(Part(share, None, matrix, axis) for matrix in traffic)
         if op.expert and not op.kind.is_collective:
             moe = self._moe_parts(op, parts)
-            return tuple(Part(share, None if all(math.isclose(s, share, rel_tol=1e-12) for s in shares) else shares)
-                         for shares in moe.expert_share)
-        return (Part(share),) * parts
+            return tuple(Part(share, None if all(math.isclose(s, share, rel_tol=1e-12) for s in shares) else shares,
+                              None, axis) for shares in moe.expert_share)
+        if self._causal(op):
+            return tuple(Part(fraction, None, None, axis) for fraction in causal_fractions(parts))
+        return (Part(share, None, None, axis),) * parts
+
+    def _causal(self, op: Op) -> bool:
+        """Whether ``op``'s part p reads parts 0..p of its inputs: an attention cut along the sequence."""
+        return self.axis is Axis.SEQUENCE and op.kind is OpKind.ATTENTION
 
     def _moe_parts(self, op: Op, parts: int) -> MoEParts:
+        """Cached by the routing's arrays (uniform layers share them, so they share their parts, whose
+        traffic arrays then hit the cost model's demand cache) and the expert-parallel groups."""
         assert op.layer is not None
-        key = (op.layer, parts)
+        routing, groups = _routing_of(self.graph, op.layer), self._ep_groups[op.layer]
+        key = (id(routing.counts), id(routing.kept), routing.capacity, parts, groups)
         if key not in self._moe:
-            routing = _routing_of(self.graph, op.layer)
             bytes_per_row = _meta_int(self.graph, "hidden") * DType(str(_meta(self.graph, "dtype"))).bytes
             self._moe[key] = moe_parts(routing, parts, gate=GateKind(str(_meta(self.graph, "gate"))),
-                                       groups=self._ep_groups[op.layer],
-                                       experts_per_rank=_meta_int(self.graph, "experts_per_rank"),
+                                       groups=groups, experts_per_rank=_meta_int(self.graph, "experts_per_rank"),
                                        bytes_per_row=bytes_per_row)
         return self._moe[key]
 
@@ -221,24 +285,27 @@ class LancetRanges:
         return self._durations[key]
 
     def _measure(self, op: Op, parts: int, part: int) -> float:
-        spec = self.part_spec(op, parts, part)
-        is_a2a = op.kind is OpKind.ALL_TO_ALL
-        task = Task(0, op.id, stream_of(op), part=part, parts=parts, fraction=spec.fraction, traffic=spec.traffic,
-                    rank_fraction=spec.rank_fraction, algorithm=self.algorithm if is_a2a else A2AAlgorithm.LINEAR)
-        if is_a2a:
-            assert op.comm is not None
-            demand = self.cost.collective_demand(op, task, range(len(op.comm.groups)))
-            return demand.uncontended_s(self.cost.capacities)
-        if op.kind.is_collective:
+        if op.kind.is_collective and op.kind is not OpKind.ALL_TO_ALL:
             return 0.0
-        alike = op.rank_scale is None and spec.rank_fraction is None
-        ranks = range(1) if alike else range(self.graph.num_ranks)
-        return max(self.cost.compute_time(op, task, rank) for rank in ranks)
+        return seconds_alone(op, self._task(op, parts, part), self.cost, self.graph.num_ranks)
+
+    def _task(self, op: Op, parts: int, part: int) -> Task:
+        spec = self.part_spec(op, parts, part)
+        algorithm = self.algorithm if op.kind is OpKind.ALL_TO_ALL else A2AAlgorithm.LINEAR
+        return Task(0, op.id, stream_of(op), part=part, parts=parts, fraction=spec.fraction, traffic=spec.traffic,
+                    rank_fraction=spec.rank_fraction, algorithm=algorithm, axis=spec.axis)
+
+    def _charge(self, op_id: int, part: int, parts: int) -> float:
+        op = self.graph.ops[op_id]
+        return self.cost.collective_cpu(op, self._task(op, parts, part))
 
     def _schedule(self, ops: Sequence[Op], parts: int) -> PipelineSchedule:
         inside = {op.id for op in ops}
-        range_ops = [RangeOp(op.id, tuple(sorted({d for d in op.deps if d in inside})), stream_of(op)) for op in ops]
-        return pipeline_schedule(range_ops, parts, lambda op_id, part: self.duration(op_id, parts, part))
+        range_ops = [RangeOp(op.id, tuple(sorted({d for d in op.deps if d in inside})), stream_of(op),
+                             self._causal(op)) for op in ops]
+        interference = Interference(self.cost.compute_slowdown, self.cost.comm_slowdown,
+                                    lambda op_id, part: self._charge(op_id, part, parts))
+        return pipeline_schedule(range_ops, parts, lambda op_id, part: self.duration(op_id, parts, part), interference)
 
 
 def stream_of(op: Op) -> StreamKind:

@@ -11,6 +11,11 @@ Cost conventions (per rank, T tokens, h hidden, b bytes per element):
 - memory-bound ops: bytes read + written, FLOP per element below (small by design).
 - router: its 2 * T * h * E gate matmul; softmax and top-k are neglected.
 - unpermute: 2 * T * top_k * h (scale each expert output by its gate, add into its token).
+
+Axes (where a schedule may cut an op into parts): token-wise ops along the batch and the sequence, the
+MoE ops also along the capacity, self-attention of a decoder causally along the sequence, an encoder's
+self-attention and cross-attention (and the projection of the encoder output it reads) only along
+the batch.
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ ADD_FLOPS_PER_ELEMENT = 1
 LOSS_FLOPS_PER_LOGIT = 4         # max, exp, sum, log-softmax pick
 UNPERMUTE_FLOPS_PER_ELEMENT = 2  # gate scale + accumulate
 
-TOKENWISE = frozenset({Axis.BATCH})
-CAPACITY_WISE = frozenset({Axis.BATCH, Axis.CAPACITY})
+TOKENWISE = frozenset({Axis.BATCH, Axis.SEQUENCE})
+CAPACITY_WISE = frozenset({Axis.BATCH, Axis.SEQUENCE, Axis.CAPACITY})
+WHOLE_SEQUENCES = frozenset({Axis.BATCH})  # attention over all of each sequence (bidirectional, cross)
 
 
 def activation_flops(activation: Activation) -> int:
@@ -108,7 +114,7 @@ class ForwardRecipe:
         heads, dqk = model.num_heads, model.qk_head_dim
         if model.attention is AttentionKind.STANDARD:
             qkv = self.matmul(layer, "qkv", (x,), tokens, (heads + 2 * model.kv_heads) * dqk, hidden)
-            return self.attention(layer, "attention", (qkv,), model.kv_heads)
+            return self.attention(layer, "attention", (qkv,), model.kv_heads, self._self_attention_axes(layer))
         mla = model.mla
         assert mla is not None
         if mla.q_lora_rank is not None:
@@ -120,15 +126,21 @@ class ForwardRecipe:
         kv_latent = self.matmul(layer, "kv_down", (x,), tokens, latent_width, hidden)
         kv = self.matmul(layer, "kv_up", (kv_latent,), tokens,
                          heads * (mla.qk_nope_head_dim + mla.v_head_dim), mla.kv_lora_rank)
-        return self.attention(layer, "attention", (q, kv_latent, kv), heads)
+        return self.attention(layer, "attention", (q, kv_latent, kv), heads, self._self_attention_axes(layer))
+
+    def _self_attention_axes(self, layer: int) -> frozenset[Axis]:
+        """Decoder self-attention is causal (it splits along the sequence, causally); an encoder's is not."""
+        encoder = self.model.encoder_decoder and not self.model.is_decoder_block(layer)
+        return WHOLE_SEQUENCES if encoder else TOKENWISE
 
     def cross_attention(self, layer: int, residual: int, memory: int) -> int:
         model, tokens, hidden = self.model, self.tokens, self.hidden
         dqk = model.qk_head_dim
         normed = self.layernorm(layer, "xattn_ln", residual)
         q = self.matmul(layer, "xattn_q", (normed,), tokens, model.num_heads * dqk, hidden)
-        kv = self.matmul(layer, "xattn_kv", (memory,), tokens, 2 * model.kv_heads * dqk, hidden)
-        attended = self.attention(layer, "xattn", (q, kv), model.kv_heads)
+        kv = self.matmul(layer, "xattn_kv", (memory,), tokens, 2 * model.kv_heads * dqk, hidden,
+                         axes=WHOLE_SEQUENCES)  # every decoder token reads all of the encoder's
+        attended = self.attention(layer, "xattn", (q, kv), model.kv_heads, WHOLE_SEQUENCES)
         out = self.matmul(layer, "xattn_out", (attended,), tokens, hidden, model.num_heads * model.v_head_dim)
         return self.add(layer, "xattn_residual", residual, out)
 
@@ -208,13 +220,14 @@ class ForwardRecipe:
         return self.emit(layer, role, OpKind.MATMUL, 2 * rows * n * k, mem, dims, inputs, inputs, axes,
                          expert=expert, rank_scale=rank_scale, params=((key or name, batch * k * n),))
 
-    def attention(self, layer: int, role: str, inputs: tuple[int, ...], kv_heads: int) -> int:
+    def attention(self, layer: int, role: str, inputs: tuple[int, ...], kv_heads: int,
+                  axes: frozenset[Axis]) -> int:
         model, batch, seq = self.model, self.workload.training.batch_per_gpu, self.workload.training.seq_len
         heads, dqk, dv = model.num_heads, model.qk_head_dim, model.v_head_dim
         flops = 2 * batch * seq * seq * heads * (dqk + dv)
         mem = self.tokens * (heads * dqk + kv_heads * dqk + kv_heads * dv + heads * dv) * self.bytes
         dims = {"b": batch, "heads": heads, "s": seq, "head_dim": dqk, "v_head_dim": dv, "kv_heads": kv_heads}
-        return self.emit(layer, role, OpKind.ATTENTION, flops, mem, dims, inputs, inputs, TOKENWISE)
+        return self.emit(layer, role, OpKind.ATTENTION, flops, mem, dims, inputs, inputs, axes)
 
     def layernorm(self, layer: int | None, role: str, x: int, *, name: str | None = None) -> int:
         numel, hidden = self.tokens * self.hidden, self.hidden

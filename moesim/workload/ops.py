@@ -47,9 +47,15 @@ class Phase(StrEnum):
 
 
 class Axis(StrEnum):
-    """Dimensions along which a schedule may split an op into parts."""
+    """Dimensions along which a schedule may split an op into parts.
+
+    ``SEQUENCE`` cuts each sequence into consecutive token spans. A token-wise op splits along it as along
+    the batch; a causal attention splits along it only causally (the part holding a span reads the keys
+    and values of that span and of every earlier one); a bidirectional or cross attention does not.
+    """
 
     BATCH = "batch"
+    SEQUENCE = "sequence"
     CAPACITY = "capacity"
 
 

@@ -9,6 +9,7 @@ from moesim.api import run_schedule, scenario
 from moesim.cli import main
 from moesim.errors import MoesimError
 from moesim.schedules import get_schedule
+from moesim.workload.ops import Axis
 
 SMALL = {"model.num_layers": 4}
 
@@ -70,9 +71,25 @@ def test_batch_prioritized_gate_never_partitions_the_router():
     assert result.knobs["ranges"], "ranges may still start at the permute"
 
 
-def test_batch_of_one_partitions_nothing():
-    scn = scenario("mixtral-8x7b", "p4de.24xlarge", 1, {"model.num_layers": 2})
-    assert run_schedule(scn, "lancet").knobs["ranges"] == []
+def test_batch_of_one_is_partitioned_along_the_sequence():
+    scn = scenario("gpt2-s-moe", "p3dn.24xlarge", 2, {**SMALL, "training.batch_per_gpu": 1})
+    result = run_schedule(with_settings(scn, dw_scheduling=False), "lancet")
+    ranges = result.knobs["ranges"]
+    assert ranges and all(entry["axis"] == "sequence" for entry in ranges)
+    plan = result.plan
+    split = [t for t in plan.tasks if t.parts > 1]
+    assert split and all(t.axis is Axis.SEQUENCE for t in split)
+    parts_of: dict[str, dict[int, object]] = {}
+    for task in split:
+        parts_of.setdefault(plan.op_of(task).name, {})[task.part] = task
+    attention = [name for name in parts_of if name.endswith(".attention")]
+    assert attention, "a range holds the causal attention"
+    for name in attention:
+        tasks, qkv = parts_of[name], parts_of[name.replace("attention", "qkv")]
+        k = len(tasks)
+        assert [tasks[p].fraction for p in range(k)] == [(2 * p + 1) / k**2 for p in range(k)]
+        for p in range(k):  # part p waits for the keys and values of spans 0..p
+            assert {qkv[q].id for q in range(p + 1)} <= set(tasks[p].deps)
 
 
 def test_bad_knob_values_are_rejected():

@@ -8,14 +8,18 @@ import pytest
 
 from moesim.api import scenario
 from moesim.plan import StreamKind
+from moesim.schedules.judge import fastest
+from moesim.schedules.lancet import LancetConfig, Option, build
 from moesim.schedules.lancet_partition import (
     LancetRanges,
     allowed_parts,
     best_segmentation,
+    causal_fractions,
+    partition_axis,
     plan_partitions,
 )
 from moesim.schedules.lancet_passing import capacity_passing, moe_parts, split_evenly
-from moesim.schedules.lancet_pipeline import RangeOp, pipeline_schedule
+from moesim.schedules.lancet_pipeline import Interference, RangeOp, pipeline_schedule
 from moesim.workload.config import GateKind
 from moesim.workload.ops import Axis, OpKind
 from moesim.workload.routing import LayerRouting
@@ -110,6 +114,47 @@ def test_pipeline_schedule_one_part_is_the_plain_two_stream_schedule():
     result = pipeline_schedule(ops, 1, lambda op, part: times[op])
     # op 2 fills the compute stream while the all-to-all runs; op 3 waits for the all-to-all (2 + 3)
     assert [(result.start_s[i, 0], result.end_s[i, 0]) for i in range(4)] == [(0, 2), (2, 5), (2, 3), (5, 6)]
+
+
+def test_pipeline_schedule_slows_compute_while_an_all_to_all_runs():
+    # A (compute, 4 s) and D (all-to-all, 2 s) start together. Compute runs 1 + 1 = 2x slower while D runs:
+    # by 2 A has done 1 s of its 4, the other 3 run at full speed: A ends at 5.
+    ops = [RangeOp(0, (), COMPUTE), RangeOp(1, (), COMM)]
+    times = {0: 4.0, 1: 2.0}
+    result = pipeline_schedule(ops, 1, lambda op, part: times[op], Interference(compute_slowdown=1.0))
+    assert (result.end_s[0, 0], result.end_s[1, 0]) == (5.0, 2.0)
+    # and the all-to-all 2x slower while A computes: both at half speed until D ends at 4 (A has done 2 s),
+    # A's last 2 s at full speed: 6.
+    both = Interference(compute_slowdown=1.0, comm_slowdown=1.0)
+    result = pipeline_schedule(ops, 1, lambda op, part: times[op], both)
+    assert (result.end_s[0, 0], result.end_s[1, 0]) == (6.0, 4.0)
+
+
+def test_pipeline_schedule_charges_an_all_to_alls_cpu_work_to_the_compute_it_starts_beside():
+    # D starts at 0 beside A and takes 1.5 s of A's compute (a CPU host's collective threads): A ends at 5.5.
+    ops = [RangeOp(0, (), COMPUTE), RangeOp(1, (), COMM)]
+    times = {0: 4.0, 1: 2.0}
+    charged = Interference(charge=lambda op, part: 1.5)
+    result = pipeline_schedule(ops, 1, lambda op, part: times[op], charged)
+    assert (result.end_s[0, 0], result.end_s[1, 0]) == (5.5, 2.0)
+    # an all-to-all that starts while nothing computes takes nothing: D waits for A here
+    serial = [RangeOp(0, (), COMPUTE), RangeOp(1, (0,), COMM)]
+    result = pipeline_schedule(serial, 1, lambda op, part: times[op], charged)
+    assert (result.end_s[0, 0], result.end_s[1, 0]) == (4.0, 6.0)
+
+
+def test_the_dp_picks_the_k_the_engine_finds_best():
+    # The Lancet paper's GPT2-L on 4 p3dn nodes (batch 8: k <= 4 by the code's limit). With every range at
+    # each allowed k in turn, the engine finds the DP's k fastest.
+    scn = scenario("gpt2-l-moe", "p3dn.24xlarge", 4)
+    ranges = LancetRanges(scn.graph, scn.cost)
+    dp = ranges.plan()
+    assert ranges.parts_allowed == (2, 4) and dp.ranges
+    config = LancetConfig(dw_scheduling=False)
+    plans = [build(Option(f"k={k}", scn.graph, None, ranges.recut(dp, lambda r, k=k: k) or dp), config, scn.cost)
+             for k in ranges.parts_allowed]
+    best, _ = fastest(plans, scn.cost)
+    assert {r.parts for r in dp.ranges} == {ranges.parts_allowed[best]}
 
 
 def test_emission_order_keeps_zero_length_dependencies_first():
@@ -288,24 +333,44 @@ def test_batch_prioritized_gate_keeps_the_router_whole():
     assert any(switch.graph.ops[o].kind is OpKind.ROUTER for r in switch_plan.ranges for o in r.ops)
 
 
-def test_part_counts_divide_the_batch_and_stay_within_eight():
+def test_part_counts_divide_the_dimension_stay_within_half_of_it_and_eight():
+    # the public Lancet code's GetPartitionParts: 2 <= k <= min(dim / 2, max_partition), k | dim
     assert allowed_parts(16, 8) == (2, 4, 8)
     assert allowed_parts(12, 8) == (2, 3, 4, 6)
     assert allowed_parts(24, 8) == (2, 3, 4, 6, 8)
-    assert allowed_parts(6, 8) == (2, 3, 6)
+    assert allowed_parts(8, 8) == (2, 4)
+    assert allowed_parts(6, 8) == (2, 3)
     assert allowed_parts(16, 3) == (2,)
-    assert allowed_parts(1, 8) == ()
+    assert allowed_parts(3, 8) == allowed_parts(2, 8) == allowed_parts(1, 8) == ()
     scn = _scn(4, 2, batch_per_gpu=12)
     plan = plan_partitions(scn.graph, scn.cost)
     assert plan.ranges
-    assert all(r.parts in (2, 3, 4, 6) for r in plan.ranges)
+    assert all(r.parts in (2, 3, 4, 6) and r.axis is Axis.BATCH for r in plan.ranges)
 
 
-def test_batch_of_one_partitions_nothing():
+def test_the_sequence_is_cut_where_the_batch_allows_no_part_count():
+    assert partition_axis(4, 512, 8) == (Axis.BATCH, (2,))
+    assert partition_axis(2, 512, 8) == (Axis.SEQUENCE, (2, 4, 8))
+    assert partition_axis(1, 4096, 4) == (Axis.SEQUENCE, (2, 4))
+    assert partition_axis(1, 3, 8) == (Axis.SEQUENCE, ())
+    assert causal_fractions(2) == (0.25, 0.75)
+    assert causal_fractions(4) == (1 / 16, 3 / 16, 5 / 16, 7 / 16)
+
+
+def test_batch_of_one_is_cut_along_the_sequence_with_causal_attention():
     scn = _scn(4, 2, batch_per_gpu=1)
     ranges = LancetRanges(scn.graph, scn.cost)
+    assert (ranges.axis, ranges.parts_allowed) == (Axis.SEQUENCE, (2, 4, 8))
     plan = plan_partitions(scn.graph, scn.cost)
-    assert ranges.parts_allowed == ()
-    assert plan.ranges == ()
-    # the DP then only re-cuts unpartitioned ranges: its total is at most the whole forward in one range
-    assert plan.total_s <= ranges.cost_at(0, len(ranges.groups), 1) + 1e-12
+    assert plan.ranges and all(r.axis is Axis.SEQUENCE for r in plan.ranges)
+    attention = [r for r in plan.ranges if any(scn.graph.ops[o].kind is OpKind.ATTENTION for o in r.ops)]
+    assert attention, "a range reaches back into attention"
+    for r in attention:
+        ops = [o for o in r.ops if scn.graph.ops[o].kind is OpKind.ATTENTION]
+        assert r.causal == set(ops)
+        at = {key: i for i, key in enumerate(r.order)}
+        for op_id in ops:
+            assert [r.part_specs[op_id, p].fraction for p in range(r.parts)] == list(causal_fractions(r.parts))
+            # in the emitted order every part of attention follows the parts of its input it reads
+            for qkv in (d for d in scn.graph.ops[op_id].deps if d in r.ops):
+                assert all(at[qkv, q] < at[op_id, p] for p in range(r.parts) for q in range(p + 1))

@@ -20,7 +20,7 @@ from moesim.validation.executor import topological_order  # noqa: E402
 from moesim.validation.kernels import KERNELS, TensorPool, a2a_splits, compute_kernel  # noqa: E402
 from moesim.validation.launch import free_port, torchrun  # noqa: E402
 from moesim.validation.run_plan import load_measured, plan_for  # noqa: E402
-from moesim.workload.ops import CommSpec, Op, OpGraph, OpKind, Phase  # noqa: E402
+from moesim.workload.ops import Axis, CommSpec, Op, OpGraph, OpKind, Phase  # noqa: E402
 
 SMALL = {"model.num_layers": 2, "training.batch_per_gpu": 2}
 LABELS = ("sequential", "tutel:degree=2", "lancet")
@@ -237,6 +237,11 @@ def test_kernel_shapes_follow_the_parts_share(scn):
     heads, seq = 4, 128
     out = compute_kernel(attention, Task(id=0, op=attention.id, stream=StreamKind.COMPUTE, fraction=0.5), 0, pool)()
     assert tuple(out.shape) == (1, heads, seq, HIDDEN // heads)
+    # the last of 4 causal sequence parts does 7/16 of the whole: 7/16 of the query rows against every key
+    span = Task(id=0, op=attention.id, stream=StreamKind.COMPUTE, part=3, parts=4, fraction=7 / 16,
+                axis=Axis.SEQUENCE)
+    out = compute_kernel(attention, span, 0, pool)()
+    assert tuple(out.shape) == (2, heads, round(seq * 7 / 16), HIDDEN // heads)
 
 
 def test_topological_order_keeps_streams_and_deps_and_rejects_cycles(plans, scn):

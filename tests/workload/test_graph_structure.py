@@ -99,7 +99,8 @@ def test_matmul_backward_shapes_are_transposed(lancet: OpGraph) -> None:
 
 
 def test_axes_and_expert_flags(lancet: OpGraph) -> None:
-    assert lancet.by_name("L0.router").axes == frozenset({Axis.BATCH})
+    assert lancet.by_name("L0.router").axes == frozenset({Axis.BATCH, Axis.SEQUENCE})
+    assert lancet.by_name("L0.attention").axes == frozenset({Axis.BATCH, Axis.SEQUENCE})  # causal (decoder)
     for role in ("permute", "dispatch", "expert_fc1", "expert_act", "expert_fc2", "combine"):
         assert Axis.CAPACITY in lancet.by_name(f"L0.{role}").axes
     assert Axis.CAPACITY not in lancet.by_name("L0.unpermute").axes
@@ -107,6 +108,14 @@ def test_axes_and_expert_flags(lancet: OpGraph) -> None:
         "expert_fc1", "expert_act", "expert_fc2"}
     bpr = _graph("gpt2-s-moe", 8, **{"training.gate": "batch_prioritized", "model.num_layers": 2})
     assert bpr.by_name("L0.router").axes == frozenset()
+
+
+def test_attention_over_whole_sequences_splits_only_along_the_batch() -> None:
+    graph = _graph("switch-base-128", 8, **{"model.num_layers": 2, "model.num_decoder_layers": 2})
+    assert graph.by_name("L0.attention").axes == frozenset({Axis.BATCH})  # encoder: bidirectional
+    assert graph.by_name("L2.attention").axes == frozenset({Axis.BATCH, Axis.SEQUENCE})  # decoder: causal
+    assert graph.by_name("L2.xattn").axes == graph.by_name("L2.xattn_kv").axes == frozenset({Axis.BATCH})
+    assert Axis.SEQUENCE in graph.by_name("L2.xattn_q").axes
 
 
 def test_all_to_all_backward_moves_the_transposed_traffic(mixtral16: OpGraph) -> None:
