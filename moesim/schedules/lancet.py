@@ -11,9 +11,13 @@ Two passes, as in the paper, each with an ablation switch:
   (lancet_partition.py: the paper's DP over grouped ops, ranges costed by a two-resource list
   scheduler over our cost model; per-part all-to-alls carry the real kept tokens of capacity passing).
 The passes lead to several plans: both passes with the DP's k, with every range's next smaller and
-next larger k, each pass alone (with the same k variants), and program order. The engine plays each
-and the fastest is returned (``knobs["judged"]``, ``knobs["kept"]``): Lancet never returns a plan the
-engine finds slower than where it started, nor than its ablations.
+next larger k, each pass alone (with the same k variants), and program order. Lancet composes with
+Tutel's chunking (the paper says it does), so its search also holds Tutel's plans (the MoE regions in
+d capacity chunks, d = 1, 2, 4, 8) and, at the degree the engine finds best among those (Tutel's own
+choice), each pass and both with the MoE regions outside the partitioned ranges (every backward one)
+in chunks. The engine plays each and the fastest is returned (``knobs["judged"]``, ``knobs["kept"]``):
+Lancet never returns a plan the engine finds slower than where it started, than its ablations, or
+than Tutel's.
 
 Where we differ from the paper and its code, and why:
 - Gradient buckets are DDP's, rebuilt in the order the moved dW ops produce gradients (as DDP
@@ -54,7 +58,7 @@ from typing import Any
 from pydantic import Field
 
 from moesim.hardware.interface import CostModel
-from moesim.plan import ExecutionPlan, Task
+from moesim.plan import A2AAlgorithm, ExecutionPlan, StreamKind, Task
 from moesim.schedules.builder import Part, PlanBuilder, default_stream
 from moesim.schedules.estimate import seconds_alone
 from moesim.schedules.grad_sync import arrange_grad_sync
@@ -63,6 +67,7 @@ from moesim.schedules.lancet_clock import GradSyncCost
 from moesim.schedules.lancet_dw import DWPlacement, place_weight_gradients, program_order
 from moesim.schedules.lancet_partition import LancetRanges, PartitionedRange, PartitionPlan
 from moesim.schedules.registry import KnobTable, Schedule, ScheduleConfig
+from moesim.schedules.tutel import DEGREES, Chunker, capacity_of, find_regions
 from moesim.workload.buckets import Bucket, BucketSpec, bucket_op, rebucket
 from moesim.workload.ops import Op, OpGraph
 
@@ -74,25 +79,42 @@ class LancetConfig(ScheduleConfig):
 
 
 def plan(graph: OpGraph, cost: CostModel, config: LancetConfig) -> ExecutionPlan:
-    """The fastest, by the engine, of the plans Lancet's passes lead to (see ``candidates``); its knobs say
-    which were judged and which was kept."""
+    """The fastest, by the engine, of the plans Lancet's passes lead to (``candidates``), of Tutel's plans
+    and of their compositions (``chunked``); its knobs say which were judged and which was kept."""
     options = candidates(graph, cost, config)
     plans = [build(option, config, cost) for option in options]
-    best, seconds = fastest(plans, cost)
+    program, program_plan = options[-1], plans[-1]
+    for degree in _degrees(graph):  # Tutel's plans; degree 1 only where its regions reorder program order
+        option = replace(program, name=f"chunks {degree}", degree=degree)
+        tutel = build(option, config, cost)
+        if degree > 1 or _stream_orders(tutel) != _stream_orders(program_plan):
+            options.append(option)
+            plans.append(tutel)
+    seconds = fastest(plans, cost)[1]
+    tutel_best = min((i for i, option in enumerate(options) if option.placement is None and option.partitions is None),
+                     key=lambda i: (seconds[i], options[i].degree or 1))  # Tutel's own choice of degree
+    extra = chunked(options, options[tutel_best].degree)
+    if extra:
+        options += extra
+        plans += [build(option, config, cost) for option in extra]
+        seconds += fastest(plans[-len(extra):], cost)[1]
+    best = min(range(len(options)), key=lambda i: (seconds[i], i))
     judged = [{"candidate": option.name, "iteration_s": time, "k": _k_summary(option.partitions),
-               "dw_moved": option.moved} for option, time in zip(options, seconds, strict=True)]
-    kept = plans[best]
-    return replace(kept, knobs={**kept.knobs, "judged": judged, "kept": options[best].name})
+               "dw_moved": option.moved, "chunks": option.degree}
+              for option, time in zip(options, seconds, strict=True)]
+    return replace(plans[best], knobs={**plans[best].knobs, "judged": judged, "kept": options[best].name})
 
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Option:
-    """One plan Lancet could return: a graph (dW ops moved or not), its placement, its forward partitions."""
+    """One plan Lancet could return: a graph (dW ops moved or not), its placement, its forward partitions,
+    and the Tutel chunks of the MoE regions outside the partitioned ranges."""
 
     name: str
     graph: OpGraph
     placement: DWPlacement | None
     partitions: PartitionPlan | None
+    degree: int | None = None  # Tutel's chunks per MoE region outside the ranges; None: no Tutel regions
 
     @property
     def moved(self) -> int:
@@ -102,8 +124,8 @@ class Option:
 def candidates(graph: OpGraph, cost: CostModel, config: LancetConfig) -> list[Option]:
     """Every plan the enabled passes lead to, best guess first: both passes at the DP's k, then at the
     next smaller and larger k of each range, then each pass alone (partitions at the DP's k and its
-    neighbours), then program order. A variant equal to an earlier one (no range, no move) is left out.
-    The forward partitions are planned once: moving dW ops leaves the forward as it is."""
+    neighbours), then program order (last). A variant equal to an earlier one (no range, no move) is left
+    out. The forward partitions are planned once: moving dW ops leaves the forward as it is."""
     moved: list[tuple[str, OpGraph, DWPlacement | None]] = [("", graph, None)]
     if config.dw_scheduling:
         placed = _place_dw(graph, cost)
@@ -125,21 +147,50 @@ def candidates(graph: OpGraph, cost: CostModel, config: LancetConfig) -> list[Op
     return options
 
 
+def chunked(options: list[Option], degree: int | None) -> list[Option]:
+    """Lancet composed with Tutel's chunking at ``degree`` (the engine's best for program order, Tutel's own
+    search: the plans 'chunks d' are Tutel's): each pass, and both, at the DP's k with the MoE regions
+    outside the ranges (every backward one, the forward ones not partitioned) in ``degree`` chunks."""
+    if degree is None:
+        return []
+    firsts = [option for option in options
+              if option.placement is not None or option.partitions is not None
+              if not option.name.endswith((", k down", ", k up"))]
+    return [replace(option, name=f"{option.name} + chunks {degree}", degree=degree) for option in firsts]
+
+
 def build(option: Option, config: LancetConfig, cost: CostModel) -> ExecutionPlan:
     """The plan of one option, its gradient buckets issued as ``config.grad_sync`` says."""
     graph, partitions = option.graph, option.partitions
     builder = PlanBuilder(graph, SCHEDULE.name)
     ranges = {r.ops[0]: r for r in partitions.ranges} if partitions is not None else {}
     inside = {op_id for r in ranges.values() for op_id in r.ops}
+    regions = [region for region in find_regions(graph) if not inside.intersection(op.id for op in region.ops)]
+    chunker = Chunker(builder, regions if option.degree is not None else [], option.degree or 1,
+                      capacity_of(graph), A2AAlgorithm.LINEAR)
     for op in graph.ops:
         if op.id in ranges:
+            assert chunker.idle, "a partitioned range never falls inside a chunked region"
             region = ranges[op.id]
             builder.add_region([(graph.ops[o], p) for o, p in region.order], region.parts, _specs(region),
                                causal=region.causal)
         elif op.id not in inside:
-            builder.add_whole(op)
+            chunker.feed(op)
+    chunker.close()
     knobs = _knobs(graph, config, option.placement, partitions)
+    if option.degree is not None:
+        knobs["tutel_chunks"] = option.degree
     return arrange_grad_sync(builder.build(knobs), config.grad_sync, cost)
+
+
+def _degrees(graph: OpGraph) -> list[int]:
+    """Tutel's degrees the capacity allows."""
+    capacity = capacity_of(graph)
+    return [degree for degree in DEGREES if capacity is None or degree <= capacity]
+
+
+def _stream_orders(plan: ExecutionPlan) -> dict[StreamKind, list[tuple[int, int]]]:
+    return {kind: [(task.op, task.part) for task in plan.stream_of(kind)] for kind in plan.streams}
 
 
 def _specs(region: PartitionedRange) -> Callable[[Op, int], Part]:
@@ -218,11 +269,13 @@ def tables(knobs: Mapping[str, object]) -> list[KnobTable]:
     judged = knobs.get("judged")
     if isinstance(judged, list):
         rows = [{"candidate": e["candidate"], "iteration_ms": f"{e['iteration_s'] * 1e3:.2f}", "k": e["k"],
-                 "moved": e["dw_moved"], "kept": "<-" if e["candidate"] == knobs.get("kept") else ""}
+                 "moved": e["dw_moved"], "chunks": e["chunks"] or "-",
+                 "kept": "<-" if e["candidate"] == knobs.get("kept") else ""}
                 for e in judged]
-        result.append(KnobTable("plans judged by the engine (Lancet keeps the fastest)", rows,
-                                [("candidate", "candidate"), ("iteration_ms", "iteration ms"), ("k", "k x MoE layers"),
-                                 ("moved", "dW moved"), ("kept", "kept")]))
+        result.append(KnobTable("plans judged by the engine (Lancet keeps the fastest; 'chunks d' are Tutel's plans)",
+                                rows, [("candidate", "candidate"), ("iteration_ms", "iteration ms"),
+                                       ("k", "k x MoE layers"), ("moved", "dW moved"), ("chunks", "Tutel chunks"),
+                                       ("kept", "kept")]))
     ranges = knobs.get("ranges")
     if isinstance(ranges, list):
         rows = [{"layer": r["layer"], "range": f"{r['first']} .. {r['last']}", "ops": r["ops"], "k": r["k"],

@@ -67,7 +67,7 @@ def plan(graph: OpGraph, cost: CostModel, config: TutelConfig) -> ExecutionPlan:
     propagates the cost model's MoesimError when 2DH cannot run on the expert-parallel groups.
     """
     regions = find_regions(graph)
-    capacity = _capacity(graph)
+    capacity = capacity_of(graph)
 
     def planned(degree: int) -> ExecutionPlan:
         built = build_plan(graph, regions, degree, capacity, config.a2a, {"degree": degree, "a2a": config.a2a.value})
@@ -110,37 +110,59 @@ def build_plan(
     a2a: A2AAlgorithm,
     knobs: dict[str, object],
 ) -> ExecutionPlan:
-    """The plan for one degree; ``degree`` must already be allowed by ``capacity``.
-
-    Ops outside regions are added whole in program order. A region is issued when program order
-    reaches its second all-to-all; ops in its span that do not depend on it (shared experts) go
-    before it, so they can fill the first dispatch chunk's time, and ops that do go after it.
-    """
+    """The plan for one degree; ``degree`` must already be allowed by ``capacity`` (see ``Chunker``)."""
     builder = PlanBuilder(graph, SCHEDULE.name)
-    fractions = chunk_fractions(capacity, degree)
-    starting = {region.first.id: region for region in regions}
-    open_region: Region | None = None
-    waiting: set[int] = set()  # the open region's ops and the held ops that depend on them
-    held: list[Op] = []
+    chunker = Chunker(builder, regions, degree, capacity, a2a)
     for op in graph.ops:
-        if open_region is None and op.id in starting:
-            open_region = starting[op.id]
-            waiting = {member.id for member in open_region.ops}
-        elif open_region is not None and op is open_region.second:
-            builder.add_region(open_region.issue_order(degree), degree,
-                               lambda _op, chunk: Part(fractions[chunk]), algorithm=a2a)
-            for later in held:
-                _add_whole(builder, later, a2a)
-            open_region, waiting, held = None, set(), []
-        elif op.id in waiting:
-            continue  # issued with its region
-        elif any(dep in waiting for dep in op.deps):
-            held.append(op)
-            waiting.add(op.id)
-        else:
-            _add_whole(builder, op, a2a)
-    assert open_region is None, "a region's second all-to-all was never reached"
+        chunker.feed(op)
+    chunker.close()
     return builder.build(knobs)
+
+
+class Chunker:
+    """Feeds a plan builder ops in program order, issuing each of ``regions`` in ``degree`` chunks.
+
+    Ops outside regions are added whole as they come. A region is issued when program order reaches its
+    second all-to-all; ops in its span that do not depend on it (shared experts) go before it, so they
+    can fill the first dispatch chunk's time, and ops that do go after it. Other policies may add ops of
+    their own between ``feed`` calls while no region is open (``idle``).
+    """
+
+    def __init__(self, builder: PlanBuilder, regions: Sequence[Region], degree: int, capacity: int | None,
+                 a2a: A2AAlgorithm) -> None:
+        self.builder, self.degree, self.a2a = builder, degree, a2a
+        self.fractions = chunk_fractions(capacity, degree)
+        self.starting = {region.first.id: region for region in regions}
+        self.open_region: Region | None = None
+        self.waiting: set[int] = set()  # the open region's ops and the held ops that depend on them
+        self.held: list[Op] = []
+
+    @property
+    def idle(self) -> bool:
+        return self.open_region is None
+
+    def feed(self, op: Op) -> None:
+        builder, open_region = self.builder, self.open_region
+        if open_region is None and op.id in self.starting:
+            self.open_region = self.starting[op.id]
+            self.waiting = {member.id for member in self.open_region.ops}
+        elif open_region is not None and op is open_region.second:
+            fractions = self.fractions
+            builder.add_region(open_region.issue_order(self.degree), self.degree,
+                               lambda _op, chunk: Part(fractions[chunk]), algorithm=self.a2a)
+            for later in self.held:
+                _add_whole(builder, later, self.a2a)
+            self.open_region, self.waiting, self.held = None, set(), []
+        elif op.id in self.waiting:
+            return  # issued with its region
+        elif any(dep in self.waiting for dep in op.deps):
+            self.held.append(op)
+            self.waiting.add(op.id)
+        else:
+            _add_whole(builder, op, self.a2a)
+
+    def close(self) -> None:
+        assert self.open_region is None, "a region's second all-to-all was never reached"
 
 
 def chunk_fractions(capacity: int | None, degree: int) -> tuple[float, ...]:
@@ -172,7 +194,8 @@ def _add_whole(builder: PlanBuilder, op: Op, a2a: A2AAlgorithm) -> None:
     builder.add_whole(op, algorithm=a2a if op.kind is OpKind.ALL_TO_ALL else A2AAlgorithm.LINEAR)
 
 
-def _capacity(graph: OpGraph) -> int | None:
+def capacity_of(graph: OpGraph) -> int | None:
+    """Token slots per expert (None: dropless)."""
     capacity = graph.meta.get("capacity")
     return capacity if isinstance(capacity, int) else None
 

@@ -1,9 +1,10 @@
 """Lancet is judged by the engine against where it started and never returns something slower.
 
 Over every model preset on 4 nodes of p4de.24xlarge and of dgx-h100: lancet's iteration is no longer
-than sequential's, nor than lancet's with either pass switched off; its knobs name every plan the
-engine judged, with the kept one the fastest of them; and the dW pass alone never loses to program
-order there (the one claim here the construction does not guarantee: the pass's clock is not the engine).
+than sequential's, Tutel's (its search holds Tutel's chunked plans), nor lancet's with either pass
+switched off; its knobs name every plan the engine judged, with the kept one the fastest of them; and
+the dW pass alone never loses to program order there (the one claim here the construction does not
+guarantee: the pass's clock is not the engine).
 """
 
 from dataclasses import replace
@@ -25,13 +26,18 @@ def _seconds(scn, schedule, **settings):
 def test_lancet_is_never_slower_than_sequential_or_its_ablations(model, hardware, nodes):
     scn = scenario(model, hardware, nodes)
     lancet = _seconds(scn, "lancet")
+    tutel = _seconds(scn, "tutel")
     others = {name: _seconds(scn, schedule, **settings).metrics.iteration_time_s
               for name, schedule, settings in (("sequential", "sequential", {}),
                                                ("no dW scheduling", "lancet", {"dw_scheduling": False}),
                                                ("no partitioning", "lancet", {"partition": False}))}
+    others["tutel"] = tutel.metrics.iteration_time_s
     assert lancet.metrics.iteration_time_s <= min(others.values()), others
     judged = {entry["candidate"]: entry["iteration_s"] for entry in lancet.knobs["judged"]}
     assert judged[lancet.knobs["kept"]] == lancet.metrics.iteration_time_s == min(judged.values())
     assert "program order" in judged
+    # Lancet's search holds Tutel's: its 'chunks d' plans are Tutel's degrees, built by Lancet's own builder
+    for degree, seconds in tutel.knobs["degree_search"].items():
+        assert judged.get(f"chunks {degree}", judged["program order"]) == pytest.approx(seconds, rel=1e-12)
     # the dW pass alone (its moves weighed against what they delay) does not lose to program order
     assert judged.get("dW", judged["program order"]) <= judged["program order"]
