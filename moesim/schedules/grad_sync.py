@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from enum import StrEnum
+from types import MappingProxyType
 
 from moesim.hardware.interface import CostModel
 from moesim.plan import ExecutionPlan, StreamKind
@@ -32,7 +33,7 @@ class GradSync(StrEnum):
     PACKED = "packed"
 
 
-PRIORITY_CLASSES = {StreamKind.COMM: 0, StreamKind.DP_COMM: 1}
+PRIORITY_CLASSES = MappingProxyType({StreamKind.COMM: 0, StreamKind.DP_COMM: 1})
 
 
 def arrange_grad_sync(plan: ExecutionPlan, mode: GradSync, cost: CostModel) -> ExecutionPlan:

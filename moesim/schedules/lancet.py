@@ -114,6 +114,7 @@ class Option:
     graph: OpGraph
     placement: DWPlacement | None
     partitions: PartitionPlan | None
+    k_step: int = 0            # the ranges' k: the DP's (0) or each range's next smaller (-1) or larger (+1)
     degree: int | None = None  # Tutel's chunks per MoE region outside the ranges; None: no Tutel regions
 
     @property
@@ -134,17 +135,16 @@ def candidates(graph: OpGraph, cost: CostModel, config: LancetConfig) -> list[Op
             # order: the rebuilt graph lists every op in the order Lancet runs it.
             rebuilt, new_id = rebucket(graph, program_order(graph, placed))
             moved.insert(0, ("dW", rebuilt, placed.renumbered(new_id)))
-    cuts: list[tuple[str, PartitionPlan | None]] = [("", None)]
+    cuts: list[tuple[str, PartitionPlan | None, int]] = [("", None, 0)]
     if config.partition:
         ranges = LancetRanges(graph, cost, max_parts=config.max_partitions)
         dp = ranges.plan()
         if dp.ranges:
-            variants = [("partitions", dp), ("partitions, k down", ranges.neighbour(dp, -1)),
-                        ("partitions, k up", ranges.neighbour(dp, +1))]
-            cuts[:0] = [(name, cut) for name, cut in variants if cut is not None]
-    options = [Option(" + ".join(filter(None, (dw, cut))) or "program order", g, placement, partitions)
-               for dw, g, placement in moved for cut, partitions in cuts]
-    return options
+            variants = [("partitions", dp, 0), ("partitions, k down", ranges.neighbour(dp, -1), -1),
+                        ("partitions, k up", ranges.neighbour(dp, +1), +1)]
+            cuts[:0] = [(name, cut, step) for name, cut, step in variants if cut is not None]
+    return [Option(" + ".join(filter(None, (dw, cut_name))) or "program order", g, placement, cut, step)
+            for dw, g, placement in moved for cut_name, cut, step in cuts]
 
 
 def chunked(options: list[Option], degree: int | None) -> list[Option]:
@@ -153,10 +153,9 @@ def chunked(options: list[Option], degree: int | None) -> list[Option]:
     outside the ranges (every backward one, the forward ones not partitioned) in ``degree`` chunks."""
     if degree is None:
         return []
-    firsts = [option for option in options
-              if option.placement is not None or option.partitions is not None
-              if not option.name.endswith((", k down", ", k up"))]
-    return [replace(option, name=f"{option.name} + chunks {degree}", degree=degree) for option in firsts]
+    passes = [option for option in options if option.degree is None and option.k_step == 0
+              and (option.placement is not None or option.partitions is not None)]
+    return [replace(option, name=f"{option.name} + chunks {degree}", degree=degree) for option in passes]
 
 
 def build(option: Option, config: LancetConfig, cost: CostModel) -> ExecutionPlan:
@@ -165,9 +164,9 @@ def build(option: Option, config: LancetConfig, cost: CostModel) -> ExecutionPla
     builder = PlanBuilder(graph, SCHEDULE.name)
     ranges = {r.ops[0]: r for r in partitions.ranges} if partitions is not None else {}
     inside = {op_id for r in ranges.values() for op_id in r.ops}
-    regions = [region for region in find_regions(graph) if not inside.intersection(op.id for op in region.ops)]
-    chunker = Chunker(builder, regions if option.degree is not None else [], option.degree or 1,
-                      capacity_of(graph), A2AAlgorithm.LINEAR)
+    regions = [] if option.degree is None else [
+        region for region in find_regions(graph) if not inside.intersection(op.id for op in region.ops)]
+    chunker = Chunker(builder, regions, option.degree or 1, capacity_of(graph), A2AAlgorithm.LINEAR)
     for op in graph.ops:
         if op.id in ranges:
             assert chunker.idle, "a partitioned range never falls inside a chunked region"

@@ -8,7 +8,9 @@ optimizer) on three streams, as ``estimate.py`` does for plans: compute, the MoE
 buckets, re-formed from the order by DDP's rule (``buckets.BucketFiller``) and issued as they fill.
 Every op takes its time alone (no sharing, no interference). The estimate is ``(end, compute end)``:
 the time the last of the three streams finishes (what the optimizer waits for), then the compute
-stream's own end.
+stream's own end. The rule is applied to bucket sizes alone, with one simplification: the last, partly
+filled bucket of each kind is issued after every full one (DDP issues it once its last gradient is ready,
+which may be before the other kind's last full bucket).
 
 Orders are compared many times, each differing from the last one kept from some index on: ``keep``
 records the clock's state before each index of an order (and after its last), so ``trial`` replays

@@ -78,7 +78,6 @@ class DWPlacement:
 class _Reach:
     """The graph in program positions (bit ``i`` of a mask = ``graph.ops[i]``)."""
 
-    deps: tuple[tuple[int, ...], ...]
     ancestors: tuple[int, ...]
     descendants: tuple[int, ...]
     grad_sync_tail: int  # gradient all-reduce ops and everything downstream of one
@@ -131,7 +130,7 @@ def place_weight_gradients(
     before = clock.keep(order)
     moved = _moved_all(order, picked)
     clock.keep(moved)
-    _, back = _veto(graph, moved, [c for ids in picked.values() for c in ids], clock)
+    back = _veto(graph, moved, [c for ids in picked.values() for c in ids], clock)
     after = {a: tuple(c for c in ids if c not in back) for a, ids in picked.items()}
     if clock.kept > before:  # step 4 stopped in a worse order than the program's: move nothing
         after = {a: () for a in after}
@@ -180,7 +179,7 @@ def _reachability(graph: OpGraph) -> _Reach:
     for i, op in enumerate(graph.ops):
         if op.kind is OpKind.ALL_REDUCE:
             tail |= descendants[i] | 1 << i
-    return _Reach(deps, tuple(ancestors), tuple(descendants), tail)
+    return _Reach(tuple(ancestors), tuple(descendants), tail)
 
 
 def _windows(graph: OpGraph, reach: _Reach) -> dict[int, tuple[int, ...]]:
@@ -259,9 +258,9 @@ def _unforced(graph: OpGraph, lancet: LancetAssignment) -> dict[int, list[int]]:
     return picked
 
 
-def _veto(graph: OpGraph, order: list[int], moved: Sequence[int], clock: BackwardClock) -> tuple[list[int], set[int]]:
-    """Step 4: ``order`` (the clock's reference) with each op of ``moved``, in program order, put back at
-    its place in program order where the clock's estimate improves. Returns the order and the ops put back."""
+def _veto(graph: OpGraph, order: list[int], moved: Sequence[int], clock: BackwardClock) -> set[int]:
+    """Step 4: in ``order`` (the clock's reference), each op of ``moved``, in program order, goes back to its
+    place in program order where the clock's estimate is no worse. Returns the ops put back."""
     children: dict[int, list[int]] = {c: [] for c in moved}
     for op in graph.ops:
         for dep in op.deps:
@@ -274,12 +273,12 @@ def _veto(graph: OpGraph, order: list[int], moved: Sequence[int], clock: Backwar
         after_home = next((p for p in range(c + 1, len(graph.ops)) if p in home), None)
         if after_home is None:
             continue
-        trial = [op_id for op_id in order if op_id != c]
-        slot = trial.index(after_home)
-        trial.insert(slot, c)
         if any(index[d] >= index[after_home] for d in graph.ops[c].deps if d in index) or \
                 any(index.get(child, len(order)) < index[after_home] for child in children[c]):
             continue  # its place would run it before a dependency or after a dependant: it stays moved
+        trial = [op_id for op_id in order if op_id != c]
+        slot = trial.index(after_home)
+        trial.insert(slot, c)
         start = min(index[c], slot)
         if clock.trial(trial, start) <= clock.kept:  # ties: its program place
             clock.keep(trial, start)
@@ -287,7 +286,7 @@ def _veto(graph: OpGraph, order: list[int], moved: Sequence[int], clock: Backwar
             home.add(c)
             back.add(c)
             index = {op_id: i for i, op_id in enumerate(order)}
-    return order, back
+    return back
 
 
 def _moved_all(order: Sequence[int], after: Mapping[int, Sequence[int]]) -> list[int]:

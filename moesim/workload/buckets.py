@@ -4,9 +4,9 @@ PyTorch DDP puts gradients into buckets of ``grad_bucket_mb`` in the order they 
 first iteration (it rebuilds them once) and launches bucket i's all-reduce once buckets 0..i are full,
 so buckets travel in the order they fill. Dense and expert parameters fill separate buckets (expert
 parameters are all-reduced over their expert-data-parallel group, as DeepSpeed-MoE and Tutel do);
-nothing is all-reduced across a group of one. ``BucketFiller`` is that rule; the graph builder uses it
-on the program order, ``rebucket`` on the order a schedule runs the gradients in, and Lancet's dW pass
-on the orders it weighs.
+nothing is all-reduced across a group of one. ``BucketFiller`` is that rule and ``rebucket`` applies it
+to the order a schedule runs the gradients in (the graph builder's is program order). Lancet's dW pass
+weighs many orders with the same rule applied to sizes alone (``schedules/lancet_clock.py``).
 """
 
 from __future__ import annotations
