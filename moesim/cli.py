@@ -180,8 +180,7 @@ def cmd_calibrate(args: argparse.Namespace, out: TextIO | None = None) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     from moesim.overrides import parse_assignments
 
-    if args.traces is not None and not args.traces.parent.resolve().is_dir():
-        raise MoesimError(f"--traces {args.traces}: directory {args.traces.parent} does not exist")
+    _check_writable(args.traces, "--traces")
     if args.calibrate:  # its summary on stderr under --json, so stdout stays one JSON document
         cmd_calibrate(argparse.Namespace(name=args.hardware, base="cpu-loopback", nproc=args.nproc, out_dir=None,
                                          quick=False, json=False), out=sys.stderr if args.json else None)
@@ -350,12 +349,20 @@ def _layer_range(text: str | None) -> tuple[int, int] | None:
 
 
 def _check_writable(path: Path | None, option: str) -> None:
-    if path is not None and not path.parent.resolve().is_dir():
-        raise MoesimError(f"{option} {path}: directory {path.parent} does not exist")
+    """Before any work: ``path``'s folder exists or can be made (its nearest existing ancestor is a folder)."""
+    if path is None:
+        return
+    folder = path.parent.resolve()
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise MoesimError(f"{option} {path}: {folder} is not a directory")
 
 
 def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """Write through a temporary file in the same directory, so a failure leaves nothing half-written."""
+    """Write through a temporary file in the same directory (made if missing), so a failure leaves nothing
+    half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent.resolve(), prefix=f".{path.name}.", suffix=path.suffix)
     os.close(fd)
     umask = os.umask(0)

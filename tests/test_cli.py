@@ -81,8 +81,19 @@ def test_bad_input_writes_nothing(capsys, tmp_path):
     code, _, _ = run_cli(capsys, "run", "--set", "training.ep_size=3", "--trace", str(trace), "--plot", str(plot))
     assert code == 2
     assert list(tmp_path.iterdir()) == []
-    code, _, err = run_cli(capsys, "run", "--trace", str(tmp_path / "missing" / "t.json"))
-    assert code == 2 and "does not exist" in err
+    (tmp_path / "file").write_text("")
+    code, _, err = run_cli(capsys, "run", "--trace", str(tmp_path / "file" / "t.json"))
+    assert code == 2 and "is not a directory" in err and len(err.strip().splitlines()) == 1
+
+
+def test_missing_output_folders_are_made_once_the_run_succeeds(capsys, tmp_path):
+    # the README's own `--trace out/trace.json --plot out/gantt.png` on a fresh clone
+    trace, plot = tmp_path / "out" / "trace.json", tmp_path / "out" / "deep" / "gantt.png"
+    assert run_cli(capsys, "run", *SMALL, "--trace", str(trace), "--plot", str(plot))[0] == 0
+    assert json.loads(trace.read_text())["traceEvents"] and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a run that fails makes no folder
+    assert run_cli(capsys, "run", "--set", "training.ep_size=3", "--trace", str(tmp_path / "new" / "t.json"))[0] == 2
+    assert not (tmp_path / "new").exists()
 
 
 def test_trace_and_plot_are_written_and_deterministic(capsys, tmp_path):

@@ -13,8 +13,10 @@ import pytest
 
 from moesim.analysis.critical_path import critical_path_lower_bound
 from moesim.api import run_schedule, scenario
+from moesim.engine import simulate_plan
 from moesim.schedules import registered
-from moesim.workload.ops import OpKind, Phase
+from moesim.schedules.lancet import LancetConfig, build, candidates, chunked
+from moesim.workload.ops import Axis, OpKind, Phase
 from moesim.workload.presets import list_model_presets
 
 # Every preset on one p4de node (8 GPUs); big models cut to a few layers so the suite stays fast,
@@ -75,7 +77,36 @@ def _kept_share(graph, op):
 @pytest.mark.parametrize(("schedule", "settings"), VARIANTS, ids=lambda v: str(v) if v else "default")
 def test_schedule_invariants(scn, schedule, settings):
     result = _run(scn, schedule, settings)
-    plan, timeline, graph = result.plan, result.timeline, result.plan.graph
+    _assert_invariants(result.plan, result.timeline, scn.cost)
+
+
+# Batch-1 models cut along the sequence (attention causally); gpt2-s-moe at batch 1 puts attention in ranges.
+SEQUENCE_CASES = {
+    "mixtral-8x7b": ("mixtral-8x7b", "p4de.24xlarge", 1, {"model.num_layers": 4}),
+    "deepseek-v3": ("deepseek-v3", "p4de.24xlarge", 1, {"model.num_layers": 5}),
+    "gpt2-s-moe+batch1": ("gpt2-s-moe", "p3dn.24xlarge", 2, {"model.num_layers": 4, "training.batch_per_gpu": 1}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SEQUENCE_CASES))
+def test_every_lancet_candidate_of_a_sequence_cut_keeps_the_invariants(case):
+    # Every plan Lancet judges, not only the one it keeps: each op once across its parts, FLOPs and bytes
+    # summing (a causal attention's parts do (2p + 1) / k^2 of it each), dependencies kept.
+    scn = scenario(*SEQUENCE_CASES[case])
+    config = LancetConfig()
+    options = candidates(scn.graph, scn.cost, config)
+    options += chunked(options, 2)
+    cut = [o for o in options if o.partitions is not None]
+    assert cut and all(r.axis is Axis.SEQUENCE for o in cut for r in o.partitions.ranges)
+    for option in options:
+        plan = build(option, config, scn.cost)
+        _assert_invariants(plan, simulate_plan(plan, scn.cost), scn.cost)
+    if case == "gpt2-s-moe+batch1":
+        assert any(scn.graph.ops[o].kind is OpKind.ATTENTION for r in cut[0].partitions.ranges for o in r.ops)
+
+
+def _assert_invariants(plan, timeline, cost):
+    graph = plan.graph
     spans_by_rank = defaultdict(list)
     for span in timeline.spans:
         spans_by_rank[span.rank].append(span)
@@ -120,7 +151,7 @@ def test_schedule_invariants(scn, schedule, settings):
             else:
                 got, reference = whole, op.flops_on(rank)
             assert got == pytest.approx(reference * expected_share, rel=1e-9, abs=1e-6), op.name
-        assert timeline.makespan >= critical_path_lower_bound(plan, scn.cost, rank) * (1 - 1e-9)
+        assert timeline.makespan >= critical_path_lower_bound(plan, cost, rank) * (1 - 1e-9)
 
 
 def _whole_bytes(op, rank, graph):
