@@ -151,7 +151,7 @@ def test_calibrate_refuses_a_bad_name_before_running_anything(tmp_path: Path) ->
 
 
 def test_a_collective_counts_from_its_groups_last_start():
-    from moesim.validation.microbench import since_rendezvous
+    from moesim.validation.bench_comm import since_rendezvous
 
     mine = [(1.0, 1.5), (2.0, 2.2)]
     # call 0: the peer started at 1.3, so 0.2 s from the rendezvous; call 1: this rank was last (2.0)
