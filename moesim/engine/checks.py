@@ -19,10 +19,12 @@ def check_plan(plan: ExecutionPlan, cost: CostModel) -> None:
             f"cost model num_ranks: {cost.num_ranks} but the plan's graph has {num_ranks} ranks; "
             "build both for the same cluster"
         )
-    for name in ("compute_slowdown", "comm_slowdown", "comm_latency_under_compute", "compute_wait_under_comm",
-                 "stream_handoff", "rendezvous_skew", "rendezvous_skew_cap"):
-        if not getattr(cost, name) >= 0:
-            raise MoesimError(f"cost model {name}: {getattr(cost, name)}; must be >= 0 (0 = no such delay)")
+    for owner, where, names in ((cost, "cost model", ("compute_slowdown", "comm_slowdown")),
+                                (cost.host, "host", ("comm_latency_under_compute", "compute_wait_under_comm",
+                                                     "stream_handoff", "rendezvous_skew", "rendezvous_skew_cap"))):
+        for name in names:
+            if not getattr(owner, name) >= 0:
+                raise MoesimError(f"{where} {name}: {getattr(owner, name)}; must be >= 0 (0 = no such delay)")
     num_tasks, num_ops = len(plan.tasks), len(plan.graph.ops)
     for task in plan.tasks:
         if not 0 <= task.op < num_ops:

@@ -2,18 +2,12 @@
 
 Every simulated rank runs one SimPy process per stream, which walks that stream's tasks in order.
 A task starts when its stream is free and its dependencies (same rank, any stream) are done; a
-collective task also waits until every member of its group has reached it (the rendezvous), then
-runs as one coflow on the shared flow network. Compute slows down while a collective of its rank runs.
-
-Host-side delays, all 0 unless the cost model sets them (a calibrated CPU host does): a task woken by
-another stream starts ``stream_handoff`` later; a collective first waits for its last member, a share
-``rendezvous_skew`` of the compute its ranks did since their previous collective (at most
-``rendezvous_skew_cap``), and then, where a member computes, for a core until that member's compute
-stream goes idle (at most ``comm_latency_under_compute``). Neither wait slows compute: a thread that
-waits takes no cycles. The other way round, a compute task woken by another stream while a collective
-of its rank runs waits for the core until no collective of the rank runs (at most
-``compute_wait_under_comm``); and a collective that starts takes ``collective_cpu`` of the compute its
-members run then (the kernel running ends that much later).
+collective task also waits until every member of its group has reached it (the rendezvous), then a
+process of its own runs it: stage by stage, the latency, then the transfer as one coflow on the shared
+flow network. Compute slows down while a collective of its rank runs, and a transfer while a member
+computes (interference). Whatever a host adds (hand-over between streams, waits for a core, a
+collective's work on the cores, the wait for the last member) is the host component's
+(``engine/host.py``; nothing on a GPU).
 
 Under rank symmetry only rank 0 is simulated: every rank reaches each collective at the same
 moment, so the rendezvous is trivial and the collective is one coflow over all sibling groups.
@@ -21,17 +15,17 @@ moment, so the rendezvous is trivial and the collective is one coflow over all s
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Generator, Sequence
 
 import simpy
 
 from moesim.engine import accounting
 from moesim.engine.checks import check_plan
 from moesim.engine.deadlock import Blocked, deadlock_error
+from moesim.engine.host import Resume, host_for, takes_compute
 from moesim.engine.interference import RankCompute
 from moesim.engine.network import FlowNetwork
-from moesim.hardware.interface import CollectiveDemand, CostModel
+from moesim.hardware.interface import CostModel
 from moesim.plan import ExecutionPlan, StreamKind, Task
 from moesim.timeline import Span, Timeline
 from moesim.workload.ops import Op
@@ -87,18 +81,10 @@ class _Play:
         self.symmetric = symmetric
         self.ranks = (0,) if symmetric else tuple(range(plan.graph.num_ranks))
         self.env = simpy.Environment()
-        self.contention_delay = float(cost.comm_latency_under_compute)
-        self.handoff = float(cost.stream_handoff)
-        self.compute_wait = float(cost.compute_wait_under_comm)
-        self.skew = float(cost.rendezvous_skew)
-        self.skew_cap = float(cost.rendezvous_skew_cap)
-        self.since_sync = {rank: 0.0 for rank in self.ranks}  # compute seconds since the rank's last collective
-        self.network = FlowNetwork(self.env, cost.capacities, float(cost.comm_slowdown),
-                                   track_compute=self.contention_delay > 0)
-        slowdown = float(cost.compute_slowdown)
-        charged = any(cost.collective_cpu(plan.op_of(task), task) > 0 for task in plan.tasks
-                      if plan.op_of(task).kind.is_collective)
-        self.compute = {rank: RankCompute(self.env, slowdown, charged) for rank in self.ranks}
+        self.network = FlowNetwork(self.env, cost.capacities, float(cost.comm_slowdown))
+        charged = takes_compute(cost.host, plan)
+        self.compute = {rank: RankCompute(self.env, float(cost.compute_slowdown), charged) for rank in self.ranks}
+        self.host = host_for(self.env, cost.host, charged, self.compute)
         self.ops = [plan.op_of(task) for task in plan.tasks]
         self.membership = accounting.Membership()
         self.finished = {rank: [False] * len(plan.tasks) for rank in self.ranks}
@@ -106,7 +92,6 @@ class _Play:
         self.cursors: dict[tuple[int, StreamKind], _Cursor] = {}
         self.meetings: dict[tuple[int, int], _Rendezvous] = {}
         self.records: list[tuple[int, float, int, int, float]] = []  # rank, start, stream, task, end
-        self.idle_waiters: dict[int, list[Callable[[], None]]] = {}  # rank -> called when its compute idles
 
     def run(self) -> None:
         """Play every stream of every simulated rank until no event is left."""
@@ -123,7 +108,8 @@ class _Play:
     def _stream(
         self, rank: int, kind: StreamKind, order: Sequence[int], cursor: _Cursor
     ) -> Generator[simpy.Event, object, None]:
-        env, tasks, ops = self.env, self.plan.tasks, self.ops
+        """One stream of one rank: each task in order, once its dependencies are done."""
+        env, tasks, ops, host = self.env, self.plan.tasks, self.ops, self.host
         finished = self.finished[rank]
         stream_index = _STREAMS.index(kind)
         for position, task_id in enumerate(order):
@@ -137,22 +123,17 @@ class _Play:
                     handed_over = handed_over or tasks[dep].stream is not kind
             cursor.dependency = None
             op = ops[task_id]
-            if handed_over and self.handoff:  # woken by another stream: the hand-over between them
-                yield env.timeout(self.handoff)
-            if handed_over and self.compute_wait and not op.kind.is_collective and self.compute[rank].communicating:
-                # woken while a collective of the rank runs: the compute thread waits for the core it holds
-                yield env.any_of([self.compute[rank].comm_idle(), env.timeout(self.compute_wait)])
+            yield from host.before_task(rank, op, handed_over)
             start = env.now
             if op.kind.is_collective:
                 start = yield from self._collective(rank, op, task, cursor)
             else:
                 seconds = self.cost.compute_time(op, task, rank)
                 self.network.compute_started(rank)
+                host.compute_started(rank)
                 yield self.compute[rank].run(seconds)
                 self.network.compute_ended(rank)
-                self.since_sync[rank] += seconds
-                if self.idle_waiters.get(rank):  # idle unless this stream starts another kernel at once
-                    self.env.timeout(0).callbacks.append(functools.partial(self._compute_idle, rank))
+                host.compute_ended(rank, seconds)
             finished[task_id] = True
             waiter = self.waiters[rank].pop(task_id, None)
             if waiter is not None:
@@ -168,7 +149,7 @@ class _Play:
         start = self.env.now
         if self.symmetric:  # every rank arrives now: one coflow over all sibling groups
             done = self.env.event()
-            self._launch(op, task, range(len(op.comm.groups)), (rank,), done)
+            self.env.process(self._run(op, task, range(len(op.comm.groups)), (rank,), done))
             yield done
             return start
         place = self.membership.of(op, rank)
@@ -197,91 +178,42 @@ class _Play:
         if len(meeting.arrived) == len(meeting.members):
             del self.meetings[key]
             meeting.start = self.env.now
-            self._launch(op, task, (group,), meeting.members, meeting.done)
+            self.env.process(self._run(op, task, (group,), meeting.members, meeting.done))
         return meeting
 
-    def _launch(
+    def _run(
         self, op: Op, task: Task, groups: Sequence[int], members: Sequence[int], done: simpy.Event
-    ) -> None:
-        """Run collective ``task`` of ``groups`` now as one coflow; succeed ``done`` when it ends.
+    ) -> Generator[simpy.Event, object, None]:
+        """The process of collective ``task`` over ``groups`` once its members met; succeeds ``done`` at its end.
 
-        In order: the wait for the member that arrives last (the rendezvous skew), then, stage by stage,
-        the wait for a core where a member computes, the stage's latency and its transfer. Every rank in
-        ``members`` counts it as running (compute interference) from the end of each wait for a core to
-        the end of the stage: a communication thread that waits for a peer or for a core takes no cycles.
+        The host's wait for the member that arrives last, then stage by stage: the host's wait before it
+        moves bytes, the stage's latency and its transfer as one coflow. Every rank in ``members`` counts
+        it as running (compute interference) from the end of the host's wait to the end of the stage.
         """
         demand = self.cost.collective_demand(op, task, groups)
         priority = self.plan.priority_of(task)
-        drift = 0.0  # the most compute a (played) member did since its previous collective; reset for all
-        for member in members:
-            if member in self.since_sync:
-                drift, self.since_sync[member] = max(drift, self.since_sync[member]), 0.0
-        skew = min(self.skew * drift, self.skew_cap)  # the wait for the member that arrives last
+        skew = self.host.rendezvous_wait(members)
+        if skew > 0:
+            yield self.env.timeout(skew)
+        for stage in demand.stages():
+            yield from self.host.before_stage(members)
+            self._communicating(members, True)
+            self.host.stage_started(op, task, stage is demand, members)
+            if stage.latency_s > 0:
+                yield self.env.timeout(stage.latency_s)
+            moved = Resume(self.env)
+            self.network.transfer(stage.resources, stage.volume, moved.fire, tuple(members), priority)
+            yield moved
+            self._communicating(members, False)
+        done.succeed()
 
-        def running(flag: bool) -> None:
-            for member in members:
-                if flag:
+    def _communicating(self, members: Sequence[int], running: bool) -> None:
+        for member in members:
+            if member in self.compute:
+                if running:
                     self.compute[member].comm_started()
                 else:
                     self.compute[member].comm_ended()
-
-        def run_stage(stage: CollectiveDemand) -> None:
-            def after() -> None:
-                running(False)
-                if stage.then is None:
-                    done.succeed()
-                else:
-                    run_stage(stage.then)
-
-            def transfer(_: object = None) -> None:
-                self.network.transfer(stage.resources, stage.volume, after, tuple(members), priority)
-
-            def start() -> None:
-                running(True)
-                if stage is demand:  # its threads' work on the members' cores, taken from what they compute
-                    cpu = self.cost.collective_cpu(op, task)
-                    for member in members:
-                        if member in self.compute:
-                            self.compute[member].charge(cpu)
-                if stage.latency_s > 0:
-                    self.env.timeout(stage.latency_s).callbacks.append(transfer)
-                else:
-                    transfer()
-
-            busy = [m for m in members if self.network.any_computing((m,))] if self.contention_delay else []
-            if busy:  # the communication threads wait for a core: until each busy member's compute idles, at most z
-                self._wait_for_cores(busy, start)
-            else:
-                start()
-
-        if skew > 0:
-            self.env.timeout(skew).callbacks.append(lambda _: run_stage(demand))
-        else:
-            run_stage(demand)
-
-    def _wait_for_cores(self, busy: list[int], then: Callable[[], None]) -> None:
-        """Call ``then`` once every rank of ``busy`` has stopped computing or ``contention_delay`` has passed."""
-        pending = set(busy)
-
-        def release(rank: int | None) -> None:
-            if not pending:
-                return
-            if rank is None:
-                pending.clear()
-            else:
-                pending.discard(rank)
-            if not pending:
-                then()
-
-        for rank in busy:
-            self.idle_waiters.setdefault(rank, []).append(functools.partial(release, rank))
-        self.env.timeout(self.contention_delay).callbacks.append(lambda _: release(None))
-
-    def _compute_idle(self, rank: int, _: object = None) -> None:
-        if self.network.any_computing((rank,)):
-            return
-        for waiter in self.idle_waiters.pop(rank, []):
-            waiter()
 
     def _blocked(self) -> list[Blocked]:
         # In an SPMD plan every rank reaches a collective or none does, so plan cycles show up as

@@ -11,7 +11,7 @@ is written as the bytes that take as long at the rings' rate, ``bytes / ratio``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -19,13 +19,44 @@ from moesim.errors import MoesimError
 from moesim.hardware import collectives
 from moesim.hardware.interface import CollectiveDemand
 from moesim.hardware.resources import ResourceMap
-from moesim.hardware.specs import ClusterSpec, DType
+from moesim.hardware.specs import ClusterSpec, CostParams, DType
 from moesim.plan import A2AAlgorithm, Task
 from moesim.workload.ops import CommSpec, Op, OpKind, Phase
 
 _TENSOR_KINDS = frozenset({OpKind.MATMUL, OpKind.ATTENTION})
 _RING_TRAVERSALS = {OpKind.ALL_REDUCE: 2, OpKind.ALL_GATHER: 1, OpKind.REDUCE_SCATTER: 1}
 _CACHE_LIMIT = 1 << 16
+
+
+@dataclass(frozen=True, slots=True)
+class SpecHostCosts:
+    """The host delays a node's ``CostParams`` state (``HostCosts``; zero on GPU presets)."""
+
+    params: CostParams
+
+    @property
+    def stream_handoff(self) -> float:
+        return self.params.stream_handoff_s
+
+    @property
+    def compute_wait_under_comm(self) -> float:
+        return self.params.compute_wait_under_comm_s
+
+    @property
+    def comm_latency_under_compute(self) -> float:
+        return self.params.comm_latency_under_compute_s
+
+    @property
+    def rendezvous_skew(self) -> float:
+        return self.params.rendezvous_skew
+
+    @property
+    def rendezvous_skew_cap(self) -> float:
+        return self.params.rendezvous_skew_cap_s
+
+    def collective_cpu(self, op: Op, task: Task) -> float:
+        assert op.comm is not None
+        return self.params.comm_cpu_s(op.comm.bytes * task.fraction)
 
 
 class RooflineCostModel:
@@ -87,28 +118,8 @@ class RooflineCostModel:
         return self._params.comm_slowdown_under_compute
 
     @property
-    def comm_latency_under_compute(self) -> float:
-        return self._params.comm_latency_under_compute_s
-
-    def collective_cpu(self, op: Op, task: Task) -> float:
-        assert op.comm is not None
-        return self._params.comm_cpu_s(op.comm.bytes * task.fraction)
-
-    @property
-    def compute_wait_under_comm(self) -> float:
-        return self._params.compute_wait_under_comm_s
-
-    @property
-    def rendezvous_skew(self) -> float:
-        return self._params.rendezvous_skew
-
-    @property
-    def rendezvous_skew_cap(self) -> float:
-        return self._params.rendezvous_skew_cap_s
-
-    @property
-    def stream_handoff(self) -> float:
-        return self._params.stream_handoff_s
+    def host(self) -> SpecHostCosts:
+        return SpecHostCosts(self._params)
 
     def resource_name(self, resource: int) -> str:
         return self._resources.name(resource)

@@ -52,6 +52,62 @@ class CollectiveDemand:
         return total
 
 
+class HostCosts(Protocol):
+    """What a host adds between the plan's tasks beyond compute, transfers and interference: all zero on a
+    GPU (``NO_HOST_COSTS``); a calibrated CPU host (the harness's gloo mode) sets them. ``engine/host.py``
+    plays them."""
+
+    @property
+    def stream_handoff(self) -> float:
+        """Seconds a task that waited for a task of another stream starts after that task ended."""
+        ...
+
+    @property
+    def compute_wait_under_comm(self) -> float:
+        """At most how many seconds a compute task woken by another stream while a collective of its rank
+        runs waits for that to end (the compute thread waiting for the core)."""
+        ...
+
+    @property
+    def comm_latency_under_compute(self) -> float:
+        """At most how many seconds a collective stage waits, before moving bytes, for a member rank that
+        computes when it starts to stop (the communication thread waiting for a core)."""
+        ...
+
+    @property
+    def rendezvous_skew(self) -> float:
+        """A collective starts this fraction of its members' compute time since their previous collective
+        later (the expected wait for the last member to arrive), at most ``rendezvous_skew_cap``."""
+        ...
+
+    @property
+    def rendezvous_skew_cap(self) -> float:
+        """The most seconds of that wait (inf: no cap)."""
+        ...
+
+    def collective_cpu(self, op: Op, task: Task) -> float:
+        """Seconds of compute collective ``op`` (this task's part of it) takes from a member rank whose
+        compute runs when it starts (its threads' work on the rank's cores)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class NoHostCosts:
+    """A host that adds nothing (every GPU preset)."""
+
+    stream_handoff: float = 0.0
+    compute_wait_under_comm: float = 0.0
+    comm_latency_under_compute: float = 0.0
+    rendezvous_skew: float = 0.0
+    rendezvous_skew_cap: float = float("inf")
+
+    def collective_cpu(self, op: Op, task: Task) -> float:
+        return 0.0
+
+
+NO_HOST_COSTS = NoHostCosts()
+
+
 class CostModel(Protocol):
     """What the engine needs from hardware + cost parameters."""
 
@@ -76,36 +132,8 @@ class CostModel(Protocol):
         ...
 
     @property
-    def comm_latency_under_compute(self) -> float:
-        """Seconds a collective stage waits before moving bytes when it starts while a member rank
-        computes (on a CPU host, the communication thread waiting for a core)."""
-        ...
-
-    def collective_cpu(self, op: Op, task: Task) -> float:
-        """Seconds of compute collective ``op`` (this task's part of it) takes from a member rank whose
-        compute runs when it starts (on a CPU host, its threads' work on the rank's cores); 0 on a GPU."""
-        ...
-
-    @property
-    def compute_wait_under_comm(self) -> float:
-        """At most how many seconds a compute task woken by another stream while a collective of its rank
-        runs waits for that to end (on a CPU host, the compute thread waiting for the core)."""
-        ...
-
-    @property
-    def rendezvous_skew(self) -> float:
-        """A collective starts this fraction of its members' compute time since their previous collective
-        later (the expected wait for the last member to arrive), at most ``rendezvous_skew_cap``."""
-        ...
-
-    @property
-    def rendezvous_skew_cap(self) -> float:
-        """The most seconds of that wait (inf: no cap)."""
-        ...
-
-    @property
-    def stream_handoff(self) -> float:
-        """Seconds a task that waited for a task of another stream starts after that task ended."""
+    def host(self) -> HostCosts:
+        """The host's own delays (``NO_HOST_COSTS`` on a GPU)."""
         ...
 
     def resource_name(self, resource: int) -> str: ...
@@ -117,4 +145,9 @@ class CostModel(Protocol):
     def collective_demand(self, op: Op, task: Task, groups: Sequence[int]) -> CollectiveDemand:
         """Network demand of ``task`` (a part of collective ``op``) run by the groups
         ``op.comm.groups[i] for i in groups`` at the same time (one coflow)."""
+        ...
+
+    def collective_time(self, op: Op, task: Task, groups: Sequence[int]) -> float:
+        """Seconds ``collective_demand(op, task, groups)`` takes on an idle network: each stage's latency
+        plus its bottleneck volume over capacity (what a policy's list scheduler may use)."""
         ...

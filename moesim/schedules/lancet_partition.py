@@ -297,7 +297,7 @@ class LancetRanges:
 
     def _charge(self, op_id: int, part: int, parts: int) -> float:
         op = self.graph.ops[op_id]
-        return self.cost.collective_cpu(op, self._task(op, parts, part))
+        return self.cost.host.collective_cpu(op, self._task(op, parts, part))
 
     def _schedule(self, ops: Sequence[Op], parts: int) -> PipelineSchedule:
         inside = {op.id for op in ops}

@@ -21,11 +21,28 @@ from moesim.workload.ops import CommSpec, Op, OpGraph, OpKind, Phase
 COMPUTE, COMM, DP_COMM = StreamKind.COMPUTE, StreamKind.COMM, StreamKind.DP_COMM
 
 
+class FakeHost:
+    """Host delays the test sets (all 0 by default); ``cpu[name]``: seconds of compute collective ``name``
+    takes when it starts, scaled by the task's fraction."""
+
+    def __init__(self) -> None:
+        self.comm_latency_under_compute = 0.0
+        self.compute_wait_under_comm = 0.0
+        self.stream_handoff = 0.0
+        self.rendezvous_skew = 0.0
+        self.rendezvous_skew_cap = float("inf")
+        self.cpu: dict[str, float] = {}
+
+    def collective_cpu(self, op: Op, task: Task) -> float:
+        return self.cpu.get(op.name, 0.0) * task.fraction
+
+
 class FakeCost:
     """Compute seconds per op name (one number, or one per rank); per-group demands per op name.
 
     ``demands[name] = (latency_s, [ {resource: bytes} for each group ])``; a demand over several
-    groups adds their volumes per resource. Both scale with the task's fraction.
+    groups adds their volumes per resource. Both scale with the task's fraction. ``host`` holds the
+    host delays.
     """
 
     def __init__(self, num_ranks: int, capacities: Sequence[float], slowdown: float) -> None:
@@ -33,12 +50,7 @@ class FakeCost:
         self.capacities = np.asarray(capacities, dtype=np.float64)
         self.compute_slowdown = slowdown
         self.comm_slowdown = 0.0
-        self.comm_latency_under_compute = 0.0
-        self.compute_wait_under_comm = 0.0
-        self.stream_handoff = 0.0
-        self.rendezvous_skew = 0.0
-        self.rendezvous_skew_cap = float("inf")
-        self.cpu: dict[str, float] = {}  # collective name -> seconds of compute it takes when it starts
+        self.host = FakeHost()
         self.seconds: dict[str, float | tuple[float, ...]] = {}
         self.demands: dict[str, tuple[float, list[dict[int, float]]]] = {}
         self.next_stage: dict[str, tuple[float, dict[int, float]]] = {}  # name -> a second stage
@@ -47,8 +59,8 @@ class FakeCost:
     def resource_name(self, resource: int) -> str:
         return f"link{resource}"
 
-    def collective_cpu(self, op: Op, task: Task) -> float:
-        return self.cpu.get(op.name, 0.0) * task.fraction
+    def collective_time(self, op: Op, task: Task, groups: Sequence[int]) -> float:
+        return self.collective_demand(op, task, groups).uncontended_s(self.capacities)
 
     def compute_time(self, op: Op, task: Task, rank: int) -> float:
         seconds = self.seconds[op.name]

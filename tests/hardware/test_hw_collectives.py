@@ -169,9 +169,9 @@ def test_a_collectives_work_on_the_cores_is_a_fixed_part_and_a_part_per_mib(tiny
     """250 us + 400 us per MiB of the per-rank payload, of this task's share; none by default (a GPU)."""
     a2a = comm_op(OpKind.ALL_TO_ALL, ALL4, 2 * 2**20)
     model = RooflineCostModel(tiny_cluster(comm_cpu_us=250, comm_cpu_us_per_mib=400), DType.FP32)
-    assert model.collective_cpu(a2a, task()) == pytest.approx((250 + 800) * US)
-    assert model.collective_cpu(a2a, task(fraction=0.5)) == pytest.approx((250 + 400) * US)
-    assert RooflineCostModel(tiny_cluster(), DType.FP32).collective_cpu(a2a, task()) == 0.0
+    assert model.host.collective_cpu(a2a, task()) == pytest.approx((250 + 800) * US)
+    assert model.host.collective_cpu(a2a, task(fraction=0.5)) == pytest.approx((250 + 400) * US)
+    assert RooflineCostModel(tiny_cluster(), DType.FP32).host.collective_cpu(a2a, task()) == 0.0
 
 
 def test_groups_of_one_rank_cost_nothing(tiny_cluster, comm_op, task) -> None:
