@@ -18,9 +18,7 @@ link.
 
 Rates change only when a coflow starts or ends, and only inside the connected component (coflows
 linked through shared resources) of that coflow, so only that component is recomputed and only
-coflows whose rate changed are rescheduled. Each coflow
-has at most one valid wake-up pending, at its predicted finish; a rate change invalidates the old
-one through a version number, so time moves only by SimPy events.
+coflows whose rate changed are rescheduled (each coflow's progress is a ``Fluid``, ``fluid.py``).
 """
 
 from __future__ import annotations
@@ -30,6 +28,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import simpy
 
+from moesim.engine.fluid import Fluid
 from moesim.errors import MoesimError
 
 # Resources whose level lies within this relative distance of the minimum saturate together,
@@ -75,25 +74,23 @@ def max_min_rates(
 
 
 class Coflow:
-    """One collective's transfer in flight; ``on_done`` is called once, when it completes."""
+    """One collective's transfer in flight; ``on_done`` is called once, when it completes. ``progress`` is
+    the fraction of the transfer left (``Fluid``), moving at ``fair_rate * factor`` (reverse interference)."""
 
-    __slots__ = ("seq", "resources", "volume", "solo_rate", "remaining", "rate", "fair_rate", "factor",
-                 "members", "priority", "updated_at", "version", "on_done")
+    __slots__ = ("seq", "resources", "volume", "solo_rate", "fair_rate", "factor", "members", "priority",
+                 "progress", "on_done")
 
     def __init__(self, seq: int, resources: np.ndarray, volume: np.ndarray, solo_rate: float,
-                 members: tuple[int, ...], priority: int, on_done: Callable[[], None]) -> None:
+                 members: tuple[int, ...], priority: int, progress: Fluid, on_done: Callable[[], None]) -> None:
         self.seq = seq
         self.resources = resources
         self.volume = volume
         self.solo_rate = solo_rate
         self.members = members
         self.priority = priority
-        self.remaining = 1.0  # fraction of the transfer still to move, as of ``updated_at``
-        self.fair_rate = 0.0  # the max-min rate; ``rate`` = fair_rate * factor (reverse interference)
+        self.fair_rate = 0.0  # the max-min rate
         self.factor = 1.0
-        self.rate = 0.0
-        self.updated_at = 0.0
-        self.version = 0
+        self.progress = progress
         self.on_done = on_done
 
 
@@ -136,13 +133,12 @@ class FlowNetwork:
     def _refactor(self, rank: int) -> None:
         if self._slow_factor == 1.0:
             return
-        now = self._env.now
         for coflow in self._active.values():
             if rank in coflow.members:
                 factor = self._factor(coflow.members)
                 if factor != coflow.factor:
                     coflow.factor = factor
-                    self._set_rate(coflow, coflow.fair_rate * factor, now)
+                    coflow.progress.retime(self._env, coflow.fair_rate * factor)
 
     def transfer(self, resources: np.ndarray, volume: np.ndarray, on_done: Callable[[], None],
                  members: tuple[int, ...] = (), priority: int = 0) -> None:
@@ -160,10 +156,10 @@ class FlowNetwork:
             return
         self._check(resources)
         solo_rate = float(1.0 / (volume / self._capacities[resources]).max())
-        coflow = Coflow(self._next_seq, resources, volume, solo_rate, tuple(members), priority, on_done)
+        progress = Fluid(1.0, self._env.now, lambda: self._finish(coflow))
+        coflow = Coflow(self._next_seq, resources, volume, solo_rate, tuple(members), priority, progress, on_done)
         coflow.factor = self._factor(coflow.members)
         self._next_seq += 1
-        coflow.updated_at = self._env.now
         self._active[coflow.seq] = coflow
         self._reallocate(self._component(resources))
 
@@ -214,32 +210,13 @@ class FlowNetwork:
                 [c.resources for c in component], [c.volume for c in component], self._capacities,
                 [c.priority for c in component],
             ).tolist()
-        now = self._env.now
         for coflow, fair_rate in zip(component, rates, strict=True):
             coflow.fair_rate = fair_rate
-            if fair_rate * coflow.factor != coflow.rate:
-                self._set_rate(coflow, fair_rate * coflow.factor, now)
-
-    def _set_rate(self, coflow: Coflow, rate: float, now: float) -> None:
-        """Account the progress at the old rate, then wake the coflow at its finish at the new one."""
-        coflow.remaining = max(0.0, coflow.remaining - (now - coflow.updated_at) * coflow.rate)
-        coflow.updated_at = now
-        coflow.rate = rate
-        coflow.version += 1
-        if rate > 0:  # a coflow starved by a higher priority class waits for the next reallocation
-            wake = self._env.timeout(coflow.remaining / rate)
-            wake.callbacks.append(self._waker(coflow, coflow.version))
-
-    def _waker(self, coflow: Coflow, version: int) -> Callable[[simpy.Event], None]:
-        def wake(_: simpy.Event) -> None:
-            if coflow.version == version:
-                self._finish(coflow)
-
-        return wake
+            if fair_rate * coflow.factor != coflow.progress.rate:
+                coflow.progress.retime(self._env, fair_rate * coflow.factor)
 
     def _finish(self, coflow: Coflow) -> None:
-        coflow.remaining = 0.0
-        coflow.version += 1
+        coflow.progress.stop()
         del self._active[coflow.seq]
         self._reallocate(self._component(coflow.resources))
         coflow.on_done()
