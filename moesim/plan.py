@@ -10,27 +10,23 @@ it depends on has finished; a collective task additionally waits for every membe
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 import numpy as np
 
-from moesim.workload.ops import Axis, Op, OpGraph, uniform_traffic
-
-
-class A2AAlgorithm(StrEnum):
-    """How an all-to-all moves its bytes (REFERENCE.md §3, Tutel App. A)."""
-
-    LINEAR = "linear"      # every rank sends straight to every peer
-    HIERARCHICAL = "2dh"   # Tutel's 2DH: intra-node exchange to the peer of the right local index, then
-                           # an inter-node exchange among ranks of the same local index
+from moesim.workload.ops import A2AAlgorithm, Axis, Op, OpGraph, uniform_traffic
 
 
 class StreamKind(StrEnum):
     COMPUTE = "compute"  # kernels
     COMM = "comm"        # MoE all-to-all
     DP_COMM = "dp_comm"  # data-parallel gradient all-reduce buckets
+
+
+STREAM_ORDER: tuple[StreamKind, ...] = tuple(StreamKind)  # spans starting together sort in this order
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -109,3 +105,46 @@ class ExecutionPlan:
 
     def stream_of(self, kind: StreamKind) -> Sequence[Task]:
         return [self.tasks[tid] for tid in self.streams.get(kind, ())]
+
+
+def topological_order(plan: ExecutionPlan) -> list[int]:
+    """Task ids in an order that respects each stream's order and every dependency, the smallest id first
+    among those ready. Shorter than the plan when they form a cycle: the tasks left out wait on it."""
+    successors: list[list[int]] = [[] for _ in plan.tasks]
+    waiting = [0] * len(plan.tasks)
+    for order in plan.streams.values():
+        for before, after in zip(order, order[1:], strict=False):
+            successors[before].append(after)
+            waiting[after] += 1
+    for task in plan.tasks:
+        for dep in task.deps:
+            successors[dep].append(task.id)
+            waiting[task.id] += 1
+    ready = [tid for tid, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
+    result: list[int] = []
+    while ready:
+        tid = heapq.heappop(ready)
+        result.append(tid)
+        for nxt in successors[tid]:
+            waiting[nxt] -= 1
+            if waiting[nxt] == 0:
+                heapq.heappush(ready, nxt)
+    return result
+
+
+def list_schedule(plan: ExecutionPlan, seconds: Sequence[float]) -> tuple[list[float], list[float]]:
+    """(start, end) of every task (by id) when each stream runs its tasks in order, each as soon as its
+    stream is free and its dependencies are done, taking ``seconds[id]``: nothing shared, nothing waits
+    for anything else. The plan must not deadlock (asserted)."""
+    order = topological_order(plan)
+    assert len(order) == len(plan.tasks), "the plan's stream orders and dependencies must form a DAG"
+    previous: dict[int, int] = {}
+    for stream in plan.streams.values():
+        previous.update(zip(stream[1:], stream, strict=False))
+    start, end = [0.0] * len(plan.tasks), [0.0] * len(plan.tasks)
+    for tid in order:
+        ready = max((end[dep] for dep in plan.tasks[tid].deps), default=0.0)
+        start[tid] = max(ready, end[previous[tid]]) if tid in previous else ready
+        end[tid] = start[tid] + seconds[tid]
+    return start, end

@@ -25,7 +25,6 @@ earliest rank's start; across hosts each rank counts from its own exit of the ba
 
 from __future__ import annotations
 
-import heapq
 import socket
 import threading
 import time
@@ -39,15 +38,16 @@ import torch.distributed as dist
 from moesim.dtypes import DType
 from moesim.engine import accounting
 from moesim.errors import DeadlockError, MoesimError
-from moesim.plan import A2AAlgorithm, ExecutionPlan, StreamKind
+from moesim.plan import STREAM_ORDER, ExecutionPlan, StreamKind
+from moesim.plan import topological_order as plan_order
 from moesim.timeline import Span, Timeline
 from moesim.units import MS
+from moesim.workload.ops import A2AAlgorithm
 
 from . import breakdown
 from .dist import RankContext, environment
 from .kernels import Kernel, TensorPool, collective_kernel, compute_kernel
 
-_STREAMS = tuple(StreamKind)  # span order among tasks starting together, as in the engine
 _POLL_S = 0.2                 # how often a waiting stream checks whether another stream failed
 
 GroupKey = tuple[StreamKind, tuple[int, ...]]
@@ -102,39 +102,20 @@ def _check(plan: ExecutionPlan, ctx: RankContext, warmup: int, iterations: int) 
 
 
 def topological_order(plan: ExecutionPlan) -> list[int]:
-    """Task ids in an order that respects stream order and dependencies (smallest id first among the
-    ready); raises DeadlockError naming the stuck tasks when the plan has a cycle."""
-    successors: list[list[int]] = [[] for _ in plan.tasks]
-    waiting = [0] * len(plan.tasks)
-    for order in plan.streams.values():
-        for before, after in zip(order, order[1:], strict=False):
-            successors[before].append(after)
-            waiting[after] += 1
-    for task in plan.tasks:
-        for dep in task.deps:
-            successors[dep].append(task.id)
-            waiting[task.id] += 1
-    ready = [tid for tid, count in enumerate(waiting) if count == 0]
-    heapq.heapify(ready)
-    result: list[int] = []
-    while ready:
-        tid = heapq.heappop(ready)
-        result.append(tid)
-        for nxt in successors[tid]:
-            waiting[nxt] -= 1
-            if waiting[nxt] == 0:
-                heapq.heappush(ready, nxt)
-    if len(result) < len(plan.tasks):
-        stuck = [t.label for t in plan.tasks if waiting[t.id] > 0][:5]
+    """``plan.topological_order``, or a DeadlockError naming the stuck tasks when the plan has a cycle."""
+    order = plan_order(plan)
+    if len(order) < len(plan.tasks):
+        placed = set(order)
+        stuck = [t.label for t in plan.tasks if t.id not in placed][:5]
         raise DeadlockError(f"plan {plan.schedule!r} has a dependency cycle; blocked: {', '.join(stuck)}")
-    return result
+    return order
 
 
 def stream_groups(plan: ExecutionPlan) -> dict[GroupKey, Any]:
     """A process group per (stream, group of ranks) among the plan's collectives, created on every rank
     in the same order (``new_group`` is collective). Values are what ``new_group`` returned here."""
     keys: list[GroupKey] = []
-    for kind in _STREAMS:
+    for kind in STREAM_ORDER:
         for task in plan.stream_of(kind):
             op = plan.op_of(task)
             if op.kind.is_collective and op.comm is not None:
@@ -304,17 +285,5 @@ def _offsets(t0s: list[list[float]], shared_clock: bool) -> list[list[float]]:
 def _spans(plan: ExecutionPlan, times: list[dict[int, tuple[float, float]]]) -> tuple[Span, ...]:
     """Spans of every rank (``times[rank]``: task id -> ``(start, end)``) with the engine's flops and bytes,
     sorted as the engine sorts them."""
-    membership = accounting.Membership()
-    records = sorted((rank, row[task.id][0], _STREAMS.index(task.stream), task.id, row[task.id][1])
-                     for rank, row in enumerate(times) for task in plan.tasks)
-    spans = []
-    for rank, start, _, tid, end in records:
-        task = plan.tasks[tid]
-        op = plan.op_of(task)
-        if op.kind.is_collective:
-            flops, sent = 0.0, accounting.sent_bytes(op, task, membership.of(op, rank))
-        else:
-            flops, sent = accounting.compute_flops(op, task, rank), accounting.compute_bytes(op, task, rank)
-        spans.append(Span(rank=rank, stream=task.stream, task=tid, op=op.id, name=op.name, kind=op.kind,
-                          phase=op.phase, layer=op.layer, start=start, end=end, flops=flops, bytes=sent))
-    return tuple(spans)
+    return accounting.spans(plan, ((rank, row[task.id][0], task.id, row[task.id][1])
+                                   for rank, row in enumerate(times) for task in plan.tasks))

@@ -25,11 +25,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from moesim.plan import StreamKind
+from moesim.plan import STREAM_ORDER, StreamKind
 from moesim.timeline import Span, Timeline
 from moesim.units import to_us
 
-STREAM_ORDER: tuple[StreamKind, ...] = (StreamKind.COMPUTE, StreamKind.COMM, StreamKind.DP_COMM)
 _TID: Mapping[StreamKind, int] = MappingProxyType({stream: tid for tid, stream in enumerate(STREAM_ORDER)})
 
 _US_DECIMALS = 3  # nanosecond resolution; fixed so that output bytes do not depend on float noise

@@ -7,7 +7,10 @@ all-reduce's ``2 (n-1)/n`` of the payload, an all-gather's or reduce-scatter's `
 
 from __future__ import annotations
 
-from moesim.plan import Task
+from collections.abc import Iterable
+
+from moesim.plan import STREAM_ORDER, ExecutionPlan, Task
+from moesim.timeline import Span
 from moesim.workload.ops import Op, OpKind
 
 
@@ -62,3 +65,22 @@ def sent_bytes(op: Op, task: Task, place: tuple[int, int] | None) -> float:
     if op.kind is OpKind.ALL_REDUCE:
         return 2.0 * (size - 1) / size * payload
     return (size - 1) / size * payload
+
+
+def spans(plan: ExecutionPlan, records: Iterable[tuple[int, float, int, float]]) -> tuple[Span, ...]:
+    """The spans of ``records`` (``(rank, start, task id, end)``, one per executed task and rank) with their
+    FLOPs and bytes, sorted by (rank, start, stream order, task, end): the engine's and the harness's."""
+    membership = Membership()
+    keyed = sorted((rank, start, STREAM_ORDER.index(plan.tasks[tid].stream), tid, end)
+                   for rank, start, tid, end in records)
+    result = []
+    for rank, start, _, tid, end in keyed:
+        task = plan.tasks[tid]
+        op = plan.op_of(task)
+        if op.kind.is_collective:
+            flops, sent = 0.0, sent_bytes(op, task, membership.of(op, rank))
+        else:
+            flops, sent = compute_flops(op, task, rank), compute_bytes(op, task, rank)
+        result.append(Span(rank=rank, stream=task.stream, task=tid, op=op.id, name=op.name, kind=op.kind,
+                           phase=op.phase, layer=op.layer, start=start, end=end, flops=flops, bytes=sent))
+    return tuple(result)

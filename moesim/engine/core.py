@@ -27,10 +27,8 @@ from moesim.engine.interference import RankCompute
 from moesim.engine.network import FlowNetwork
 from moesim.hardware.interface import CostModel
 from moesim.plan import ExecutionPlan, StreamKind, Task
-from moesim.timeline import Span, Timeline
+from moesim.timeline import Timeline
 from moesim.workload.ops import Op
-
-_STREAMS = tuple(StreamKind)  # span order among tasks starting together: compute, comm, dp_comm
 
 
 def simulate_plan(plan: ExecutionPlan, cost: CostModel, *, symmetric: bool | None = None) -> Timeline:
@@ -91,7 +89,7 @@ class _Play:
         self.waiters: dict[int, dict[int, simpy.Event]] = {rank: {} for rank in self.ranks}
         self.cursors: dict[tuple[int, StreamKind], _Cursor] = {}
         self.meetings: dict[tuple[int, int], _Rendezvous] = {}
-        self.records: list[tuple[int, float, int, int, float]] = []  # rank, start, stream, task, end
+        self.records: list[tuple[int, float, int, float]] = []  # rank, start, task, end
 
     def run(self) -> None:
         """Play every stream of every simulated rank until no event is left."""
@@ -111,7 +109,6 @@ class _Play:
         """One stream of one rank: each task in order, once its dependencies are done."""
         env, tasks, ops, host = self.env, self.plan.tasks, self.ops, self.host
         finished = self.finished[rank]
-        stream_index = _STREAMS.index(kind)
         for position, task_id in enumerate(order):
             cursor.position = position
             task = tasks[task_id]
@@ -138,7 +135,7 @@ class _Play:
             waiter = self.waiters[rank].pop(task_id, None)
             if waiter is not None:
                 waiter.succeed()
-            self.records.append((rank, start, stream_index, task_id, env.now))
+            self.records.append((rank, start, task_id, env.now))
         cursor.position = len(order)
 
     def _collective(
@@ -235,21 +232,7 @@ class _Play:
 
     def timeline(self) -> Timeline:
         """The spans of every executed task, sorted by (rank, start, stream order, task)."""
-        self.records.sort()
-        tasks, ops = self.plan.tasks, self.ops
-        spans = []
-        for rank, start, stream_index, task_id, end in self.records:
-            task, op = tasks[task_id], ops[task_id]
-            if op.kind.is_collective:
-                flops = 0.0
-                sent = accounting.sent_bytes(op, task, self.membership.of(op, rank))
-            else:
-                flops = accounting.compute_flops(op, task, rank)
-                sent = accounting.compute_bytes(op, task, rank)
-            spans.append(Span(
-                rank=rank, stream=_STREAMS[stream_index], task=task_id, op=op.id, name=op.name, kind=op.kind,
-                phase=op.phase, layer=op.layer, start=start, end=end, flops=flops, bytes=sent,
-            ))
+        spans = accounting.spans(self.plan, self.records)
         num_ranks = self.plan.graph.num_ranks
         represents = {0: tuple(range(num_ranks))} if self.symmetric else {r: (r,) for r in self.ranks}
         return Timeline(

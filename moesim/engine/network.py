@@ -97,14 +97,13 @@ class Coflow:
 class FlowNetwork:
     """The shared network of one simulation: resource capacities and the coflows crossing them."""
 
-    def __init__(self, env: simpy.Environment, capacities: np.ndarray, comm_slowdown: float = 0.0,
-                 track_compute: bool = False) -> None:
+    def __init__(self, env: simpy.Environment, capacities: np.ndarray, comm_slowdown: float = 0.0) -> None:
         self._env = env
         self._capacities = np.asarray(capacities, dtype=np.float64)
         self._next_seq = 0
         self._active: dict[int, Coflow] = {}  # by seq, so in start order
         self._slow_factor = 1.0 / (1.0 + comm_slowdown)
-        self._track = track_compute or comm_slowdown != 0.0
+        self._track = comm_slowdown != 0.0  # compute matters to transfers only through the slowdown
         self._computing: dict[int, int] = {}  # rank -> compute kernels running (when tracked)
 
     def compute_started(self, rank: int) -> None:
@@ -123,12 +122,12 @@ class FlowNetwork:
         if self._computing[rank] == 0:
             self._refactor(rank)
 
-    def any_computing(self, members: tuple[int, ...]) -> bool:
+    def _any_computing(self, members: tuple[int, ...]) -> bool:
         """Whether a member rank runs a compute kernel now (always False when compute is not tracked)."""
         return any(self._computing.get(rank, 0) for rank in members)
 
     def _factor(self, members: tuple[int, ...]) -> float:
-        return self._slow_factor if self.any_computing(members) else 1.0
+        return self._slow_factor if self._any_computing(members) else 1.0
 
     def _refactor(self, rank: int) -> None:
         if self._slow_factor == 1.0:

@@ -17,11 +17,10 @@ import numpy as np
 
 from moesim.errors import MoesimError
 from moesim.hardware import collectives
-from moesim.hardware.interface import CollectiveDemand
+from moesim.hardware.interface import CollectiveDemand, Task
 from moesim.hardware.resources import ResourceMap
 from moesim.hardware.specs import ClusterSpec, CostParams, DType
-from moesim.plan import A2AAlgorithm, Task
-from moesim.workload.ops import CommSpec, Op, OpKind, Phase
+from moesim.workload.ops import A2AAlgorithm, CommSpec, Op, OpKind, Phase
 
 _TENSOR_KINDS = frozenset({OpKind.MATMUL, OpKind.ATTENTION})
 _RING_TRAVERSALS = {OpKind.ALL_REDUCE: 2, OpKind.ALL_GATHER: 1, OpKind.REDUCE_SCATTER: 1}

@@ -14,8 +14,24 @@ from typing import Protocol
 
 import numpy as np
 
-from moesim.plan import Task
-from moesim.workload.ops import Op
+from moesim.workload.ops import A2AAlgorithm, Op
+
+
+class Task(Protocol):
+    """The part of an op the cost model prices, as a plan's task carries it (``moesim.plan.Task`` is one):
+    ``fraction`` of the op's work (per rank: ``fraction_on``) and, for an all-to-all, the byte matrix
+    ``traffic`` that overrides the op's and the ``algorithm`` that moves it."""
+
+    @property
+    def fraction(self) -> float: ...
+
+    @property
+    def traffic(self) -> np.ndarray | None: ...
+
+    @property
+    def algorithm(self) -> A2AAlgorithm: ...
+
+    def fraction_on(self, rank: int) -> float: ...
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -26,6 +26,7 @@ from moesim.overrides import apply_overrides, one_line
 _GPUS = "gpus"
 _NODE_FOLDERS = ("nodes", "calibrated")
 _SUFFIX = ".yaml"
+_GPU_KEY = "node.gpu"
 
 _M = TypeVar("_M", GPUSpec, NodeSpec)
 
@@ -56,9 +57,12 @@ def gpu_preset_data(name: str) -> dict[str, Any]:
 
 
 def load_node(hardware: str | Path) -> NodeSpec:
-    """A node preset by name, or a node YAML file by path."""
+    """A node preset by name, or a node YAML file by path; a ``gpu`` given by name is the GPU preset's spec."""
     entry, source = _locate_node(hardware)
-    return _validate(NodeSpec, _read_mapping(entry, source=source), source=source)
+    data = _read_mapping(entry, source=source)
+    if isinstance(data.get("gpu"), str):
+        data["gpu"] = gpu_preset_data(data["gpu"])
+    return _validate(NodeSpec, data, source=source)
 
 
 def load_cluster(
@@ -74,7 +78,10 @@ def load_cluster(
     if isinstance(nodes, bool) or not isinstance(nodes, int) or nodes < 1:
         raise MoesimError(f"nodes: must be an integer >= 1, got {nodes!r}")
     cluster = ClusterSpec(node=load_node(hardware), num_nodes=nodes)
-    return apply_overrides(cluster, overrides or {}, where=where)
+    updates = dict(overrides or {})
+    if isinstance(updates.get(_GPU_KEY), str):  # a GPU preset by name swaps the node's GPU
+        updates[_GPU_KEY] = gpu_preset_data(updates[_GPU_KEY])
+    return apply_overrides(cluster, updates, where=where)
 
 
 def _locate_node(hardware: str | Path) -> tuple[Traversable, str]:

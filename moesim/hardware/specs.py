@@ -9,7 +9,7 @@ properties below. A whole cluster is one model, so dotted overrides such as
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -271,8 +271,8 @@ class CostParams(_Spec):
 class NodeSpec(_Spec):
     """One node: its GPUs, how they are wired, its NICs and the cost parameters measured on it.
 
-    ``gpu`` may be given as a GPU preset name; it is resolved to the preset's spec on validation,
-    so ``{"node.gpu": "H100-SXM5-80GB"}`` swaps the GPU of a cluster.
+    In a node file (and in ``--set hardware.node.gpu=...``) ``gpu`` may name a GPU preset: the loader
+    (``presets.py``) puts the preset's spec in its place before validation.
     """
 
     name: str
@@ -281,15 +281,6 @@ class NodeSpec(_Spec):
     intra: IntraNodeFabric
     network: NetworkSpec
     cost: CostParams = CostParams()
-
-    @field_validator("gpu", mode="before")
-    @classmethod
-    def _resolve_gpu_preset(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            from moesim.hardware.presets import gpu_preset_data  # presets import this module
-
-            return gpu_preset_data(value)
-        return value
 
     @model_validator(mode="after")
     def _topology_fits(self) -> NodeSpec:

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moesim.plan import A2AAlgorithm, ExecutionPlan, StreamKind, Task
-from moesim.workload.ops import Axis, Op, OpGraph, OpKind
+from moesim.plan import ExecutionPlan, StreamKind, Task
+from moesim.workload.ops import A2AAlgorithm, Axis, Op, OpGraph, OpKind
 
 
 def default_stream(op: Op) -> StreamKind:

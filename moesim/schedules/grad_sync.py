@@ -23,8 +23,8 @@ from enum import StrEnum
 from types import MappingProxyType
 
 from moesim.hardware.interface import CostModel
-from moesim.plan import ExecutionPlan, StreamKind
-from moesim.schedules.estimate import list_schedule, task_seconds
+from moesim.plan import ExecutionPlan, StreamKind, list_schedule
+from moesim.schedules.estimate import task_seconds
 
 
 class GradSync(StrEnum):

@@ -58,7 +58,7 @@ from typing import Any
 from pydantic import Field
 
 from moesim.hardware.interface import CostModel
-from moesim.plan import A2AAlgorithm, ExecutionPlan, StreamKind, Task
+from moesim.plan import ExecutionPlan, StreamKind, Task
 from moesim.schedules.builder import Part, PlanBuilder, default_stream
 from moesim.schedules.estimate import seconds_alone
 from moesim.schedules.grad_sync import arrange_grad_sync
@@ -69,7 +69,7 @@ from moesim.schedules.lancet_partition import LancetRanges, PartitionedRange, Pa
 from moesim.schedules.registry import KnobTable, Schedule, ScheduleConfig
 from moesim.schedules.tutel import DEGREES, Chunker, capacity_of, find_regions
 from moesim.workload.buckets import Bucket, BucketSpec, bucket_op, rebucket
-from moesim.workload.ops import Op, OpGraph
+from moesim.workload.ops import A2AAlgorithm, Op, OpGraph
 
 
 class LancetConfig(ScheduleConfig):

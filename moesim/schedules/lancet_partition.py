@@ -29,13 +29,13 @@ from dataclasses import dataclass
 from moesim.dtypes import DType
 from moesim.errors import MoesimError
 from moesim.hardware.interface import CostModel
-from moesim.plan import A2AAlgorithm, StreamKind, Task
+from moesim.plan import StreamKind, Task
 from moesim.schedules.builder import Part
 from moesim.schedules.estimate import seconds_alone
 from moesim.schedules.lancet_passing import MoEParts, moe_parts
 from moesim.schedules.lancet_pipeline import Interference, PipelineSchedule, RangeOp, pipeline_schedule
 from moesim.workload.config import GateKind
-from moesim.workload.ops import Axis, Op, OpGraph, OpKind, Phase
+from moesim.workload.ops import A2AAlgorithm, Axis, Op, OpGraph, OpKind, Phase
 from moesim.workload.routing import LayerRouting
 
 GROUPS_BETWEEN_MOE_LAYERS = 5

@@ -19,12 +19,12 @@ from typing import Literal
 
 from moesim.errors import MoesimError
 from moesim.hardware.interface import CostModel
-from moesim.plan import A2AAlgorithm, ExecutionPlan
+from moesim.plan import ExecutionPlan
 from moesim.schedules.builder import Part, PlanBuilder
 from moesim.schedules.grad_sync import arrange_grad_sync
 from moesim.schedules.judge import fastest
 from moesim.schedules.registry import KnobTable, Schedule, ScheduleConfig
-from moesim.workload.ops import Axis, Op, OpGraph, OpKind, Phase
+from moesim.workload.ops import A2AAlgorithm, Axis, Op, OpGraph, OpKind, Phase
 
 DEGREES = (1, 2, 4, 8)
 _BACKWARD = frozenset({Phase.BACKWARD_INPUT, Phase.BACKWARD_WEIGHT})

@@ -59,6 +59,14 @@ class Axis(StrEnum):
     CAPACITY = "capacity"
 
 
+class A2AAlgorithm(StrEnum):
+    """How an all-to-all moves its bytes (Tutel App. A)."""
+
+    LINEAR = "linear"      # every rank sends straight to every peer
+    HIERARCHICAL = "2dh"   # Tutel's 2DH: intra-node exchange to the peer of the right local index, then
+                           # an inter-node exchange among ranks of the same local index
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class CommSpec:
     """What a collective moves.

@@ -7,8 +7,8 @@ import pytest
 
 from moesim.errors import MoesimError
 from moesim.hardware import DType, RooflineCostModel
-from moesim.plan import A2AAlgorithm, StreamKind, Task
-from moesim.workload.ops import OpKind
+from moesim.plan import StreamKind, Task
+from moesim.workload.ops import A2AAlgorithm, OpKind
 
 MB = 1e6
 US = 1e-6

@@ -119,8 +119,8 @@ def test_override_of_a_dtype_peak_replaces_it() -> None:
 
 def test_gpu_can_be_swapped_by_preset_name() -> None:
     cluster = load_cluster("p4de.24xlarge")
-    swapped = apply_overrides(cluster, {"node.gpu": "H100-SXM5-80GB"})
+    swapped = load_cluster("p4de.24xlarge", overrides={"node.gpu": "H100-SXM5-80GB"})
     assert swapped.node.gpu.name == "H100-SXM5-80GB"
     assert swapped.node.gpu.peak_flops(DType.BF16) > cluster.node.gpu.peak_flops(DType.BF16)
-    with pytest.raises(MoesimError, match="gpu"):
-        apply_overrides(cluster, {"node.gpu": "Z9000"})
+    with pytest.raises(MoesimError, match="gpu: unknown GPU preset 'Z9000'"):
+        load_cluster("p4de.24xlarge", overrides={"node.gpu": "Z9000"})

@@ -8,9 +8,9 @@ import pytest
 from moesim.api import run_schedule, scenario
 from moesim.errors import MoesimError
 from moesim.hardware.interface import CollectiveDemand
-from moesim.plan import ExecutionPlan, StreamKind, Task
+from moesim.plan import ExecutionPlan, StreamKind, Task, list_schedule
 from moesim.schedules import get_schedule, registered
-from moesim.schedules.estimate import list_schedule, task_seconds
+from moesim.schedules.estimate import task_seconds
 from moesim.schedules.grad_sync import GradSync, arrange_grad_sync
 from moesim.workload.ops import CommSpec, Op, OpGraph, OpKind, Phase
 
@@ -31,6 +31,9 @@ class Seconds:
     def collective_demand(self, op, task, groups):
         empty = np.zeros(0)
         return CollectiveDemand(self.seconds[op.name], empty.astype(np.int64), empty)
+
+    def collective_time(self, op, task, groups):
+        return self.collective_demand(op, task, groups).uncontended_s(self.capacities)
 
 
 def _plan(*specs):

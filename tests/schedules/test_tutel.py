@@ -9,10 +9,10 @@ import pytest
 from moesim import units
 from moesim.api import run_schedule, scenario
 from moesim.errors import MoesimError
-from moesim.plan import A2AAlgorithm, StreamKind
+from moesim.plan import StreamKind
 from moesim.schedules import get_schedule, registered
 from moesim.schedules.tutel import chunk_fractions, find_regions
-from moesim.workload.ops import OpKind
+from moesim.workload.ops import A2AAlgorithm, OpKind
 
 FORWARD_REGION = ["L0.dispatch", "L0.expert_fc1", "L0.expert_act", "L0.expert_fc2", "L0.combine"]
 BACKWARD_REGION = ["L0.combine.dx", "L0.expert_fc2.dx", "L0.expert_fc2.dw", "L0.expert_act.dx",
