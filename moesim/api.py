@@ -74,14 +74,14 @@ class SimulationResult:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object `moesim run --json` prints."""
-        graph_meta = self.scenario.graph.meta
+        facts = self.scenario.graph.require_facts("the result's JSON")
         return {
             "schedule": self.schedule,
             "model": self.scenario.model,
             "hardware": self.scenario.hardware,
             "nodes": self.scenario.nodes,
             **self.metrics.to_dict(),
-            "ep_size": graph_meta.get("ep_size"),
+            "ep_size": facts.ep_size,
             "knobs": dict(self.knobs),
         }
 

@@ -276,10 +276,10 @@ def _comparison(results: list[Any]) -> list[Any]:
 
 
 def _headline(result: Any) -> str:
-    meta = result.scenario.graph.meta
+    facts = result.scenario.graph.require_facts("moesim's tables")
     return (f"{result.scenario.model} on {result.scenario.nodes} x {result.scenario.hardware} "
-            f"({result.metrics.num_gpus} GPUs, EP={meta.get('ep_size')}, "
-            f"{meta.get('tokens_per_gpu')} tokens/GPU)")
+            f"({result.metrics.num_gpus} GPUs, EP={facts.ep_size}, "
+            f"{facts.tokens_per_gpu} tokens/GPU)")
 
 
 _RUN_COLUMNS = [

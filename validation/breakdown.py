@@ -25,8 +25,8 @@ WAITING = "waiting for "
 
 
 def part_of(op: Op) -> str:
-    """The part an op's compute counts in: its role and phase."""
-    return f"{op.role}:{op.phase.value}"
+    """The part an op's compute counts in: its role (its kind for a synthetic op) and phase."""
+    return f"{op.role.value if op.role is not None else op.kind.value}:{op.phase.value}"
 
 
 def rank_parts(plan: ExecutionPlan, times: Mapping[int, tuple[float, float]], iteration_s: float) -> dict[str, float]:

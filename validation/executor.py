@@ -35,7 +35,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from moesim.dtypes import DType
 from moesim.engine import accounting
 from moesim.errors import DeadlockError, MoesimError
 from moesim.plan import STREAM_ORDER, ExecutionPlan, StreamKind
@@ -125,7 +124,7 @@ def stream_groups(plan: ExecutionPlan) -> dict[GroupKey, Any]:
 
 def prepare_kernels(plan: ExecutionPlan, ctx: RankContext, groups: dict[GroupKey, Any]) -> list[Kernel]:
     """One kernel per task (index = task id), its tensors allocated now."""
-    pool = TensorPool.for_training(DType(str(plan.graph.meta.get("dtype", "fp32"))), ctx.device)
+    pool = TensorPool.for_training(plan.graph.dtype, ctx.device)
     kernels: list[Kernel] = []
     for task in plan.tasks:
         op = plan.op_of(task)

@@ -48,7 +48,7 @@ from moesim.plan import Task
 from moesim.workload.blocks import activation_flops
 from moesim.workload.builder import SGD_FLOPS_PER_PARAM
 from moesim.workload.config import Activation
-from moesim.workload.ops import Axis, Op, OpKind, Phase
+from moesim.workload.ops import Axis, Op, OpKind, Phase, Role
 
 Kernel = Callable[[], object]
 
@@ -179,7 +179,7 @@ def _layernorm_dw(op: Op, share: float, pool: TensorPool) -> Kernel:
 
 def _elementwise(op: Op, share: float, pool: TensorPool) -> Kernel:
     numel = scaled(op.dims["numel"], share)
-    if op.role.endswith("residual"):
+    if op.role is not None and op.role.is_residual:
         a, b, out = pool.get("ew.a", numel), pool.get("ew.b", numel), pool.get("ew.out", numel)
         return lambda: torch.add(a, b, out=out)
     per_element = op.flops / max(op.dims["numel"], 1) / (2 if op.phase is Phase.BACKWARD_INPUT else 1)
@@ -223,7 +223,7 @@ def _permute(op: Op, share: float, pool: TensorPool) -> Kernel:
     tokens, rows, hidden = scaled(op.dims["tokens"], share), scaled(op.dims["rows"], share), op.dims["hidden"]
     tokens = max(tokens, 1)
     index = pool.indices("permute.index", rows, tokens)
-    if op.role == "unpermute":
+    if op.role is Role.UNPERMUTE:
         expert_rows, gate = pool.get("permute.rows", rows, hidden), pool.get("permute.gate", rows, 1)
         out = pool.get("permute.tokens", tokens, hidden)
         return lambda: out.index_add_(0, index, expert_rows * gate)

@@ -51,7 +51,7 @@ def compute_op(sample: ComputeSample) -> Op:
     else:
         dims = dict(sample.dims) if isinstance(sample, KernelSample) else {}
     phase = sample.phase if isinstance(sample, KernelSample) else Phase.FORWARD
-    return Op(id=0, name=f"microbench.{kind.value}", role=kind.value, kind=kind, phase=phase,
+    return Op(id=0, name=f"microbench.{kind.value}", role=None, kind=kind, phase=phase,
               layer=None, flops=sample.flops, mem_bytes=sample.mem_bytes, dims=dims)
 
 
@@ -86,7 +86,7 @@ def collective_op(sample: AnyCollectiveSample, world_size: int) -> Op:
 
 def _collective_op(kind: OpKind, bytes_per_rank: float, group_size: int, world_size: int) -> Op:
     comm = CommSpec(groups=collective_groups(group_size, world_size), bytes=bytes_per_rank)
-    return Op(id=0, name=f"microbench.{kind.value}", role=kind.value, kind=kind, phase=Phase.FORWARD, layer=None,
+    return Op(id=0, name=f"microbench.{kind.value}", role=None, kind=kind, phase=Phase.FORWARD, layer=None,
               comm=comm)
 
 

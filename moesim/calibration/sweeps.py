@@ -21,7 +21,7 @@ from moesim.dtypes import DType
 from moesim.plan import ExecutionPlan, StreamKind, Task
 from moesim.workload.builder import build_graph
 from moesim.workload.config import Activation, ModelConfig, OptimizerKind, TrainingConfig, Workload
-from moesim.workload.ops import CommSpec, Op, OpGraph, OpKind, Phase
+from moesim.workload.ops import CommSpec, Op, OpGraph, OpKind, Phase, Role
 
 CACHE_MULTIPLE = 2             # a case's operand sets together span this many last-level caches
 MAX_OPERAND_SETS = 256         # tiny ops: enough to leave L1 / L2 behind; more would only cost set-up
@@ -238,17 +238,18 @@ def _kernel_key(op: Op) -> tuple[object, ...]:
     """What decides the harness's kernel and the op's cost: ln1, ln2 and ln_f of one shape are one case.
     The role matters only where ``validation/kernels.py`` picks a kernel by it (residual add vs
     activation, permute vs unpermute)."""
-    variant = op.role.endswith("residual") if op.kind is OpKind.ELEMENTWISE else op.role == "unpermute"
+    variant = (op.role is not None and op.role.is_residual) if op.kind is OpKind.ELEMENTWISE \
+        else op.role is Role.UNPERMUTE
     return op.kind, op.phase, variant, tuple(sorted(op.dims.items())), op.flops, op.mem_bytes
 
 
 def overhead_plan(tasks: int, world_size: int, dtype: DType) -> ExecutionPlan:
     """``tasks`` one-element residual adds, each depending on the one before, on the compute stream."""
     width = dtype.bytes
-    ops = tuple(Op(id=i, name=f"overhead.{i}", role="residual", kind=OpKind.ELEMENTWISE, phase=Phase.FORWARD,
+    ops = tuple(Op(id=i, name=f"overhead.{i}", role=Role.RESIDUAL, kind=OpKind.ELEMENTWISE, phase=Phase.FORWARD,
                    layer=None, flops=1.0, mem_bytes=3.0 * width, deps=(i - 1,) if i else (), dims={"numel": 1})
                 for i in range(tasks))
-    graph = OpGraph(ops=ops, num_ranks=world_size, num_layers=0, moe_layers=(), meta={"dtype": dtype.value})
+    graph = OpGraph(ops=ops, num_ranks=world_size, num_layers=0, moe_layers=(), dtype=dtype)
     chain = tuple(Task(id=i, op=i, stream=StreamKind.COMPUTE, deps=(i - 1,) if i else ()) for i in range(tasks))
     return ExecutionPlan(graph=graph, schedule="task-overhead", tasks=chain,
                          streams={StreamKind.COMPUTE: tuple(range(tasks))})
@@ -277,9 +278,9 @@ def woken_plan(rounds: int, busy_bytes: int, world_size: int, dtype: DType) -> E
     for r in range(rounds):
         first = len(ops)
         append(StreamKind.COMPUTE, _one_add(dtype, first, f"woken.{r}.add", (first - 1,) if r else ()))
-        append(StreamKind.COMM, Op(id=first + 1, name=f"woken.{r}.a2a", role="dispatch", kind=OpKind.ALL_TO_ALL,
+        append(StreamKind.COMM, Op(id=first + 1, name=f"woken.{r}.a2a", role=Role.DISPATCH, kind=OpKind.ALL_TO_ALL,
                                    phase=Phase.FORWARD, layer=None, deps=(first,), comm=tiny))
-        append(StreamKind.COMM, Op(id=first + 2, name=f"woken.{r}.busy", role="combine", kind=OpKind.ALL_TO_ALL,
+        append(StreamKind.COMM, Op(id=first + 2, name=f"woken.{r}.busy", role=Role.COMBINE, kind=OpKind.ALL_TO_ALL,
                                    phase=Phase.FORWARD, layer=None, deps=(first + 1,), comm=busy))
         append(StreamKind.COMPUTE, _one_add(dtype, first + 3, f"woken.{r}.woken", (first + 1,)))
     return _plan_of("woken-under-comm", ops, streams, world_size, dtype)
@@ -290,7 +291,7 @@ def skew_plan(rounds: int, segment: int, size: int, world_size: int, dtype: DTyp
     all-to-all of every rank that waits for them, which the next segment waits for: how long a collective
     waits for its last member, and runs, after a segment of compute."""
     def matmul(op_id: int, name: str, deps: tuple[int, ...]) -> Op:
-        return Op(id=op_id, name=name, role="fc1", kind=OpKind.MATMUL, phase=Phase.FORWARD, layer=None,
+        return Op(id=op_id, name=name, role=Role.FC1, kind=OpKind.MATMUL, phase=Phase.FORWARD, layer=None,
                   flops=2.0 * size**3, mem_bytes=3.0 * size * size * dtype.bytes, deps=deps,
                   dims={"m": size, "n": size, "k": size})
 
@@ -308,7 +309,7 @@ def _two_stream_plan(schedule: str, rounds: int, segment: int, compute: Callable
         for j in range(segment):
             ops.append(compute(len(ops), f"{schedule}.{r}.{j}", (len(ops) - 1,) if ops else ()))
             streams[StreamKind.COMPUTE].append(ops[-1].id)
-        ops.append(Op(id=len(ops), name=f"{schedule}.a2a.{r}", role="dispatch", kind=OpKind.ALL_TO_ALL,
+        ops.append(Op(id=len(ops), name=f"{schedule}.a2a.{r}", role=Role.DISPATCH, kind=OpKind.ALL_TO_ALL,
                       phase=Phase.FORWARD, layer=None, flops=0.0, mem_bytes=0.0, deps=(len(ops) - 1,), comm=comm))
         streams[StreamKind.COMM].append(ops[-1].id)
     return _plan_of(schedule, ops, streams, world_size, dtype)
@@ -316,7 +317,7 @@ def _two_stream_plan(schedule: str, rounds: int, segment: int, compute: Callable
 
 def _one_add(dtype: DType, op_id: int, name: str, deps: tuple[int, ...]) -> Op:
     """A one-element add: the smallest compute task the executor runs."""
-    return Op(id=op_id, name=name, role="residual", kind=OpKind.ELEMENTWISE, phase=Phase.FORWARD, layer=None,
+    return Op(id=op_id, name=name, role=Role.RESIDUAL, kind=OpKind.ELEMENTWISE, phase=Phase.FORWARD, layer=None,
               flops=1.0, mem_bytes=3.0 * dtype.bytes, deps=deps, dims={"numel": 1})
 
 
@@ -330,6 +331,6 @@ def _plan_of(schedule: str, ops: list[Op], streams: dict[StreamKind, list[int]],
     """A synthetic plan: one task per op on the stream that lists it, with the op's dependencies."""
     stream_of = {op_id: kind for kind, ids in streams.items() for op_id in ids}
     tasks = tuple(Task(id=op.id, op=op.id, stream=stream_of[op.id], deps=op.deps) for op in ops)
-    graph = OpGraph(ops=tuple(ops), num_ranks=world_size, num_layers=0, moe_layers=(), meta={"dtype": dtype.value})
+    graph = OpGraph(ops=tuple(ops), num_ranks=world_size, num_layers=0, moe_layers=(), dtype=dtype)
     return ExecutionPlan(graph=graph, schedule=schedule, tasks=tasks,
                          streams={kind: tuple(ids) for kind, ids in streams.items()})

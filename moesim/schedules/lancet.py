@@ -68,7 +68,7 @@ from moesim.schedules.lancet_dw import DWPlacement, place_weight_gradients, prog
 from moesim.schedules.lancet_partition import LancetRanges, PartitionedRange, PartitionPlan
 from moesim.schedules.registry import KnobTable, Schedule, ScheduleConfig
 from moesim.schedules.tutel import DEGREES, Chunker, capacity_of, find_regions
-from moesim.workload.buckets import Bucket, BucketSpec, bucket_op, rebucket
+from moesim.workload.buckets import Bucket, bucket_op, rebucket
 from moesim.workload.ops import A2AAlgorithm, Op, OpGraph
 
 
@@ -200,8 +200,7 @@ def _place_dw(graph: OpGraph, cost: CostModel) -> DWPlacement:
     def alone(op: Op) -> float:
         return seconds_alone(op, Task(id=0, op=op.id, stream=default_stream(op)), cost, graph.num_ranks)
 
-    spec = graph.meta.get("buckets")
-    assert spec is None or isinstance(spec, BucketSpec), "graph.meta['buckets'] is a BucketSpec or None"
+    spec = graph.facts.buckets if graph.facts is not None else None
     sync = None if spec is None else GradSyncCost(spec, lambda expert, size: alone(bucket_op(0, 0, Bucket(
         expert, (), size), spec, ())))
     return place_weight_gradients(graph, alone, alone, sync)

@@ -26,7 +26,6 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from moesim.dtypes import DType
 from moesim.errors import MoesimError
 from moesim.hardware.interface import CostModel
 from moesim.plan import StreamKind, Task
@@ -34,9 +33,7 @@ from moesim.schedules.builder import Part
 from moesim.schedules.estimate import seconds_alone
 from moesim.schedules.lancet_passing import MoEParts, moe_parts
 from moesim.schedules.lancet_pipeline import Interference, PipelineSchedule, RangeOp, pipeline_schedule
-from moesim.workload.config import GateKind
-from moesim.workload.ops import A2AAlgorithm, Axis, Op, OpGraph, OpKind, Phase
-from moesim.workload.routing import LayerRouting
+from moesim.workload.ops import A2AAlgorithm, Axis, Op, OpGraph, OpKind, Phase, Role
 
 GROUPS_BETWEEN_MOE_LAYERS = 5
 DEFAULT_MAX_PARTS = 8  # Lancet's rho
@@ -146,8 +143,8 @@ class LancetRanges:
             raise MoesimError(f"max_parts: {max_parts} is not allowed; use an integer >= 1 (1 disables partitioning)")
         self.graph, self.cost, self.algorithm = graph, cost, algorithm
         self.forward = tuple(op for op in graph.ops if op.phase is Phase.FORWARD)
-        self.axis, self.parts_allowed = partition_axis(_meta_int(graph, "batch_per_gpu"),
-                                                       _meta_int(graph, "seq_len"), max_parts)
+        self.facts = graph.require_facts("Lancet's partitioning")
+        self.axis, self.parts_allowed = partition_axis(self.facts.batch_per_gpu, self.facts.seq_len, max_parts)
         self._durations: dict[tuple[int, int, int], float] = {}
         self._specs: dict[tuple[int, int], tuple[Part, ...]] = {}
         self._moe: dict[tuple[object, ...], MoEParts] = {}
@@ -248,9 +245,9 @@ class LancetRanges:
     def _make_specs(self, op: Op, parts: int) -> tuple[Part, ...]:
         share, axis = 1.0 / parts, self.axis
         if op.kind is OpKind.ALL_TO_ALL:
-            assert op.role in ("dispatch", "combine"), f"{op.name}: a forward all-to-all is a dispatch or a combine"
+            assert op.role in (Role.DISPATCH, Role.COMBINE), f"{op.name}: a forward all-to-all dispatches or combines"
             moe = self._moe_parts(op, parts)
-            traffic = moe.dispatch if op.role == "dispatch" else moe.combine
+            traffic = moe.dispatch if op.role is Role.DISPATCH else moe.combine
             return tuple(Part(share, None, matrix, axis) for matrix in traffic)
         if op.expert and not op.kind.is_collective:
             moe = self._moe_parts(op, parts)
@@ -268,13 +265,13 @@ class LancetRanges:
         """Cached by the routing's arrays (uniform layers share them, so they share their parts, whose
         traffic arrays then hit the cost model's demand cache) and the expert-parallel groups."""
         assert op.layer is not None
-        routing, groups = _routing_of(self.graph, op.layer), self._ep_groups[op.layer]
+        facts = self.facts
+        routing, groups = facts.routing_of(op.layer), self._ep_groups[op.layer]
         key = (id(routing.counts), id(routing.kept), routing.capacity, parts, groups)
         if key not in self._moe:
-            bytes_per_row = _meta_int(self.graph, "hidden") * DType(str(_meta(self.graph, "dtype"))).bytes
-            self._moe[key] = moe_parts(routing, parts, gate=GateKind(str(_meta(self.graph, "gate"))),
-                                       groups=groups, experts_per_rank=_meta_int(self.graph, "experts_per_rank"),
-                                       bytes_per_row=bytes_per_row)
+            self._moe[key] = moe_parts(routing, parts, gate=facts.gate, groups=groups,
+                                       experts_per_rank=facts.experts_per_rank,
+                                       bytes_per_row=facts.hidden * self.graph.dtype.bytes)
         return self._moe[key]
 
     def duration(self, op_id: int, parts: int, part: int) -> float:
@@ -365,24 +362,3 @@ def max_range_groups(groups: Sequence[Sequence[int]], graph: OpGraph) -> int:
     if len(holding) < 2:
         return max(1, len(groups))
     return max(1, min(b - a - 1 for a, b in zip(holding, holding[1:], strict=False)))
-
-
-def _routing_of(graph: OpGraph, layer: int) -> LayerRouting:
-    routing = _meta(graph, "routing")
-    assert isinstance(routing, tuple)
-    for layer_routing in routing:
-        if layer_routing.layer == layer:
-            return layer_routing
-    raise MoesimError(f"graph.meta['routing']: no routing for MoE layer {layer}")
-
-
-def _meta(graph: OpGraph, key: str) -> object:
-    if key not in graph.meta:
-        raise MoesimError(f"graph.meta[{key!r}]: missing; Lancet partitioning needs a graph from build_graph")
-    return graph.meta[key]
-
-
-def _meta_int(graph: OpGraph, key: str) -> int:
-    value = _meta(graph, key)
-    assert isinstance(value, int), f"graph.meta[{key!r}] is an integer"
-    return value

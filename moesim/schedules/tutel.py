@@ -196,8 +196,7 @@ def _add_whole(builder: PlanBuilder, op: Op, a2a: A2AAlgorithm) -> None:
 
 def capacity_of(graph: OpGraph) -> int | None:
     """Token slots per expert (None: dropless)."""
-    capacity = graph.meta.get("capacity")
-    return capacity if isinstance(capacity, int) else None
+    return graph.facts.capacity if graph.facts is not None else None
 
 
 def _checked_degree(degree: int, capacity: int | None) -> int:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from moesim.workload.config import Activation, AttentionKind, GateKind, Workload
 from moesim.workload.moe import MoEPlan
-from moesim.workload.ops import Axis, CommSpec, OpKind
+from moesim.workload.ops import Axis, CommSpec, OpKind, Role
 
 LAYERNORM_FLOPS_PER_ELEMENT = 5  # mean, variance, normalise, scale, shift
 ADD_FLOPS_PER_ELEMENT = 1
@@ -51,7 +51,7 @@ def activation_flops(activation: Activation) -> int:
 @dataclass(slots=True)
 class ForwardNode:
     name: str
-    role: str
+    role: Role
     kind: OpKind
     layer: int | None
     flops: float
@@ -85,48 +85,48 @@ class ForwardRecipe:
         for layer in range(model.num_layers):
             x = self.block(layer, x, None)
         if model.encoder_decoder:
-            memory = self.layernorm(None, "ln_f", x, name="encoder.ln_f")
+            memory = self.layernorm(None, Role.LN_F, x, name="encoder.ln_f")
             x = self.embed("decoder_embed")
             for layer in range(model.num_layers, model.total_layers):
                 x = self.block(layer, x, memory)
-        x = self.layernorm(None, "ln_f", x)
+        x = self.layernorm(None, Role.LN_F, x)
         vocab_key = "embed.vocab" if model.tie_embeddings else "lm_head"
-        logits = self.matmul(None, "lm_head", (x,), self.tokens, model.vocab_size, self.hidden, vocab_key)
+        logits = self.matmul(None, Role.LM_HEAD, (x,), self.tokens, model.vocab_size, self.hidden, vocab_key)
         self.loss(logits)
         return self.nodes
 
     def block(self, layer: int, x: int, memory: int | None) -> int:
         """One transformer block; ``memory`` is the encoder output for decoder blocks (cross-attention)."""
         model = self.model
-        normed = self.layernorm(layer, "ln1", x)
+        normed = self.layernorm(layer, Role.LN1, x)
         attended = self.self_attention(layer, normed)
-        out = self.matmul(layer, "attn_out", (attended,), self.tokens, self.hidden,
+        out = self.matmul(layer, Role.ATTN_OUT, (attended,), self.tokens, self.hidden,
                           model.num_heads * model.v_head_dim)
-        residual = self.add(layer, "attn_residual", x, out)
+        residual = self.add(layer, Role.ATTN_RESIDUAL, x, out)
         if memory is not None:
             residual = self.cross_attention(layer, residual, memory)
-        normed = self.layernorm(layer, "ln2", residual)
+        normed = self.layernorm(layer, Role.LN2, residual)
         y = self.moe(layer, normed) if model.is_moe_block(layer) else self.mlp(layer, normed)
-        return self.add(layer, "residual", residual, y)
+        return self.add(layer, Role.RESIDUAL, residual, y)
 
     def self_attention(self, layer: int, x: int) -> int:
         model, tokens, hidden = self.model, self.tokens, self.hidden
         heads, dqk = model.num_heads, model.qk_head_dim
         if model.attention is AttentionKind.STANDARD:
-            qkv = self.matmul(layer, "qkv", (x,), tokens, (heads + 2 * model.kv_heads) * dqk, hidden)
-            return self.attention(layer, "attention", (qkv,), model.kv_heads, self._self_attention_axes(layer))
+            qkv = self.matmul(layer, Role.QKV, (x,), tokens, (heads + 2 * model.kv_heads) * dqk, hidden)
+            return self.attention(layer, Role.ATTENTION, (qkv,), model.kv_heads, self._self_attention_axes(layer))
         mla = model.mla
         assert mla is not None
         if mla.q_lora_rank is not None:
-            q_latent = self.matmul(layer, "q_down", (x,), tokens, mla.q_lora_rank, hidden)
-            q = self.matmul(layer, "q_up", (q_latent,), tokens, heads * dqk, mla.q_lora_rank)
+            q_latent = self.matmul(layer, Role.Q_DOWN, (x,), tokens, mla.q_lora_rank, hidden)
+            q = self.matmul(layer, Role.Q_UP, (q_latent,), tokens, heads * dqk, mla.q_lora_rank)
         else:
-            q = self.matmul(layer, "q_proj", (x,), tokens, heads * dqk, hidden)
+            q = self.matmul(layer, Role.Q_PROJ, (x,), tokens, heads * dqk, hidden)
         latent_width = mla.kv_lora_rank + mla.qk_rope_head_dim
-        kv_latent = self.matmul(layer, "kv_down", (x,), tokens, latent_width, hidden)
-        kv = self.matmul(layer, "kv_up", (kv_latent,), tokens,
+        kv_latent = self.matmul(layer, Role.KV_DOWN, (x,), tokens, latent_width, hidden)
+        kv = self.matmul(layer, Role.KV_UP, (kv_latent,), tokens,
                          heads * (mla.qk_nope_head_dim + mla.v_head_dim), mla.kv_lora_rank)
-        return self.attention(layer, "attention", (q, kv_latent, kv), heads, self._self_attention_axes(layer))
+        return self.attention(layer, Role.ATTENTION, (q, kv_latent, kv), heads, self._self_attention_axes(layer))
 
     def _self_attention_axes(self, layer: int) -> frozenset[Axis]:
         """Decoder self-attention is causal (it splits along the sequence, causally); an encoder's is not."""
@@ -136,51 +136,55 @@ class ForwardRecipe:
     def cross_attention(self, layer: int, residual: int, memory: int) -> int:
         model, tokens, hidden = self.model, self.tokens, self.hidden
         dqk = model.qk_head_dim
-        normed = self.layernorm(layer, "xattn_ln", residual)
-        q = self.matmul(layer, "xattn_q", (normed,), tokens, model.num_heads * dqk, hidden)
-        kv = self.matmul(layer, "xattn_kv", (memory,), tokens, 2 * model.kv_heads * dqk, hidden,
+        normed = self.layernorm(layer, Role.XATTN_LN, residual)
+        q = self.matmul(layer, Role.XATTN_Q, (normed,), tokens, model.num_heads * dqk, hidden)
+        kv = self.matmul(layer, Role.XATTN_KV, (memory,), tokens, 2 * model.kv_heads * dqk, hidden,
                          axes=WHOLE_SEQUENCES)  # every decoder token reads all of the encoder's
-        attended = self.attention(layer, "xattn", (q, kv), model.kv_heads, WHOLE_SEQUENCES)
-        out = self.matmul(layer, "xattn_out", (attended,), tokens, hidden, model.num_heads * model.v_head_dim)
-        return self.add(layer, "xattn_residual", residual, out)
+        attended = self.attention(layer, Role.XATTN, (q, kv), model.kv_heads, WHOLE_SEQUENCES)
+        out = self.matmul(layer, Role.XATTN_OUT, (attended,), tokens, hidden, model.num_heads * model.v_head_dim)
+        return self.add(layer, Role.XATTN_RESIDUAL, residual, out)
 
     def mlp(self, layer: int, x: int) -> int:
         width = self.model.ffn_hidden
         assert width is not None
-        return self.feed_forward(layer, "", x, width, self.model.activation)
+        return self.feed_forward(layer, (Role.FC1, Role.ACT, Role.FC2), x, width, self.model.activation)
 
-    def feed_forward(self, layer: int, prefix: str, x: int, width: int, activation: Activation) -> int:
+    def feed_forward(self, layer: int, roles: tuple[Role, Role, Role], x: int, width: int,
+                     activation: Activation) -> int:
+        """An MLP whose three ops take ``roles`` (up-projection, activation, down-projection)."""
         tokens, hidden = self.tokens, self.hidden
-        up = self.matmul(layer, f"{prefix}fc1", (x,), tokens, width * (2 if activation.gated else 1), hidden)
-        act = self.activation(layer, f"{prefix}act", up, tokens * width, activation, TOKENWISE, False, None)
-        return self.matmul(layer, f"{prefix}fc2", (act,), tokens, hidden, width)
+        fc1, act_role, fc2 = roles
+        up = self.matmul(layer, fc1, (x,), tokens, width * (2 if activation.gated else 1), hidden)
+        act = self.activation(layer, act_role, up, tokens * width, activation, TOKENWISE, False, None)
+        return self.matmul(layer, fc2, (act,), tokens, hidden, width)
 
     def moe(self, layer: int, x: int) -> int:
         model, plan, tokens, hidden = self.model, self.plans[layer], self.tokens, self.hidden
         experts, nbytes = self.workload.num_experts, self.bytes
         gate_axes = TOKENWISE if self.workload.training.gate is GateKind.SWITCH else frozenset()
-        router = self.emit(layer, "router", OpKind.ROUTER, 2 * tokens * hidden * experts,
+        router = self.emit(layer, Role.ROUTER, OpKind.ROUTER, 2 * tokens * hidden * experts,
                            (tokens * hidden + hidden * experts + tokens * experts) * nbytes,
                            {"tokens": tokens, "experts": experts, "top_k": model.top_k, "hidden": hidden},
                            (x,), (x,), gate_axes, params=((f"L{layer}.router", hidden * experts),))
         slots = math.ceil(plan.sent_rows)
         shuffle_bytes = (tokens + plan.sent_rows) * hidden * nbytes
         shape = {"tokens": tokens, "hidden": hidden, "rows": slots}
-        permuted = self.emit(layer, "permute", OpKind.PERMUTE, 0.0, shuffle_bytes, dict(shape), (x, router),
+        permuted = self.emit(layer, Role.PERMUTE, OpKind.PERMUTE, 0.0, shuffle_bytes, dict(shape), (x, router),
                              (x,), CAPACITY_WISE)
         buffer = {"rows": slots, "hidden": hidden}
-        dispatched = self.emit(layer, "dispatch", OpKind.ALL_TO_ALL, 0.0, 0.0, dict(buffer), (permuted,),
+        dispatched = self.emit(layer, Role.DISPATCH, OpKind.ALL_TO_ALL, 0.0, 0.0, dict(buffer), (permuted,),
                                (permuted,), CAPACITY_WISE, comm=plan.dispatch, comm_backward=plan.combine)
         shared = None
         if model.num_shared_experts:
             width = model.num_shared_experts * model.expert_ffn_hidden
-            shared = self.feed_forward(layer, "shared_", x, width, model.expert_activation)
+            shared = self.feed_forward(layer, (Role.SHARED_FC1, Role.SHARED_ACT, Role.SHARED_FC2), x, width,
+                                       model.expert_activation)
         expert_out = self.experts(layer, dispatched, plan)
-        combined = self.emit(layer, "combine", OpKind.ALL_TO_ALL, 0.0, 0.0, dict(buffer), (expert_out,),
+        combined = self.emit(layer, Role.COMBINE, OpKind.ALL_TO_ALL, 0.0, 0.0, dict(buffer), (expert_out,),
                              (expert_out,), CAPACITY_WISE, comm=plan.combine, comm_backward=plan.dispatch)
         joined = (combined, router) if shared is None else (combined, router, shared)
         gather_flops = UNPERMUTE_FLOPS_PER_ELEMENT * tokens * model.top_k * hidden
-        return self.emit(layer, "unpermute", OpKind.PERMUTE, gather_flops, shuffle_bytes, dict(shape), joined,
+        return self.emit(layer, Role.UNPERMUTE, OpKind.PERMUTE, gather_flops, shuffle_bytes, dict(shape), joined,
                          joined, TOKENWISE)
 
     def experts(self, layer: int, x: int, plan: MoEPlan) -> int:
@@ -188,31 +192,31 @@ class ForwardRecipe:
         model, hidden, rows = self.model, self.hidden, plan.received_rows
         width, activation = model.expert_ffn_hidden, model.expert_activation
         local, scale = self.workload.experts_per_rank, plan.rank_scale
-        up = self.matmul(layer, "expert_fc1", (x,), rows, width * (2 if activation.gated else 1), hidden,
+        up = self.matmul(layer, Role.EXPERT_FC1, (x,), rows, width * (2 if activation.gated else 1), hidden,
                          batch=local, expert=True, rank_scale=scale, axes=CAPACITY_WISE)
-        act = self.activation(layer, "expert_act", up, rows * width, activation, CAPACITY_WISE, True, scale)
-        return self.matmul(layer, "expert_fc2", (act,), rows, hidden, width,
+        act = self.activation(layer, Role.EXPERT_ACT, up, rows * width, activation, CAPACITY_WISE, True, scale)
+        return self.matmul(layer, Role.EXPERT_FC2, (act,), rows, hidden, width,
                            batch=local, expert=True, rank_scale=scale, axes=CAPACITY_WISE)
 
     # --- primitive ops -------------------------------------------------------------------------
 
-    def emit(self, layer: int | None, role: str, kind: OpKind, flops: float, mem_bytes: float,
+    def emit(self, layer: int | None, role: Role, kind: OpKind, flops: float, mem_bytes: float,
              dims: dict[str, int], inputs: tuple[int, ...], grad_inputs: tuple[int, ...],
              axes: frozenset[Axis], *, name: str | None = None, expert: bool = False,
              rank_scale: tuple[float, ...] | None = None, comm: CommSpec | None = None,
              comm_backward: CommSpec | None = None,
              params: tuple[tuple[str, int], ...] = ()) -> int:
         if name is None:
-            name = role if layer is None else f"L{layer}.{role}"
+            name = role.value if layer is None else f"L{layer}.{role.value}"
         self.nodes.append(ForwardNode(name, role, kind, layer, float(flops), float(mem_bytes), dims, inputs,
                                       grad_inputs, axes, expert, rank_scale, comm, comm_backward, params))
         return len(self.nodes) - 1
 
-    def matmul(self, layer: int | None, role: str, inputs: tuple[int, ...], rows: float, n: int, k: int,
+    def matmul(self, layer: int | None, role: Role, inputs: tuple[int, ...], rows: float, n: int, k: int,
                key: str | None = None, *, batch: int = 1, expert: bool = False,
                rank_scale: tuple[float, ...] | None = None, axes: frozenset[Axis] = TOKENWISE) -> int:
         """``rows`` x k times k x n per weight; ``batch`` weights (local experts) share the rows evenly."""
-        name = role if layer is None else f"L{layer}.{role}"
+        name = role.value if layer is None else f"L{layer}.{role.value}"
         dims = {"m": math.ceil(rows / batch), "n": n, "k": k}
         if batch > 1:
             dims["batch"] = batch
@@ -220,7 +224,7 @@ class ForwardRecipe:
         return self.emit(layer, role, OpKind.MATMUL, 2 * rows * n * k, mem, dims, inputs, inputs, axes,
                          expert=expert, rank_scale=rank_scale, params=((key or name, batch * k * n),))
 
-    def attention(self, layer: int, role: str, inputs: tuple[int, ...], kv_heads: int,
+    def attention(self, layer: int, role: Role, inputs: tuple[int, ...], kv_heads: int,
                   axes: frozenset[Axis]) -> int:
         model, batch, seq = self.model, self.workload.training.batch_per_gpu, self.workload.training.seq_len
         heads, dqk, dv = model.num_heads, model.qk_head_dim, model.v_head_dim
@@ -229,21 +233,21 @@ class ForwardRecipe:
         dims = {"b": batch, "heads": heads, "s": seq, "head_dim": dqk, "v_head_dim": dv, "kv_heads": kv_heads}
         return self.emit(layer, role, OpKind.ATTENTION, flops, mem, dims, inputs, inputs, axes)
 
-    def layernorm(self, layer: int | None, role: str, x: int, *, name: str | None = None) -> int:
+    def layernorm(self, layer: int | None, role: Role, x: int, *, name: str | None = None) -> int:
         numel, hidden = self.tokens * self.hidden, self.hidden
-        key = name or (role if layer is None else f"L{layer}.{role}")
+        key = name or (role.value if layer is None else f"L{layer}.{role.value}")
         flops = LAYERNORM_FLOPS_PER_ELEMENT * numel
         return self.emit(layer, role, OpKind.LAYERNORM, flops, 2 * numel * self.bytes,
                          {"tokens": self.tokens, "hidden": hidden}, (x,), (x,), TOKENWISE, name=name,
                          params=((key, 2 * hidden),))
 
-    def add(self, layer: int, role: str, a: int, b: int) -> int:
+    def add(self, layer: int, role: Role, a: int, b: int) -> int:
         numel = self.tokens * self.hidden
         flops = ADD_FLOPS_PER_ELEMENT * numel
         return self.emit(layer, role, OpKind.ELEMENTWISE, flops, 3 * numel * self.bytes, {"numel": numel},
                          (a, b), (a, b), TOKENWISE)
 
-    def activation(self, layer: int, role: str, x: int, numel: float, activation: Activation,
+    def activation(self, layer: int, role: Role, x: int, numel: float, activation: Activation,
                    axes: frozenset[Axis], expert: bool, rank_scale: tuple[float, ...] | None) -> int:
         read = numel * (2 if activation.gated else 1)
         return self.emit(layer, role, OpKind.ELEMENTWISE, activation_flops(activation) * numel,
@@ -259,12 +263,12 @@ class ForwardRecipe:
             params.append(("embed.positions", model.learned_positions * self.hidden))
             position_add = numel
         mem = (2 * numel + position_add) * self.bytes
-        return self.emit(None, "embed", OpKind.EMBEDDING, position_add, mem,
+        return self.emit(None, Role.EMBED, OpKind.EMBEDDING, position_add, mem,
                          {"tokens": self.tokens, "hidden": self.hidden, "vocab": model.vocab_size}, (), (),
                          TOKENWISE, name=name, params=tuple(params))
 
     def loss(self, logits: int) -> int:
         vocab = self.model.vocab_size
         numel = self.tokens * vocab
-        return self.emit(None, "loss", OpKind.LOSS, LOSS_FLOPS_PER_LOGIT * numel, numel * self.bytes,
+        return self.emit(None, Role.LOSS, OpKind.LOSS, LOSS_FLOPS_PER_LOGIT * numel, numel * self.bytes,
                          {"tokens": self.tokens, "vocab": vocab}, (logits,), (logits,), TOKENWISE)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from moesim.workload.ops import CommSpec, Op, OpGraph, OpKind, Phase
+from moesim.workload.ops import CommSpec, Op, OpGraph, OpKind, Phase, Role
 
 Groups = tuple[tuple[int, ...], ...]
 
@@ -71,7 +71,7 @@ class BucketFiller:
 def bucket_op(op_id: int, index: int, bucket: Bucket, spec: BucketSpec, member_ids: Sequence[int]) -> Op:
     """The all-reduce op of ``bucket``, the ``index``-th of its kind; ``member_ids`` are its gradients' op ids."""
     kind = "expert" if bucket.expert else "dense"
-    return Op(id=op_id, name=f"grad_sync.{kind}.{index}", role="grad_sync", kind=OpKind.ALL_REDUCE,
+    return Op(id=op_id, name=f"grad_sync.{kind}.{index}", role=Role.GRAD_SYNC, kind=OpKind.ALL_REDUCE,
               phase=Phase.GRAD_SYNC, layer=None, deps=tuple(member_ids),
               dims={"numel": round(bucket.bytes / spec.grad_bytes)},
               comm=CommSpec(groups=spec.groups[bucket.expert], bytes=bucket.bytes), expert=bucket.expert)
@@ -84,15 +84,14 @@ def rebucket(graph: OpGraph, ready: Sequence[int]) -> tuple[OpGraph, dict[int, i
     order: the order a schedule runs them. The result lists those ops in that order, each bucket right
     after the gradient that fills it or, for the last of its kind, after the last gradient of its kind
     (so buckets appear in the order they fill, the order DDP issues them), and the optimizer last,
-    depending on every dW op and every bucket. Buckets follow ``graph.meta["buckets"]`` (a
-    ``BucketSpec``; None: no bucket). Returns the new graph and the new id of every op but the buckets.
+    depending on every dW op and every bucket. Buckets follow ``graph.facts.buckets`` (None, or no facts:
+    no bucket). Returns the new graph and the new id of every op but the buckets.
     """
     optimizer = next(op for op in graph.ops if op.phase is Phase.OPTIMIZER)
     assert sorted(ready) == sorted(op.id for op in graph.ops if op.phase not in (Phase.GRAD_SYNC,
                                                                                  Phase.OPTIMIZER)), \
         "ready must hold every op but the buckets and the optimizer, once"
-    spec = graph.meta.get("buckets")
-    assert spec is None or isinstance(spec, BucketSpec), "graph.meta['buckets'] is a BucketSpec or None"
+    spec = graph.facts.buckets if graph.facts is not None else None
     last_of_kind = {graph.ops[op_id].expert: op_id for op_id in ready
                     if spec is not None and spec.synced(graph.ops[op_id])}
     filler = BucketFiller(spec) if spec is not None else None
@@ -115,5 +114,5 @@ def rebucket(graph: OpGraph, ready: Sequence[int]) -> tuple[OpGraph, dict[int, i
     new_id[optimizer.id] = len(ops)
     ops.append(replace(optimizer, id=len(ops), deps=weight))
     rebuilt = OpGraph(ops=tuple(ops), num_ranks=graph.num_ranks, num_layers=graph.num_layers,
-                      moe_layers=graph.moe_layers, meta=graph.meta)
+                      moe_layers=graph.moe_layers, dtype=graph.dtype, facts=graph.facts)
     return rebuilt, new_id

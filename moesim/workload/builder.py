@@ -27,8 +27,9 @@ from moesim.units import mb
 from moesim.workload.blocks import ForwardNode, ForwardRecipe
 from moesim.workload.buckets import BucketSpec, rebucket
 from moesim.workload.config import OptimizerKind, Workload
+from moesim.workload.facts import GraphFacts, ParamCounts
 from moesim.workload.moe import moe_plans
-from moesim.workload.ops import Op, OpGraph, OpKind, Phase
+from moesim.workload.ops import Op, OpGraph, OpKind, Phase, Role
 from moesim.workload.routing import LayerRouting, route
 
 LAYERNORM_DW_FLOPS_PER_ELEMENT = 2  # d(gamma), d(beta) multiply-accumulate
@@ -44,7 +45,8 @@ def build_graph(workload: Workload) -> OpGraph:
     _add_backward(workload, nodes, ops)
     ops.append(_optimizer(workload, ops))
     unbucketed = OpGraph(ops=tuple(ops), num_ranks=workload.num_gpus, num_layers=workload.model.total_layers,
-                         moe_layers=workload.model.moe_layers, meta=_meta(workload, routing, nodes))
+                         moe_layers=workload.model.moe_layers, dtype=workload.training.dtype,
+                         facts=_facts(workload, routing, nodes))
     graph, _ = rebucket(unbucketed, [op.id for op in ops[:-1]])
     return graph
 
@@ -122,7 +124,7 @@ def _optimizer(workload: Workload, ops: list[Op]) -> Op:
         flops_per, bytes_per = SGD_FLOPS_PER_PARAM, 5 * grad_bytes
     else:
         flops_per, bytes_per = ADAM_FLOPS_PER_PARAM, 24 + grad_bytes + (grad_bytes if grad_bytes < 4 else 0)
-    return Op(id=len(ops), name="optimizer", role="optimizer", kind=OpKind.OPTIMIZER, phase=Phase.OPTIMIZER,
+    return Op(id=len(ops), name="optimizer", role=Role.OPTIMIZER, kind=OpKind.OPTIMIZER, phase=Phase.OPTIMIZER,
               layer=None, flops=flops_per * params, mem_bytes=bytes_per * params,
               deps=tuple(op.id for op in weight_ops), dims={"params": round(params)})
 
@@ -138,34 +140,18 @@ def _bucket_spec(workload: Workload) -> BucketSpec | None:
     return BucketSpec(mb(workload.training.grad_bucket_mb), workload.training.dtype.grad_bytes, groups)
 
 
-def _meta(workload: Workload, routing: tuple[LayerRouting, ...],
-          nodes: list[ForwardNode]) -> dict[str, object]:
+def _facts(workload: Workload, routing: tuple[LayerRouting, ...], nodes: list[ForwardNode]) -> GraphFacts:
     owners = _param_owners(nodes)
     owned = [(n.expert, elems) for i, n in enumerate(nodes) for key, elems in n.params if owners[key] == i]
-    dense = sum(elems for is_expert, elems in owned if not is_expert)
-    expert = sum(elems for is_expert, elems in owned if is_expert)
-    grad_bytes = workload.training.dtype.grad_bytes
-    return {
-        "model": workload.model.name,
-        "preset": workload.preset,
-        "tokens_per_gpu": workload.tokens_per_gpu,
-        "batch_per_gpu": workload.training.batch_per_gpu,
-        "seq_len": workload.training.seq_len,
-        "hidden": workload.model.hidden,
-        "capacity": workload.capacity,
-        "grad_bucket_bytes": mb(workload.training.grad_bucket_mb),
-        "buckets": _bucket_spec(workload),
-        "dtype": workload.training.dtype.value,
-        "num_experts": workload.num_experts,
-        "experts_per_rank": workload.experts_per_rank,
-        "ep_size": workload.ep_size,
-        "dp_size": workload.dp_size,
-        "expert_dp_size": workload.expert_dp_size,
-        "gate": workload.training.gate.value,
-        "optimizer": workload.training.optimizer.value,
-        "params": {"dense": dense, "expert_per_rank": expert},
-        "param_bytes": {"dense": dense * grad_bytes, "expert_per_rank": expert * grad_bytes},
-        "routing": routing,
-        "routing_counts": {r.layer: r.counts for r in routing},
-        "dropped_fraction": {r.layer: r.dropped_fraction for r in routing},
-    }
+    training = workload.training
+    return GraphFacts(
+        model=workload.model.name, preset=workload.preset, tokens_per_gpu=workload.tokens_per_gpu,
+        batch_per_gpu=training.batch_per_gpu, seq_len=training.seq_len, hidden=workload.model.hidden,
+        capacity=workload.capacity, num_experts=workload.num_experts, experts_per_rank=workload.experts_per_rank,
+        ep_size=workload.ep_size, dp_size=workload.dp_size, expert_dp_size=workload.expert_dp_size,
+        gate=training.gate, optimizer=training.optimizer,
+        params=ParamCounts(dense=sum(elems for expert, elems in owned if not expert),
+                           expert_per_rank=sum(elems for expert, elems in owned if expert)),
+        grad_bytes=training.dtype.grad_bytes, grad_bucket_bytes=mb(training.grad_bucket_mb),
+        buckets=_bucket_spec(workload), routing=routing,
+    )

@@ -10,8 +10,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from moesim.dtypes import DType
+from moesim.errors import MoesimError
+
+if TYPE_CHECKING:
+    from moesim.workload.facts import GraphFacts
 
 
 class OpKind(StrEnum):
@@ -36,6 +43,55 @@ class OpKind(StrEnum):
 
 
 _COLLECTIVES = frozenset({OpKind.ALL_TO_ALL, OpKind.ALL_REDUCE, OpKind.ALL_GATHER, OpKind.REDUCE_SCATTER})
+
+
+class Role(StrEnum):
+    """The block op an op comes from, forward and backward (DESIGN's names; the builder, the harness's
+    kernels and the validation report share them)."""
+
+    EMBED = "embed"
+    LN1 = "ln1"
+    QKV = "qkv"
+    Q_DOWN = "q_down"          # MLA: the query's low-rank down-projection
+    Q_UP = "q_up"
+    Q_PROJ = "q_proj"          # MLA without a query down-projection
+    KV_DOWN = "kv_down"        # MLA: the key/value latent
+    KV_UP = "kv_up"
+    ATTENTION = "attention"
+    ATTN_OUT = "attn_out"
+    ATTN_RESIDUAL = "attn_residual"
+    XATTN_LN = "xattn_ln"      # cross-attention (decoder of an encoder-decoder)
+    XATTN_Q = "xattn_q"
+    XATTN_KV = "xattn_kv"
+    XATTN = "xattn"
+    XATTN_OUT = "xattn_out"
+    XATTN_RESIDUAL = "xattn_residual"
+    LN2 = "ln2"
+    FC1 = "fc1"                # dense MLP
+    ACT = "act"
+    FC2 = "fc2"
+    ROUTER = "router"
+    PERMUTE = "permute"
+    DISPATCH = "dispatch"
+    SHARED_FC1 = "shared_fc1"  # shared experts
+    SHARED_ACT = "shared_act"
+    SHARED_FC2 = "shared_fc2"
+    EXPERT_FC1 = "expert_fc1"
+    EXPERT_ACT = "expert_act"
+    EXPERT_FC2 = "expert_fc2"
+    COMBINE = "combine"
+    UNPERMUTE = "unpermute"
+    RESIDUAL = "residual"
+    LN_F = "ln_f"
+    LM_HEAD = "lm_head"
+    LOSS = "loss"
+    GRAD_SYNC = "grad_sync"
+    OPTIMIZER = "optimizer"
+
+    @property
+    def is_residual(self) -> bool:
+        """A residual add (as opposed to an activation among the elementwise ops)."""
+        return self in (Role.ATTN_RESIDUAL, Role.XATTN_RESIDUAL, Role.RESIDUAL)
 
 
 class Phase(StrEnum):
@@ -105,7 +161,7 @@ class Op:
 
     id: int
     name: str                  # unique, e.g. "L3.expert_fc1", "L3.expert_fc1.dx", "L3.expert_fc1.dw"
-    role: str                  # the block op's name from DESIGN.md, e.g. "expert_fc1", "dispatch"
+    role: Role | None          # the block op it comes from; None for a synthetic op (a microbenchmark's)
     kind: OpKind
     phase: Phase
     layer: int | None          # block index; None for ops outside the blocks (embed, optimizer, ...)
@@ -128,13 +184,15 @@ class Op:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class OpGraph:
-    """A DAG of ops in a valid program order (every op's deps come before it)."""
+    """A DAG of ops in a valid program order (every op's deps come before it), trained in ``dtype``;
+    ``facts`` describe the workload it was built from (None for graphs built by hand)."""
 
     ops: tuple[Op, ...]
     num_ranks: int
     num_layers: int
     moe_layers: tuple[int, ...]
-    meta: Mapping[str, object] = field(default_factory=dict)
+    dtype: DType = DType.FP32
+    facts: GraphFacts | None = None
 
     def __post_init__(self) -> None:
         for op in self.ops:
@@ -142,6 +200,12 @@ class OpGraph:
 
     def __len__(self) -> int:
         return len(self.ops)
+
+    def require_facts(self, who: str) -> GraphFacts:
+        """``facts``, for ``who`` (a policy or analysis reading the workload); MoesimError if there are none."""
+        if self.facts is None:
+            raise MoesimError(f"{who} needs a graph built from a workload (build_graph); this one has no facts")
+        return self.facts
 
     def by_name(self, name: str) -> Op:
         for op in self.ops:

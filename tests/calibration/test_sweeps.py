@@ -97,7 +97,7 @@ def test_no_calibration_model_is_a_validation_workload() -> None:
 
 def test_the_overhead_plan_is_a_chain_of_one_element_adds() -> None:
     plan = overhead_plan(5, world_size=2, dtype=DType.FP32)
-    assert plan.graph.num_ranks == 2 and plan.graph.meta["dtype"] == "fp32"
+    assert plan.graph.num_ranks == 2 and plan.graph.dtype is DType.FP32
     assert plan.streams == {StreamKind.COMPUTE: (0, 1, 2, 3, 4)}
     assert [task.deps for task in plan.tasks] == [(), (0,), (1,), (2,), (3,)]
     for op in plan.graph.ops:  # the harness runs a residual op as torch.add: 1 FLOP, 3 x 4 bytes per element

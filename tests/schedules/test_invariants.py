@@ -55,10 +55,10 @@ def _kept_share(graph, op):
     moves only kept tokens. The dispatch follows what a rank sends to other ranks, the combine what
     it received from other ranks, its experts' compute everything it received. 1 where the capacity
     is filled, and without a capacity (dropless)."""
-    routing = {r.layer: r for r in graph.meta["routing"]}[op.layer]
+    routing = graph.facts.routing_of(op.layer)
     if routing.capacity is None:
         return np.ones(graph.num_ranks)
-    kept, capacity, per_rank = routing.kept, routing.capacity, graph.meta["experts_per_rank"]
+    kept, capacity, per_rank = routing.kept, routing.capacity, graph.facts.experts_per_rank
     share = np.empty(graph.num_ranks)
     for group in graph.by_name(f"L{op.layer}.dispatch").comm.groups:
         for position, rank in enumerate(group):

@@ -39,7 +39,7 @@ def test_ranges_hold_their_moe_layer_and_k_divides_the_batch(scn):
     result = run_schedule(scn, "lancet")
     graph, ranges = result.plan.graph, result.knobs["ranges"]
     assert ranges, "gpt2-s-moe on p3dn has all-to-all worth hiding"
-    batch = graph.meta["batch_per_gpu"]
+    batch = graph.facts.batch_per_gpu
     for entry in ranges:
         assert 2 <= entry["k"] <= 8 and batch % entry["k"] == 0
         first, last = graph.by_name(entry["first"]).id, graph.by_name(entry["last"]).id

@@ -64,7 +64,7 @@ def test_chunks_are_near_equal_whole_slot_counts():
 def test_region_ops_are_split_into_whole_slots_and_the_rest_stays_whole(tiny):
     # 16 x 512 tokens per GPU, 16 experts, top-1: C = ceil(1.1 * 8192 / 16) = ceil(563.2) = 564 = 8 * 70 + 4
     capacity = math.ceil(1.1 * 16 * 512 / 16)
-    assert tiny.graph.meta["capacity"] == capacity == 564
+    assert tiny.graph.facts.capacity == capacity == 564
     plan = plan_of(tiny, degree=8)
     slots = [71, 71, 71, 71, 70, 70, 70, 70]
     for name in FORWARD_REGION + BACKWARD_REGION:
@@ -130,7 +130,7 @@ def test_regions_leave_shared_experts_whole_and_run_them_before_the_chunks():
 
 def test_an_expert_gradient_bucket_waits_for_every_chunk_of_its_gradients():
     scn = scenario("gpt2-s-moe", "p3dn.24xlarge", 1, {"model.num_layers": 2, "training.ep_size": 4})
-    assert scn.graph.meta["expert_dp_size"] == 2  # 8 GPUs / EP 4: expert gradients are all-reduced
+    assert scn.graph.facts.expert_dp_size == 2  # 8 GPUs / EP 4: expert gradients are all-reduced
     plan = plan_of(scn, degree=2)
     tasks = tasks_by_name(plan)
     bucket = next(t for t in plan.tasks if plan.op_of(t).name.startswith("grad_sync.expert"))
@@ -143,7 +143,7 @@ def test_an_expert_gradient_bucket_waits_for_every_chunk_of_its_gradients():
 
 def test_dropless_chunks_are_equal_fractions():
     scn = scenario("mixtral-8x7b", "p4de.24xlarge", 1, {"model.num_layers": 1})
-    assert scn.graph.meta["capacity"] is None
+    assert scn.graph.facts.capacity is None
     plan = plan_of(scn, degree=4)
     fc1 = [t for t in plan.tasks if plan.op_of(t).name == "L0.expert_fc1"]
     assert [t.fraction for t in fc1] == [0.25] * 4
@@ -175,7 +175,7 @@ def test_auto_keeps_the_fastest_degree_and_reports_every_candidate(two_p3dn):
 def test_capacity_bounds_the_degree():
     # C = ceil(0.01 * 8192 / 16) = ceil(5.12) = 6 slots: at most 4 chunks of {1, 2, 4, 8}
     scn = scenario("gpt2-s-moe", "p3dn.24xlarge", 1, {"model.num_layers": 2, "training.capacity_factor": 0.01})
-    assert scn.graph.meta["capacity"] == 6
+    assert scn.graph.facts.capacity == 6
     assert set(run(scn).knobs["degree_search"]) == {"1", "2", "4"}
     with pytest.raises(MoesimError, match=r"^schedule\.degree: 8 .*choose one of 1, 2, 4 or auto$") as err:
         plan_of(scn, degree=8)

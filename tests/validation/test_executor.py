@@ -11,7 +11,6 @@ import pytest
 pytest.importorskip("torch")
 
 from moesim.api import scenario  # noqa: E402
-from moesim.dtypes import DType  # noqa: E402
 from moesim.engine import simulate_plan  # noqa: E402
 from moesim.errors import DeadlockError, MoesimError  # noqa: E402
 from moesim.plan import ExecutionPlan, StreamKind, Task  # noqa: E402
@@ -221,7 +220,7 @@ def test_every_compute_op_of_the_presets_has_a_kernel_of_its_shapes(model):
     import torch
 
     graph = scenario(model, "dgx-h100", 2).graph
-    pool = TensorPool.for_training(DType(str(graph.meta["dtype"])), torch.device("meta"))  # shapes only
+    pool = TensorPool.for_training(graph.dtype, torch.device("meta"))  # shapes only
     for op in graph.ops:
         if not op.kind.is_collective:
             compute_kernel(op, Task(id=0, op=op.id, stream=StreamKind.COMPUTE), 0, pool)()

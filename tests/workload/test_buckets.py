@@ -35,7 +35,7 @@ def test_buckets_fill_in_ready_order_and_keep_every_gradient_once(graph):
     dws = [op.id for op in graph.ops if op.phase is Phase.BACKWARD_WEIGHT and op.param_bytes > 0 and not op.expert]
     ready = [op_id for op_id in unbucketed(graph) if op_id not in dws] + dws[::-1]  # gradients ready in reverse
     rebuilt, _ = rebucket(graph, ready)
-    cap = graph.meta["grad_bucket_bytes"]
+    cap = graph.facts.grad_bucket_bytes
     seen = []
     in_graph = [op for op in rebuilt.ops if op.phase is Phase.GRAD_SYNC]
     assert [int(op.name.rsplit(".", 1)[1]) for op in in_graph] == list(range(len(in_graph)))  # fill order

@@ -19,6 +19,7 @@ import pytest
 
 from moesim.workload import build_graph, load_workload
 from moesim.workload.config import Workload
+from moesim.workload.facts import ParamCounts
 from moesim.workload.ops import OpKind, Phase
 
 GPU = "A100-SXM4-80GB"
@@ -165,7 +166,7 @@ def test_parameter_bytes_match_closed_form(built) -> None:
     workload, graph = built
     dense, expert = _params(workload)
     grad_bytes = 4 if workload.training.dtype.value == "fp32" else 2
-    assert graph.meta["params"] == {"dense": dense, "expert_per_rank": expert}
+    assert graph.facts.params == ParamCounts(dense, expert)
     dw_bytes = sum(op.param_bytes for op in graph.ops if op.phase is Phase.BACKWARD_WEIGHT)
     assert dw_bytes == (dense + expert) * grad_bytes
 

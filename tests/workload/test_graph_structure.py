@@ -149,7 +149,7 @@ def test_buckets_cover_every_gradient_once(mixtral16: OpGraph) -> None:
         assert bucket.comm.groups == expected_groups
         assert bucket.id > max(bucket.deps)
     total = sum(b.comm.bytes for b in buckets)
-    assert total == mixtral16.meta["param_bytes"]["dense"] + mixtral16.meta["param_bytes"]["expert_per_rank"]
+    assert total == mixtral16.facts.param_bytes.total
 
 
 def test_buckets_close_at_the_ddp_cap(mixtral16: OpGraph) -> None:
@@ -175,14 +175,14 @@ def test_optimizer_depends_on_every_bucket_and_weight_gradient(mixtral16: OpGrap
     optimizer = mixtral16.ops[-1]
     expected = {op.id for op in mixtral16.ops if op.phase in (Phase.BACKWARD_WEIGHT, Phase.GRAD_SYNC)}
     assert set(optimizer.deps) == expected
-    params = mixtral16.meta["params"]["dense"] + mixtral16.meta["params"]["expert_per_rank"]
+    params = mixtral16.facts.params.total
     assert optimizer.dims["params"] == params
     assert optimizer.mem_bytes == params * (24 + 2 + 2)  # Adam, BF16: grad + FP32 w/m/v r+w + BF16 weight
 
 
 def test_sgd_optimizer_traffic() -> None:
     graph = _graph("gpt2-s-moe", 8, **{"model.num_layers": 2})
-    params = graph.meta["params"]["dense"] + graph.meta["params"]["expert_per_rank"]
+    params = graph.facts.params.total
     assert graph.ops[-1].mem_bytes == params * 5 * 4  # w, g, m read; w, m written; FP32
 
 

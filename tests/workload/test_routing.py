@@ -7,8 +7,12 @@ import pytest
 
 from moesim.workload import build_graph, load_workload
 from moesim.workload.config import Workload
-from moesim.workload.ops import OpKind
+from moesim.workload.ops import OpGraph, OpKind
 from moesim.workload.routing import received_rows, route, sample_counts, uniform_counts, zipf_popularity
+
+
+def _counts(graph: OpGraph) -> dict[int, np.ndarray]:
+    return {r.layer: r.counts for r in graph.facts.routing}
 
 GPU = "H100-SXM5-80GB"
 
@@ -51,7 +55,7 @@ def test_same_seed_same_graph_other_seed_other_counts() -> None:
     first = build_graph(_mixtral(**zipf, **{"training.routing.seed": 7}))
     again = build_graph(_mixtral(**zipf, **{"training.routing.seed": 7}))
     other = build_graph(_mixtral(**zipf, **{"training.routing.seed": 8}))
-    counts, counts_again = first.meta["routing_counts"], again.meta["routing_counts"]
+    counts, counts_again = _counts(first), _counts(again)
     for layer in first.moe_layers:
         np.testing.assert_array_equal(counts[layer], counts_again[layer])
     assert [(op.name, op.flops, op.rank_scale) for op in first.ops] == [
@@ -59,7 +63,7 @@ def test_same_seed_same_graph_other_seed_other_counts() -> None:
     for a, b in zip(first.ops, again.ops, strict=True):
         if a.comm is not None and a.comm.traffic is not None:
             np.testing.assert_array_equal(a.comm.traffic, b.comm.traffic)
-    assert any(not np.array_equal(first.meta["routing_counts"][layer], other.meta["routing_counts"][layer])
+    assert any(not np.array_equal(_counts(first)[layer], _counts(other)[layer])
                for layer in first.moe_layers)
 
 
@@ -68,7 +72,7 @@ def test_dropless_zipf_makes_ranks_uneven() -> None:
     graph = build_graph(workload)
     assert not graph.rank_symmetric
     tokens, top_k = workload.tokens_per_gpu, workload.model.top_k
-    for layer_routing in graph.meta["routing"]:
+    for layer_routing in graph.facts.routing:
         layer = layer_routing.layer
         received = received_rows(workload, layer_routing)
         assert received.sum() == 8 * tokens * top_k  # dropless: nothing lost
@@ -79,7 +83,7 @@ def test_dropless_zipf_makes_ranks_uneven() -> None:
         dispatch = graph.by_name(f"L{layer}.dispatch").comm
         # member a sends member b the tokens routed to b's expert (one expert per rank), 4096 x 2 bytes each
         np.testing.assert_array_equal(dispatch.traffic[0], layer_routing.counts * 4096 * 2)
-        assert graph.meta["dropped_fraction"][layer] == 0.0
+        assert graph.facts.routing_of(layer).dropped_fraction == 0.0
     assert graph.by_name(f"L{graph.moe_layers[0]}.expert_fc1.dw").rank_scale is not None
 
 
@@ -90,10 +94,10 @@ def test_capacity_pads_buffers_and_drops_the_skew() -> None:
     capacity = workload.capacity
     assert capacity == 256 * 2 // 8
     assert graph.rank_symmetric
-    for layer_routing in graph.meta["routing"]:
+    for layer_routing in graph.facts.routing:
         kept = np.minimum(layer_routing.counts, capacity)
         dropped = 1 - kept.sum() / layer_routing.counts.sum()
-        assert graph.meta["dropped_fraction"][layer_routing.layer] == pytest.approx(dropped)
+        assert layer_routing.dropped_fraction == pytest.approx(dropped)
         assert dropped > 0
     dispatch = graph.by_name("L0.dispatch").comm
     assert (dispatch.traffic == capacity * 4096 * 2).all()
