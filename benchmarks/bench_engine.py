@@ -34,7 +34,7 @@ def bench(model: str, hardware: str, nodes: int, symmetric: bool | None, schedul
     scn = scenario(model, hardware, nodes)
     t1 = time.perf_counter()
     policy = get_schedule(schedule)
-    plan = policy.plan(scn.graph, scn.cost, policy.make_config())
+    plan = policy.plan_with(scn.graph, scn.cost)
     t2 = time.perf_counter()
     timeline = simulate_plan(plan, scn.cost, symmetric=symmetric)
     t3 = time.perf_counter()

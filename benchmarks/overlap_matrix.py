@@ -53,7 +53,7 @@ def planning_time(repeat: int) -> None:
     seconds = []
     for _ in range(repeat):
         start = time.perf_counter()
-        policy.plan(scn.graph, scn.cost, policy.make_config())
+        policy.plan_with(scn.graph, scn.cost)
         seconds.append(time.perf_counter() - start)
     print(f"lancet planning, deepseek-v3 on 128 x dgx-h100 (1,024 GPUs), median of {repeat}: "
           f"{statistics.median(seconds):.1f} s (min {min(seconds):.1f}, max {max(seconds):.1f}; the first run "

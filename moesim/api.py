@@ -23,7 +23,7 @@ from moesim.hardware.cost import RooflineCostModel
 from moesim.hardware.presets import load_cluster
 from moesim.hardware.specs import ClusterSpec
 from moesim.overrides import apply_overrides, split_scopes
-from moesim.plan import ExecutionPlan
+from moesim.plan import Decisions, ExecutionPlan
 from moesim.schedules import get_schedule, registered
 from moesim.timeline import Timeline
 from moesim.workload.builder import build_graph
@@ -64,13 +64,19 @@ class SimulationResult:
         return self.plan.schedule
 
     @property
-    def knobs(self) -> Mapping[str, object]:
-        return self.plan.knobs
+    def decisions(self) -> Decisions:
+        """What the schedule decided for this plan (a typed value that renders itself)."""
+        return self.plan.decisions
+
+    @property
+    def knobs(self) -> dict[str, object]:
+        """The decisions as JSON-ready data (``--json``'s ``knobs``)."""
+        return self.plan.decisions.to_json()
 
     @property
     def knob_summary(self) -> str:
-        """The knobs in one short line, as the schedule summarises them."""
-        return get_schedule(self.schedule).summarize(self.knobs)
+        """The decisions in one short line."""
+        return self.plan.decisions.summary()
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object `moesim run --json` prints."""
@@ -82,7 +88,7 @@ class SimulationResult:
             "nodes": self.scenario.nodes,
             **self.metrics.to_dict(),
             "ep_size": facts.ep_size,
-            "knobs": dict(self.knobs),
+            "knobs": self.knobs,
         }
 
     def to_dataframe(self) -> pd.DataFrame:
@@ -136,9 +142,7 @@ def simulate(
 
 
 def run_schedule(scn: Scenario, schedule: str) -> SimulationResult:
-    policy = get_schedule(schedule)
-    config = policy.make_config(scn.schedule_settings)
-    plan = policy.plan(scn.graph, scn.cost, config)
+    plan = get_schedule(schedule).plan_with(scn.graph, scn.cost, scn.schedule_settings)
     timeline = simulate_plan(plan, scn.cost)
     return SimulationResult(scn, plan, timeline, compute_metrics(timeline))
 

@@ -252,11 +252,10 @@ def _print_validation(report: Any) -> None:
 
 def _print_run(result: Any) -> None:
     from moesim.analysis.tables import metrics_table
-    from moesim.schedules import get_schedule
 
     print(_headline(result))
     print(metrics_table([_row(result.schedule, result.metrics, result.knob_summary)], _RUN_COLUMNS))
-    for table in get_schedule(result.schedule).tables(result.knobs):
+    for table in result.decisions.tables():
         print(f"\n{table.title}")
         print(metrics_table(table.rows, table.columns))
 

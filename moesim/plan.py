@@ -14,6 +14,7 @@ import heapq
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol
 
 import numpy as np
 
@@ -27,6 +28,51 @@ class StreamKind(StrEnum):
 
 
 STREAM_ORDER: tuple[StreamKind, ...] = tuple(StreamKind)  # spans starting together sort in this order
+
+
+class GradSync(StrEnum):
+    """How a plan issues its gradient buckets' all-reduces (``schedules/grad_sync.py``)."""
+
+    DDP = "ddp"
+    PRIORITY = "priority"
+    PACKED = "packed"
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionTable:
+    """A table of a plan's decisions for people: a title, rows, and (key, header) columns."""
+
+    title: str
+    rows: list[dict[str, object]]
+    columns: list[tuple[str, str]]
+
+
+class Decisions(Protocol):
+    """What a policy decided for one plan, as a typed value that renders itself: ``to_json`` for
+    programs (``--json``'s ``knobs``), ``summary`` for a table cell, ``tables`` for ``moesim run``."""
+
+    def to_json(self) -> dict[str, object]: ...
+
+    def summary(self) -> str: ...
+
+    def tables(self) -> list[DecisionTable]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BaseDecisions:
+    """The decision every plan carries: how its gradient buckets travel (all a plan of a policy without
+    knobs of its own, or one built by hand, records)."""
+
+    grad_sync: GradSync = GradSync.DDP
+
+    def to_json(self) -> dict[str, object]:
+        return {"grad_sync": self.grad_sync.value}
+
+    def summary(self) -> str:
+        return "-" if self.grad_sync is GradSync.DDP else f"grad_sync={self.grad_sync.value}"
+
+    def tables(self) -> list[DecisionTable]:
+        return []
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -76,7 +122,7 @@ class ExecutionPlan:
     schedule: str
     tasks: tuple[Task, ...]
     streams: Mapping[StreamKind, tuple[int, ...]]
-    knobs: Mapping[str, object] = field(default_factory=dict)
+    decisions: Decisions = field(default_factory=BaseDecisions)
     priority: Mapping[StreamKind, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

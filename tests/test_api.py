@@ -48,7 +48,7 @@ def test_symmetric_simulation_matches_every_rank_played():
     # EP groups of 4 inside each node, so several groups run each all-to-all side by side.
     scn = moesim.scenario("gpt2-s-moe", "p4de.24xlarge", 2, {"model.num_layers": 2, "training.ep_size": 4})
     policy = moesim.api.get_schedule("sequential")
-    plan = policy.plan(scn.graph, scn.cost, policy.make_config())
+    plan = policy.plan_with(scn.graph, scn.cost)
     symmetric = simulate_plan(plan, scn.cost, symmetric=True)
     full = simulate_plan(plan, scn.cost, symmetric=False)
     assert len(full.represents) == 16

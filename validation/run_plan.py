@@ -76,7 +76,7 @@ def plan_for(scn: Scenario, label: str) -> ExecutionPlan:
     known = policy.config.model_fields
     settings = {k: v for k, v in scn.schedule_settings.items() if k.split(".")[0] in known}
     settings.update(parse_assignments([item for item in inline.split(",") if item]))
-    return policy.plan(scn.graph, scn.cost, policy.make_config(settings))
+    return policy.plan_with(scn.graph, scn.cost, settings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -139,7 +139,7 @@ def _measure_interleaved(plans: Sequence[tuple[str, ExecutionPlan]], ctx: Any, w
         results[label] = {
             "label": label,
             "schedule": plan.schedule,
-            "knobs": get_schedule(plan.schedule).summarize(plan.knobs),
+            "knobs": plan.decisions.summary(),
             "iteration_times_s": times,
             "median_s": median,
             "environment": nearest.environment,

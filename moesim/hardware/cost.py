@@ -10,7 +10,7 @@ is written as the bytes that take as long at the rings' rate, ``bytes / ratio``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -86,6 +86,8 @@ class RooflineCostModel:
         self._vector_peak = min(self._tensor_peak, vector_peak)
         self._hbm = gpu.hbm_bytes_per_s * params.hbm_efficiency
         self._launch = params.launch_overhead_s
+        self._kind_flops = kind_table(params.kind_efficiency)
+        self._kind_memory = kind_table(params.kind_memory_efficiency)
         self._cache: dict[tuple[object, ...], tuple[CommSpec, np.ndarray | None, CollectiveDemand]] = {}
 
     @property
@@ -136,8 +138,8 @@ class RooflineCostModel:
             elif params.attention_half_efficiency_seq and op.kind is OpKind.ATTENTION and op.dims.get("s"):
                 flop_time *= 1.0 + params.attention_half_efficiency_seq / op.dims["s"]
             return max(flop_time, mem_bytes / self._hbm) + self._launch
-        flop_efficiency = _by_kind(params.kind_efficiency, op, params.other_compute_efficiency)
-        memory_efficiency = _by_kind(params.kind_memory_efficiency, op, 1.0)
+        flop_efficiency = _by_kind(self._kind_flops, op, params.other_compute_efficiency)
+        memory_efficiency = _by_kind(self._kind_memory, op, 1.0)
         return max(flops / (self._vector_peak * flop_efficiency),
                    mem_bytes / (self._hbm * memory_efficiency)) + self._launch
 
@@ -213,12 +215,23 @@ class RooflineCostModel:
         return [np.full((g, g), op.comm.bytes * task.fraction / g) for g in sizes]
 
 
-def _by_kind(table: dict[str, float], op: Op, default: float) -> float:
+KindKey = tuple[OpKind, Phase | None]
+
+
+def kind_table(entries: Mapping[str, float]) -> dict[KindKey, float]:
+    """A spec's per-kind efficiencies (``"router:forward"``, ``"loss"``; validated by ``CostParams``) keyed by
+    their enums: ``(OpKind.ROUTER, Phase.FORWARD)``, ``(OpKind.LOSS, None)``."""
+    table: dict[KindKey, float] = {}
+    for key, value in entries.items():
+        kind, _, phase = key.partition(":")
+        table[OpKind(kind), Phase(phase) if phase else None] = value
+    return table
+
+
+def _by_kind(table: Mapping[KindKey, float], op: Op, default: float) -> float:
     """The entry of the op's kind and phase, else of its kind, else ``default``."""
-    if not table:
-        return default
-    found = table.get(f"{op.kind.value}:{op.phase.value}")
-    return table.get(op.kind.value, default) if found is None else found
+    found = table.get((op.kind, op.phase))
+    return table.get((op.kind, None), default) if found is None else found
 
 
 def matmul_shape_dim(op: Op, task: Task, rank: int) -> float:

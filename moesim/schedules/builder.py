@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moesim.plan import ExecutionPlan, StreamKind, Task
+from moesim.plan import Decisions, ExecutionPlan, StreamKind, Task
 from moesim.workload.ops import A2AAlgorithm, Axis, Op, OpGraph, OpKind
 
 
@@ -132,6 +132,6 @@ class PlanBuilder:
         order = self._streams[stream]
         return order[-1] if order else None
 
-    def build(self, knobs: Mapping[str, object] | None = None) -> ExecutionPlan:
+    def build(self, decisions: Decisions) -> ExecutionPlan:
         streams = {kind: tuple(order) for kind, order in self._streams.items() if order}
-        return ExecutionPlan(self.graph, self.schedule, tuple(self._tasks), streams, dict(knobs or {}))
+        return ExecutionPlan(self.graph, self.schedule, tuple(self._tasks), streams, decisions)

@@ -19,19 +19,11 @@ Policies place the buckets on the ``dp_comm`` stream; ``arrange_grad_sync`` then
 from __future__ import annotations
 
 from dataclasses import replace
-from enum import StrEnum
 from types import MappingProxyType
 
 from moesim.hardware.interface import CostModel
-from moesim.plan import ExecutionPlan, StreamKind, list_schedule
+from moesim.plan import ExecutionPlan, GradSync, StreamKind, list_schedule
 from moesim.schedules.estimate import task_seconds
-
-
-class GradSync(StrEnum):
-    DDP = "ddp"
-    PRIORITY = "priority"
-    PACKED = "packed"
-
 
 PRIORITY_CLASSES = MappingProxyType({StreamKind.COMM: 0, StreamKind.DP_COMM: 1})
 
@@ -41,7 +33,6 @@ def arrange_grad_sync(plan: ExecutionPlan, mode: GradSync, cost: CostModel) -> E
 
     Every ``dp_comm`` task must depend only on compute tasks (a bucket waits for its gradients).
     """
-    plan = replace(plan, knobs={**plan.knobs, "grad_sync": mode.value})
     ready = ready_order(plan)
     if not ready:
         return plan

@@ -50,10 +50,8 @@ Where we differ from the paper and its code, and why:
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
 
 from pydantic import Field
 
@@ -64,9 +62,10 @@ from moesim.schedules.estimate import seconds_alone
 from moesim.schedules.grad_sync import arrange_grad_sync
 from moesim.schedules.judge import fastest
 from moesim.schedules.lancet_clock import GradSyncCost
+from moesim.schedules.lancet_decisions import Judged, LancetDecisions, k_summary
 from moesim.schedules.lancet_dw import DWPlacement, place_weight_gradients, program_order
 from moesim.schedules.lancet_partition import LancetRanges, PartitionedRange, PartitionPlan
-from moesim.schedules.registry import KnobTable, Schedule, ScheduleConfig
+from moesim.schedules.registry import Schedule, ScheduleConfig
 from moesim.schedules.tutel import DEGREES, Chunker, capacity_of, find_regions
 from moesim.workload.buckets import Bucket, bucket_op, rebucket
 from moesim.workload.ops import A2AAlgorithm, Op, OpGraph
@@ -99,10 +98,9 @@ def plan(graph: OpGraph, cost: CostModel, config: LancetConfig) -> ExecutionPlan
         plans += [build(option, config, cost) for option in extra]
         seconds += fastest(plans[-len(extra):], cost)[1]
     best = min(range(len(options)), key=lambda i: (seconds[i], i))
-    judged = [{"candidate": option.name, "iteration_s": time, "k": _k_summary(option.partitions),
-               "dw_moved": option.moved, "chunks": option.degree}
-              for option, time in zip(options, seconds, strict=True)]
-    return replace(plans[best], knobs={**plans[best].knobs, "judged": judged, "kept": options[best].name})
+    judged = tuple(Judged(option.name, time, k_summary(option.partitions), option.moved, option.degree)
+                   for option, time in zip(options, seconds, strict=True))
+    return replace(plans[best], decisions=_decisions(options[best], config).with_judgement(judged, options[best].name))
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -176,10 +174,12 @@ def build(option: Option, config: LancetConfig, cost: CostModel) -> ExecutionPla
         elif op.id not in inside:
             chunker.feed(op)
     chunker.close()
-    knobs = _knobs(graph, config, option.placement, partitions)
-    if option.degree is not None:
-        knobs["tutel_chunks"] = option.degree
-    return arrange_grad_sync(builder.build(knobs), config.grad_sync, cost)
+    return arrange_grad_sync(builder.build(_decisions(option, config)), config.grad_sync, cost)
+
+
+def _decisions(option: Option, config: LancetConfig) -> LancetDecisions:
+    return LancetDecisions.of_option(option.graph, config.partition, config.dw_scheduling, config.grad_sync,
+                                     option.placement, option.partitions, option.degree)
 
 
 def _degrees(graph: OpGraph) -> list[int]:
@@ -206,107 +206,10 @@ def _place_dw(graph: OpGraph, cost: CostModel) -> DWPlacement:
     return place_weight_gradients(graph, alone, alone, sync)
 
 
-def _k_summary(partitions: PartitionPlan | None) -> str:
-    """``k x count`` per k over the partitioned MoE layers, e.g. ``2 x30, 4 x2``; ``none``."""
-    if partitions is None or not partitions.ranges:
-        return "none"
-    counts = Counter(r.parts for r in partitions.ranges)
-    return ", ".join(f"{k} x{n}" for k, n in sorted(counts.items()))
-
-
-def _knobs(graph: OpGraph, config: LancetConfig, placement: DWPlacement | None,
-           partitions: PartitionPlan | None) -> dict[str, Any]:
-    """The decisions of one option: its ranges (an empty list where partitioning is on but the option
-    cuts nothing) and its dW placement (where dW scheduling is on and the option moves dW ops)."""
-    name = {op.id: op.name for op in graph.ops}
-    knobs: dict[str, Any] = {"dw_scheduling": config.dw_scheduling, "partition": config.partition}
-    if config.partition:
-        knobs["ranges"] = []
-    if partitions is not None:
-        knobs["ranges"] = [
-            {"layer": r.layer, "first": name[r.ops[0]], "last": name[r.ops[-1]], "ops": len(r.ops), "k": r.parts,
-             "axis": r.axis.value, "pipelined_s": r.cost_s, "unpartitioned_s": r.unpartitioned_s}
-            for r in partitions.ranges
-        ]
-    if placement is not None:
-        knobs["dw_placement"] = [
-            {"all_to_all": name[a2a], "a2a_s": placement.a2a_s[a2a], "covered_s": placement.covered_s[a2a],
-             "placed": [name[op_id] for op_id in placed], "lancet_placed": placement.proposed[a2a]}
-            for a2a, placed in placement.after.items() if placed or placement.proposed[a2a]
-        ]
-        knobs["dw_clock_s"] = {"program_order": placement.estimated_s[0], "moved": placement.estimated_s[1]}
-    return knobs
-
-
-def summarize(knobs: Mapping[str, object]) -> str:
-    parts = []
-    ranges = knobs.get("ranges")
-    if isinstance(ranges, list):
-        counts = Counter(r["k"] for r in ranges)
-        cuts = ", ".join(f"k={k} on {n}" for k, n in sorted(counts.items()))
-        axes = "/".join(sorted({r["axis"] for r in ranges}))
-        parts.append(f"{cuts} MoE layers ({axes})" if ranges else "no partition")
-    elif knobs.get("partition") is False:
-        parts.append("no partition")
-    placed = knobs.get("dw_placement")
-    if isinstance(placed, list):
-        moved = sum(len(entry["placed"]) for entry in placed)
-        parts.append(f"{moved} dW moved under {sum(bool(entry['placed']) for entry in placed)} a2a")
-    elif knobs.get("dw_scheduling") is False:
-        parts.append("no dW scheduling")
-    if knobs.get("grad_sync", "ddp") != "ddp":
-        parts.append(f"grad_sync={knobs['grad_sync']}")
-    judged = knobs.get("judged")
-    if isinstance(judged, list) and judged and knobs.get("kept") != judged[0]["candidate"]:
-        parts.append(f"kept {knobs['kept']}")
-    return "; ".join(parts)
-
-
-def tables(knobs: Mapping[str, object]) -> list[KnobTable]:
-    result = []
-    judged = knobs.get("judged")
-    if isinstance(judged, list):
-        rows = [{"candidate": e["candidate"], "iteration_ms": f"{e['iteration_s'] * 1e3:.2f}", "k": e["k"],
-                 "moved": e["dw_moved"], "chunks": e["chunks"] or "-",
-                 "kept": "<-" if e["candidate"] == knobs.get("kept") else ""}
-                for e in judged]
-        result.append(KnobTable("plans judged by the engine (Lancet keeps the fastest; 'chunks d' are Tutel's plans)",
-                                rows, [("candidate", "candidate"), ("iteration_ms", "iteration ms"),
-                                       ("k", "k x MoE layers"), ("moved", "dW moved"), ("chunks", "Tutel chunks"),
-                                       ("kept", "kept")]))
-    ranges = knobs.get("ranges")
-    if isinstance(ranges, list):
-        rows = [{"layer": r["layer"], "range": f"{r['first']} .. {r['last']}", "ops": r["ops"], "k": r["k"],
-                 "pipelined": f"{r['pipelined_s'] * 1e3:.2f}", "whole": f"{r['unpartitioned_s'] * 1e3:.2f}"}
-                for r in ranges]
-        result.append(KnobTable("forward partitions (one per MoE layer partitioned; times from the planner's "
-                                "list scheduler, ms)", rows,
-                                [("layer", "MoE layer"), ("range", "range"), ("ops", "ops"), ("k", "k"),
-                                 ("pipelined", "pipelined ms"), ("whole", "unpartitioned ms")]))
-    placed = knobs.get("dw_placement")
-    if isinstance(placed, list):
-        rows = [{"a2a": e["all_to_all"], "a2a_ms": f"{e['a2a_s'] * 1e3:.2f}",
-                 "covered_ms": f"{e['covered_s'] * 1e3:.2f}", "count": len(e["placed"]),
-                 "lancet": e["lancet_placed"],
-                 "placed": ", ".join(e["placed"][:4]) + (" ..." if len(e["placed"]) > 4 else "")}
-                for e in placed]
-        clock = knobs.get("dw_clock_s")
-        estimate = (f"; the clock's iteration end {clock['program_order'] * 1e3:.2f} ms in program order, "
-                    f"{clock['moved'] * 1e3:.2f} ms moved" if isinstance(clock, Mapping) else "")
-        result.append(KnobTable("backward dW placement (compute run while each all-to-all is in flight; 'Lancet' "
-                                "counts the ops Lancet's greedy put there, forced ones included, before the moves "
-                                f"that delay gradient sync more than they hide were undone{estimate})", rows,
-                                [("a2a", "all-to-all"), ("a2a_ms", "a2a ms"), ("covered_ms", "placed ms"),
-                                 ("count", "ops"), ("lancet", "Lancet"), ("placed", "placed ops")]))
-    return result
-
-
 SCHEDULE = Schedule(
     name="lancet",
     description="Lancet: dW ops under backward all-to-alls + batch-partitioned forward pipelines",
     config=LancetConfig,
     plan=plan,
-    summarize=summarize,
-    tables=tables,
     order=2,
 )

@@ -13,15 +13,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from types import MappingProxyType
-from typing import Any
+from typing import Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from moesim.errors import MoesimError
 from moesim.hardware.interface import CostModel
 from moesim.overrides import one_line
-from moesim.plan import ExecutionPlan
-from moesim.schedules.grad_sync import GradSync
+from moesim.plan import ExecutionPlan, GradSync
 from moesim.workload.ops import OpGraph
 
 
@@ -34,57 +33,59 @@ class ScheduleConfig(BaseModel):
     grad_sync: GradSync = GradSync.DDP
 
 
-PlanFn = Callable[[OpGraph, CostModel, Any], ExecutionPlan]
+C = TypeVar("C", bound=ScheduleConfig)
 
 
 @dataclass(frozen=True, slots=True)
-class KnobTable:
-    """A table of a plan's decisions for people: a title, rows, and (key, header) columns."""
-
-    title: str
-    rows: list[dict[str, object]]
-    columns: list[tuple[str, str]]
-
-
-def no_tables(knobs: Mapping[str, object]) -> list[KnobTable]:
-    return []
-
-
-def plain_summary(knobs: Mapping[str, object]) -> str:
-    """``k=v, ...`` of the scalar knobs but a default ``grad_sync``: what a table has room for."""
-    shown = {k: v for k, v in knobs.items() if isinstance(v, str | int | float | bool)
-             and not (k == "grad_sync" and v == GradSync.DDP.value)}
-    return ", ".join(f"{k}={v}" for k, v in shown.items()) or "-"
-
-
-@dataclass(frozen=True, slots=True)
-class Schedule:
-    """A policy: its name, a one-line description, its knobs and the function that plans.
-
-    ``summarize`` turns a plan's knobs into one short line for tables, ``tables`` into detail tables
-    (`moesim run` prints them); ``order`` places the policy in listings (baseline first).
-    """
+class Schedule(Generic[C]):
+    """A policy: its name, a one-line description, its knobs (``config``) and the function that plans with
+    them; ``order`` places it in listings (baseline first). Its plans carry their own ``Decisions``."""
 
     name: str
     description: str
-    config: type[ScheduleConfig]
-    plan: PlanFn
-    summarize: Callable[[Mapping[str, object]], str] = plain_summary
-    tables: Callable[[Mapping[str, object]], list[KnobTable]] = no_tables
+    config: type[C]
+    plan: Callable[[OpGraph, CostModel, C], ExecutionPlan]
     order: int = 100
 
-    def make_config(self, settings: Mapping[str, Any] | None = None) -> ScheduleConfig:
+    def make_config(self, settings: Mapping[str, object] | None = None) -> C:
+        """The knobs ``settings`` set (the others at their defaults); MoesimError naming a bad one."""
         try:
             return self.config.model_validate(dict(settings or {}))
         except ValidationError as err:
             raise MoesimError(one_line(err, prefix="schedule.")) from None
 
+    def plan_with(self, graph: OpGraph, cost: CostModel, settings: Mapping[str, object] | None = None
+                  ) -> ExecutionPlan:
+        """Plan ``graph`` with the knobs ``settings`` set (see ``make_config``)."""
+        return self.plan(graph, cost, self.make_config(settings))
+
+
+class Policy(Protocol):
+    """A registered schedule whatever its config type: what callers outside the policy use."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def description(self) -> str: ...
+
+    @property
+    def config(self) -> type[ScheduleConfig]: ...
+
+    @property
+    def order(self) -> int: ...
+
+    def make_config(self, settings: Mapping[str, object] | None = None) -> ScheduleConfig: ...
+
+    def plan_with(self, graph: OpGraph, cost: CostModel, settings: Mapping[str, object] | None = None
+                  ) -> ExecutionPlan: ...
+
 
 @cache
-def registered() -> Mapping[str, Schedule]:
+def registered() -> Mapping[str, Policy]:
     """Every schedule in moesim.schedules, by name, in listing order."""
     package = importlib.import_module("moesim.schedules")
-    found: dict[str, Schedule] = {}
+    found: dict[str, Policy] = {}
     for module_info in pkgutil.iter_modules(package.__path__):
         module = importlib.import_module(f"moesim.schedules.{module_info.name}")
         schedule = getattr(module, "SCHEDULE", None)
@@ -94,7 +95,7 @@ def registered() -> Mapping[str, Schedule]:
     return MappingProxyType(dict(sorted(found.items(), key=lambda item: (item[1].order, item[0]))))
 
 
-def get_schedule(name: str) -> Schedule:
+def get_schedule(name: str) -> Policy:
     schedules = registered()
     if name not in schedules:
         raise MoesimError(f"unknown schedule {name!r}: choose one of {', '.join(schedules)}")

@@ -8,7 +8,7 @@ all-reduce buckets are issued as ``schedule.grad_sync`` says, as in every schedu
 from __future__ import annotations
 
 from moesim.hardware.interface import CostModel
-from moesim.plan import ExecutionPlan, StreamKind
+from moesim.plan import BaseDecisions, ExecutionPlan, StreamKind
 from moesim.schedules.builder import PlanBuilder, default_stream
 from moesim.schedules.grad_sync import arrange_grad_sync
 from moesim.schedules.registry import Schedule, ScheduleConfig
@@ -35,7 +35,7 @@ def plan(graph: OpGraph, cost: CostModel, config: SequentialConfig) -> Execution
             unawaited_a2a = None
         else:
             builder.add_whole(op)
-    return arrange_grad_sync(builder.build(), config.grad_sync, cost)
+    return arrange_grad_sync(builder.build(BaseDecisions(config.grad_sync)), config.grad_sync, cost)
 
 
 SCHEDULE = Schedule(

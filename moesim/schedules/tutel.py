@@ -13,17 +13,17 @@ engine and keeps the fastest (ties go to the smaller degree), as Tutel searches 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
 from moesim.errors import MoesimError
 from moesim.hardware.interface import CostModel
-from moesim.plan import ExecutionPlan
+from moesim.plan import Decisions, DecisionTable, ExecutionPlan, GradSync
 from moesim.schedules.builder import Part, PlanBuilder
 from moesim.schedules.grad_sync import arrange_grad_sync
 from moesim.schedules.judge import fastest
-from moesim.schedules.registry import KnobTable, Schedule, ScheduleConfig
+from moesim.schedules.registry import Schedule, ScheduleConfig
 from moesim.workload.ops import A2AAlgorithm, Axis, Op, OpGraph, OpKind, Phase
 
 DEGREES = (1, 2, 4, 8)
@@ -37,6 +37,36 @@ class TutelConfig(ScheduleConfig):
 
     degree: Literal[1, 2, 4, 8, "auto"] = "auto"
     a2a: A2AAlgorithm = A2AAlgorithm.LINEAR
+
+
+@dataclass(frozen=True, slots=True)
+class TutelDecisions:
+    """The degree a plan chunks its MoE regions in, how its all-to-alls move, how its buckets travel, and
+    the engine's iteration time of each degree where the degree was searched."""
+
+    degree: int
+    a2a: A2AAlgorithm
+    grad_sync: GradSync
+    degree_search: tuple[tuple[int, float], ...] = ()
+
+    def to_json(self) -> dict[str, object]:
+        result: dict[str, object] = {"degree": self.degree, "a2a": self.a2a.value, "grad_sync": self.grad_sync.value}
+        if self.degree_search:
+            result["degree_search"] = [{"degree": d, "iteration_s": s} for d, s in self.degree_search]
+        return result
+
+    def summary(self) -> str:
+        sync = "" if self.grad_sync is GradSync.DDP else f", grad_sync={self.grad_sync.value}"
+        return f"degree={self.degree}, a2a={self.a2a.value}{sync}"
+
+    def tables(self) -> list[DecisionTable]:
+        """The degree search, when the degree was searched."""
+        if not self.degree_search:
+            return []
+        rows: list[dict[str, object]] = [{"degree": d, "iteration_ms": f"{s * 1e3:.2f}",
+                                          "chosen": "<-" if d == self.degree else ""} for d, s in self.degree_search]
+        return [DecisionTable("Tutel degree search (each degree simulated by the engine)", rows,
+                              [("degree", "degree"), ("iteration_ms", "iteration ms"), ("chosen", "chosen")])]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,18 +99,18 @@ def plan(graph: OpGraph, cost: CostModel, config: TutelConfig) -> ExecutionPlan:
     regions = find_regions(graph)
     capacity = capacity_of(graph)
 
-    def planned(degree: int) -> ExecutionPlan:
-        built = build_plan(graph, regions, degree, capacity, config.a2a, {"degree": degree, "a2a": config.a2a.value})
-        return arrange_grad_sync(built, config.grad_sync, cost)
+    def planned(degree: int, search: tuple[tuple[int, float], ...] = ()) -> ExecutionPlan:
+        decisions = TutelDecisions(degree, config.a2a, config.grad_sync, search)
+        return arrange_grad_sync(build_plan(graph, regions, degree, capacity, config.a2a, decisions),
+                                 config.grad_sync, cost)
 
     if config.degree != "auto":
         return planned(_checked_degree(config.degree, capacity))
     candidates = [degree for degree in DEGREES if capacity is None or degree <= capacity]
     plans = [planned(degree) for degree in candidates]
     best, seconds = fastest(plans, cost)
-    chosen = plans[best]
-    search = {str(degree): time for degree, time in zip(candidates, seconds, strict=True)}
-    return replace(chosen, knobs={**chosen.knobs, "degree_search": search})
+    search = tuple(zip(candidates, seconds, strict=True))
+    return replace(plans[best], decisions=TutelDecisions(candidates[best], config.a2a, config.grad_sync, search))
 
 
 def find_regions(graph: OpGraph) -> list[Region]:
@@ -108,7 +138,7 @@ def build_plan(
     degree: int,
     capacity: int | None,
     a2a: A2AAlgorithm,
-    knobs: dict[str, object],
+    decisions: Decisions,
 ) -> ExecutionPlan:
     """The plan for one degree; ``degree`` must already be allowed by ``capacity`` (see ``Chunker``)."""
     builder = PlanBuilder(graph, SCHEDULE.name)
@@ -116,7 +146,7 @@ def build_plan(
     for op in graph.ops:
         chunker.feed(op)
     chunker.close()
-    return builder.build(knobs)
+    return builder.build(decisions)
 
 
 class Chunker:
@@ -207,22 +237,10 @@ def _checked_degree(degree: int, capacity: int | None) -> int:
     return degree
 
 
-def tables(knobs: Mapping[str, object]) -> list[KnobTable]:
-    """The degree search, when the degree was searched."""
-    search = knobs.get("degree_search")
-    if not isinstance(search, Mapping):
-        return []
-    rows = [{"degree": degree, "iteration_ms": f"{seconds * 1e3:.2f}",
-             "chosen": "<-" if int(degree) == knobs.get("degree") else ""} for degree, seconds in search.items()]
-    return [KnobTable("Tutel degree search (each degree simulated by the engine)", rows,
-                      [("degree", "degree"), ("iteration_ms", "iteration ms"), ("chosen", "chosen")])]
-
-
 SCHEDULE = Schedule(
     name="tutel",
     description="Tutel: dispatch, experts and combine pipelined in chunks along the capacity (degree searched)",
     config=TutelConfig,
     plan=plan,
-    tables=tables,
     order=1,
 )

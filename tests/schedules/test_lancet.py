@@ -32,7 +32,7 @@ def test_with_both_passes_off_lancet_is_tutel(scn):
     degree = tutel.knobs["degree"]
     assert bare.knobs["kept"] == ("program order" if degree == 1 else f"chunks {degree}")
     judged = {e["candidate"]: e["iteration_s"] for e in bare.knobs["judged"]}
-    assert judged["program order"] == tutel.knobs["degree_search"]["1"]
+    assert judged["program order"] == dict(tutel.decisions.degree_search)[1]
 
 
 def test_ranges_hold_their_moe_layer_and_k_divides_the_batch(scn):

@@ -37,7 +37,7 @@ def test_lancet_is_never_slower_than_sequential_or_its_ablations(model, hardware
     assert judged[lancet.knobs["kept"]] == lancet.metrics.iteration_time_s == min(judged.values())
     assert "program order" in judged
     # Lancet's search holds Tutel's: its 'chunks d' plans are Tutel's degrees, built by Lancet's own builder
-    for degree, seconds in tutel.knobs["degree_search"].items():
+    for degree, seconds in tutel.decisions.degree_search:
         assert judged.get(f"chunks {degree}", judged["program order"]) == pytest.approx(seconds, rel=1e-12)
     # the dW pass alone (its moves weighed against what they delay) does not lose to program order
     assert judged.get("dW", judged["program order"]) <= judged["program order"]

@@ -9,9 +9,9 @@ import pytest
 from moesim import units
 from moesim.api import run_schedule, scenario
 from moesim.errors import MoesimError
-from moesim.plan import StreamKind
+from moesim.plan import GradSync, StreamKind
 from moesim.schedules import get_schedule, registered
-from moesim.schedules.tutel import chunk_fractions, find_regions
+from moesim.schedules.tutel import TutelDecisions, chunk_fractions, find_regions
 from moesim.workload.ops import A2AAlgorithm, OpKind
 
 FORWARD_REGION = ["L0.dispatch", "L0.expert_fc1", "L0.expert_act", "L0.expert_fc2", "L0.combine"]
@@ -23,7 +23,7 @@ BACKWARD_EXPERTS = BACKWARD_REGION[1:-1]
 
 def plan_of(scn, **settings):
     policy = get_schedule("tutel")
-    return policy.plan(scn.graph, scn.cost, policy.make_config(settings))
+    return policy.plan_with(scn.graph, scn.cost, settings)
 
 
 def run(scn, **settings):
@@ -78,7 +78,8 @@ def test_region_ops_are_split_into_whole_slots_and_the_rest_stays_whole(tiny):
         if op.name not in chunked:
             whole = [t for t in plan.tasks if t.op == op.id]
             assert [(t.parts, t.fraction) for t in whole] == [(1, 1.0)], op.name
-    assert plan.knobs == {"degree": 8, "a2a": "linear", "grad_sync": "ddp"}
+    assert plan.decisions == TutelDecisions(8, A2AAlgorithm.LINEAR, GradSync.DDP)
+    assert plan.decisions.to_json() == {"degree": 8, "a2a": "linear", "grad_sync": "ddp"}
 
 
 def test_comm_stream_issues_every_first_chunk_then_every_second(tiny):
@@ -161,22 +162,22 @@ def test_chunks_overlap_each_other_and_beat_one_chunk(two_p3dn):
 
 def test_auto_keeps_the_fastest_degree_and_reports_every_candidate(two_p3dn):
     auto = run(two_p3dn)
-    search = auto.knobs["degree_search"]
-    assert set(search) == {"1", "2", "4", "8"}  # C = 8192 / 32 = 256 allows them all
-    best = min(search, key=lambda d: (search[d], int(d)))
-    assert auto.knobs["degree"] == int(best)
-    assert auto.knobs["a2a"] == "linear"
+    search = dict(auto.decisions.degree_search)
+    assert set(search) == {1, 2, 4, 8}  # C = 8192 / 32 = 256 allows them all
+    best = min(search, key=lambda d: (search[d], d))
+    assert auto.decisions.degree == best and auto.decisions.a2a is A2AAlgorithm.LINEAR
     assert auto.metrics.iteration_time_s == search[best]
     for degree, seconds in search.items():
-        assert run(two_p3dn, degree=int(degree)).metrics.iteration_time_s == seconds
-    assert json.loads(json.dumps(dict(auto.knobs))) == dict(auto.knobs)
+        assert run(two_p3dn, degree=degree).metrics.iteration_time_s == seconds
+    assert json.loads(json.dumps(auto.knobs)) == auto.knobs
+    assert auto.knobs["degree_search"] == [{"degree": d, "iteration_s": s} for d, s in search.items()]
 
 
 def test_capacity_bounds_the_degree():
     # C = ceil(0.01 * 8192 / 16) = ceil(5.12) = 6 slots: at most 4 chunks of {1, 2, 4, 8}
     scn = scenario("gpt2-s-moe", "p3dn.24xlarge", 1, {"model.num_layers": 2, "training.capacity_factor": 0.01})
     assert scn.graph.facts.capacity == 6
-    assert set(run(scn).knobs["degree_search"]) == {"1", "2", "4"}
+    assert [d for d, _ in run(scn).decisions.degree_search] == [1, 2, 4]
     with pytest.raises(MoesimError, match=r"^schedule\.degree: 8 .*choose one of 1, 2, 4 or auto$") as err:
         plan_of(scn, degree=8)
     assert "\n" not in str(err.value)
@@ -202,7 +203,7 @@ def test_2dh_goes_on_every_all_to_all_and_not_on_the_gradient_all_reduce():
     assert len(a2a) == 4 * 2 and reduce
     assert all(t.algorithm is A2AAlgorithm.HIERARCHICAL for t in a2a)
     assert all(t.algorithm is A2AAlgorithm.LINEAR for t in reduce)
-    assert plan.knobs["a2a"] == "2dh"
+    assert plan.decisions.a2a is A2AAlgorithm.HIERARCHICAL
 
 
 def test_2dh_on_a_group_split_unevenly_over_nodes_is_a_user_error():
