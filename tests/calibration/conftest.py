@@ -99,7 +99,7 @@ def _planted_gpu(base: NodeSpec, **cost: float) -> NodeSpec:
 
 def _op(kind: OpKind, flops: float = 0.0, mem_bytes: float = 0.0, comm: CommSpec | None = None,
         dims: dict[str, int] | None = None) -> Op:
-    return Op(id=0, name="planted", role="planted", kind=kind, phase=Phase.FORWARD, layer=None, flops=flops,
+    return Op(id=0, name="planted", role=None, kind=kind, phase=Phase.FORWARD, layer=None, flops=flops,
               mem_bytes=mem_bytes, comm=comm, dims=dims or {})
 
 

@@ -19,7 +19,7 @@ from moesim.calibration.sweeps import kernel_cases, sizes_for
 from moesim.dtypes import DType
 from moesim.hardware import ClusterSpec, CostParams, RooflineCostModel, load_node
 from moesim.plan import StreamKind, Task
-from moesim.workload.ops import Op, OpKind, Phase
+from moesim.workload.ops import Op, OpKind, Phase, Role
 
 PLANTED_KINDS = {"elementwise": 0.02, "loss": 0.01, "optimizer": 0.005, "layernorm": 0.03, "permute": 0.004,
                  "embedding": 0.002, "router": 0.05}
@@ -41,7 +41,7 @@ def kernel_measurements(node, base: Measurements, *, noise: float = 0.0, seed: i
                                  dims=dict(case.op.dims), flops=case.op.flops, mem_bytes=case.op.mem_bytes,
                                  dtype=DType.FP32, seconds=noisy(model.compute_time(case.op, TASK, 0)))
                     for case in kernel_cases(sizes_for("cpu", quick=False), 2, DType.FP32))
-    tiny = Op(id=0, name="tiny", role="residual", kind=OpKind.ELEMENTWISE, phase=Phase.FORWARD, layer=None,
+    tiny = Op(id=0, name="tiny", role=Role.RESIDUAL, kind=OpKind.ELEMENTWISE, phase=Phase.FORWARD, layer=None,
               flops=1.0, mem_bytes=12.0)
     alone = model.compute_time(tiny, TASK, 0)
     overhead = TaskOverheadSample(tasks=512, seconds_per_task=alone + bookkeeping_us * 1e-6, kernel_seconds=alone,
@@ -122,7 +122,7 @@ def test_the_fitted_kind_efficiencies_reach_the_cost_model(planted, measured) ->
     """A loss op of 1M logits on the fitted node: 4 MFLOP at 50 GFLOP/s x 0.01 = 8 ms, against 4 MB at
     6 GB/s = 0.67 ms of memory; plus the 11 us launch."""
     fit = fit_node(measured, load_node("cpu-loopback"), name="cpu-test")
-    loss = Op(id=0, name="loss", role="loss", kind=OpKind.LOSS, phase=Phase.FORWARD, layer=None, flops=4e6,
+    loss = Op(id=0, name="loss", role=Role.LOSS, kind=OpKind.LOSS, phase=Phase.FORWARD, layer=None, flops=4e6,
               mem_bytes=4e6)
     seconds = RooflineCostModel(ClusterSpec(node=fit.node), DType.FP32).compute_time(loss, TASK, 0)
     assert seconds == pytest.approx(8e-3 + 11e-6, rel=2e-3)

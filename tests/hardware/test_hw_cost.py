@@ -6,7 +6,7 @@ import pytest
 
 from moesim.errors import MoesimError
 from moesim.hardware import CostModel, DType, RooflineCostModel, load_cluster
-from moesim.workload.ops import Op, OpKind, Phase
+from moesim.workload.ops import Op, OpKind, Phase, Role
 
 GB = 1e9
 US = 1e-6
@@ -157,7 +157,7 @@ def test_matmuls_pay_the_shape_term_on_the_harmonic_mean_of_their_dimensions(tin
     flops = 2.0 * m * n * k
 
     def op(phase: Phase, dims: dict[str, int]) -> Op:
-        return Op(id=0, name="x.matmul", role="fc1", kind=OpKind.MATMUL, phase=phase, layer=0, flops=flops,
+        return Op(id=0, name="x.matmul", role=Role.FC1, kind=OpKind.MATMUL, phase=phase, layer=0, flops=flops,
                   mem_bytes=0.0, dims=dims)
 
     assert model.compute_time(op(Phase.FORWARD, {"m": m, "n": n, "k": k}), task(), 0) == pytest.approx(
@@ -184,7 +184,7 @@ def test_attention_on_short_sequences_pays_the_sequence_term(tiny_cluster, task)
     flops = 4.0 * b * s * s * heads * d
 
     def op(dims: dict[str, int]) -> Op:
-        return Op(id=0, name="x.attention", role="attention", kind=OpKind.ATTENTION, phase=Phase.FORWARD, layer=0,
+        return Op(id=0, name="x.attention", role=Role.ATTENTION, kind=OpKind.ATTENTION, phase=Phase.FORWARD, layer=0,
                   flops=flops, mem_bytes=0.0, dims=dims)
 
     dims = {"b": b, "heads": heads, "s": s, "head_dim": d}

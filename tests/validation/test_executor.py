@@ -19,7 +19,7 @@ from moesim.validation.executor import topological_order  # noqa: E402
 from moesim.validation.kernels import KERNELS, TensorPool, a2a_splits, compute_kernel  # noqa: E402
 from moesim.validation.launch import free_port, torchrun  # noqa: E402
 from moesim.validation.run_plan import load_measured, plan_for  # noqa: E402
-from moesim.workload.ops import Axis, CommSpec, Op, OpGraph, OpKind, Phase  # noqa: E402
+from moesim.workload.ops import Axis, CommSpec, Op, OpGraph, OpKind, Phase, Role  # noqa: E402
 
 SMALL = {"model.num_layers": 2, "training.batch_per_gpu": 2}
 LABELS = ("sequential", "tutel:degree=2", "lancet")
@@ -52,6 +52,58 @@ def measured(tmp_path_factory):
         args += ["--schedule", label]
     torchrun("moesim.validation.run_plan", args, 2, timeout_s=240)
     return load_measured(out)
+
+
+def _round(size, share):
+    return max(0, int(size * share + 0.5))
+
+
+def expected_shapes(op, share):
+    """The output shape(s) of ``op``'s kernel at ``share``, from the op's dims (the harness's contract:
+    the token dimension scales with the share, every other size is the op's)."""
+    d, phase = op.dims, op.phase
+    twice = phase is Phase.BACKWARD_INPUT and op.kind not in (OpKind.MATMUL, OpKind.ROUTER)
+    if op.kind is OpKind.MATMUL:
+        lead = (d["batch"],) if d.get("batch", 1) > 1 else ()
+        m = d["m"] if phase is Phase.BACKWARD_WEIGHT else _round(d["m"], share)
+        once = lead + (m, d["n"])
+    elif op.kind is OpKind.ATTENTION:
+        once = (_round(d["b"], share), d["heads"], d["s"], d.get("v_head_dim", d["head_dim"]))
+    elif op.kind is OpKind.LAYERNORM:
+        once = (((d["hidden"],), (d["hidden"],)) if phase is Phase.BACKWARD_WEIGHT
+                else (_round(d["tokens"], share), d["hidden"]))
+    elif op.kind is OpKind.ELEMENTWISE:
+        once = (_round(d["numel"], share),)
+    elif op.kind is OpKind.SOFTMAX:
+        once = (_round(d["rows"], share), d["cols"])
+    elif op.kind is OpKind.ROUTER:
+        tokens = _round(d["tokens"], share)
+        once = {Phase.FORWARD: ((tokens, min(d["top_k"], d["experts"])),) * 2,
+                Phase.BACKWARD_INPUT: (tokens, d["hidden"]),
+                Phase.BACKWARD_WEIGHT: (d["hidden"], d["experts"])}[phase]
+    elif op.kind is OpKind.PERMUTE:
+        once = ((max(_round(d["tokens"], share), 1), d["hidden"]) if op.role is Role.UNPERMUTE
+                else (_round(d["rows"], share), d["hidden"]))
+    elif op.kind is OpKind.EMBEDDING:
+        rows = d["vocab"] if phase is Phase.BACKWARD_WEIGHT else _round(d["tokens"], share)
+        once = (rows, d["hidden"])
+    elif op.kind is OpKind.LOSS:
+        once = ()
+    else:
+        assert op.kind is OpKind.OPTIMIZER
+        once = (_round(d["params"], share),)
+    return (once, once) if twice else once
+
+
+def shapes(output):
+    """The shape of a kernel's output: a tensor's, or a tuple of its parts' (top-k's values and indices)."""
+    if isinstance(output, tuple):
+        return tuple(shapes(part) for part in output)
+    return tuple(output.shape)
+
+
+def tensors(output):
+    return [t for part in output for t in tensors(part)] if isinstance(output, tuple) else [output]
 
 
 def by_rank_and_task(timeline):
@@ -175,7 +227,7 @@ def test_every_collective_call_of_every_iteration_is_kept(measured, plans, label
 
 def a2a_op(traffic, groups=((0, 1, 2),), payload=0.0):
     comm = CommSpec(groups=groups, bytes=payload, traffic=traffic)
-    return Op(id=0, name="L0.dispatch", role="dispatch", kind=OpKind.ALL_TO_ALL, phase=Phase.FORWARD, layer=0,
+    return Op(id=0, name="L0.dispatch", role=Role.DISPATCH, kind=OpKind.ALL_TO_ALL, phase=Phase.FORWARD, layer=0,
               comm=comm)
 
 
@@ -210,9 +262,15 @@ def test_every_compute_kernel_of_the_graph_runs_whole_and_empty(scn):
     pool = TensorPool.for_training(scn.workload.training.dtype, torch.device("cpu"))
     compute = [op for op in scn.graph.ops if not op.kind.is_collective]
     assert {(op.kind, op.phase) for op in compute} <= set(KERNELS)
+    kinds_run = Counter()
     for op in compute:
         for fraction in (1.0, 0.0):
-            compute_kernel(op, Task(id=0, op=op.id, stream=StreamKind.COMPUTE, fraction=fraction), 0, pool)()
+            output = compute_kernel(op, Task(id=0, op=op.id, stream=StreamKind.COMPUTE, fraction=fraction), 0, pool)()
+            assert shapes(output) == expected_shapes(op, fraction), op.name
+            if fraction == 1.0 and op.kind is not OpKind.LOSS:  # the loss of no token is NaN, as in torch
+                assert all(torch.isfinite(t).all() for t in tensors(output)), op.name
+        kinds_run[op.kind] += 1
+    assert set(kinds_run) == {op.kind for op in compute} and sum(kinds_run.values()) == len(compute)
 
 
 @pytest.mark.parametrize("model", ["gpt2-s-moe", "mixtral-8x7b", "deepseek-v3", "switch-base-128"])
@@ -221,9 +279,17 @@ def test_every_compute_op_of_the_presets_has_a_kernel_of_its_shapes(model):
 
     graph = scenario(model, "dgx-h100", 2).graph
     pool = TensorPool.for_training(graph.dtype, torch.device("meta"))  # shapes only
+    matmuls = 0
     for op in graph.ops:
-        if not op.kind.is_collective:
-            compute_kernel(op, Task(id=0, op=op.id, stream=StreamKind.COMPUTE), 0, pool)()
+        if op.kind.is_collective:
+            continue
+        output = compute_kernel(op, Task(id=0, op=op.id, stream=StreamKind.COMPUTE), 0, pool)()
+        assert shapes(output) == expected_shapes(op, 1.0), op.name
+        if op.kind is OpKind.MATMUL:  # the GEMM run is the one the simulator charges: 2 x batch x m x n x k
+            d = op.dims
+            assert 2 * d.get("batch", 1) * d["m"] * d["n"] * d["k"] == pytest.approx(op.flops, rel=1e-9), op.name
+            matmuls += 1
+    assert matmuls > 0
 
 
 def test_kernel_shapes_follow_the_parts_share(scn):
@@ -251,8 +317,8 @@ def test_topological_order_keeps_streams_and_deps_and_rejects_cycles(plans, scn)
     assert all(position[dep] < position[task.id] for task in plan.tasks for dep in task.deps)
     for stream in plan.streams.values():
         assert [position[tid] for tid in stream] == sorted(position[tid] for tid in stream)
-    ops = (Op(id=0, name="a", role="a", kind=OpKind.ELEMENTWISE, phase=Phase.FORWARD, layer=0),
-           Op(id=1, name="b", role="b", kind=OpKind.ELEMENTWISE, phase=Phase.FORWARD, layer=0))
+    ops = (Op(id=0, name="a", role=None, kind=OpKind.ELEMENTWISE, phase=Phase.FORWARD, layer=0),
+           Op(id=1, name="b", role=None, kind=OpKind.ELEMENTWISE, phase=Phase.FORWARD, layer=0))
     graph = OpGraph(ops=ops, num_ranks=1, num_layers=1, moe_layers=())
     cyclic = ExecutionPlan(graph=graph, schedule="cyclic",
                            tasks=(Task(id=0, op=0, stream=StreamKind.COMPUTE, deps=(1,)),

@@ -221,5 +221,21 @@ def test_uniform_graph_is_rank_symmetric(mixtral16: OpGraph) -> None:
 
 
 def test_deepseek_v3_builds_for_256_gpus() -> None:
+    """61 blocks (3 dense, 58 MoE), the ops outside them, and one DDP bucket per 25 MB of dense gradient:
+    the 256 experts sit one per GPU, so expert gradients have a data-parallel group of one and no bucket."""
     graph = _graph("deepseek-v3", 256)
-    assert len(graph.ops) > 3000 and graph.num_ranks == 256
+    assert graph.num_ranks == 256 and graph.moe_layers == tuple(range(3, 61))
+    per_layer = [len(graph.in_layer(layer)) for layer in range(61)]
+    assert per_layer == [35] * 3 + [54] * 58
+    outside = [op for op in graph.ops if op.layer is None]
+    buckets = [op for op in outside if op.phase is Phase.GRAD_SYNC]
+    assert sorted(op.name for op in outside if op not in buckets) == sorted(
+        ["embed", "embed.dw", "ln_f", "ln_f.dx", "ln_f.dw", "lm_head", "lm_head.dx", "lm_head.dw",
+         "loss", "loss.dx", "optimizer"])
+    assert not any(op.expert for op in buckets)
+    dense_grads = [op for op in graph.ops if op.phase is Phase.BACKWARD_WEIGHT and op.param_bytes > 0 and not op.expert]
+    assert sorted(d for op in buckets for d in op.deps) == sorted(op.id for op in dense_grads)
+    cap = 25 * 2**20
+    assert all(op.comm.bytes >= cap for op in buckets[:-1]) and buckets[-1].comm.bytes > 0
+    assert len(buckets) == 307
+    assert len(graph.ops) == 3 * 35 + 58 * 54 + 11 + 307
