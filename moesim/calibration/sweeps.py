@@ -131,13 +131,13 @@ def sizes_for(device: str, quick: bool) -> Sizes:
         comm_under_compute_bytes=(collective_bytes[0:5:2] if quick
                                   else (*collective_bytes[0:4:2], *collective_bytes[3:5])),
         # loop kernels of ~0.3, 1, 3 and 9 ms on one core of a 2-core host: what a collective takes from
-        # them should not depend on their length (measured: it does not, ~0.3 ms for a 1 KiB all-to-all)
+        # them should not depend on their length (docs/calibration-notes.md, "CPU host")
         comm_under_compute_matmuls=((256, 256, 256), (512, 512, 512)) if quick
         else tuple((s, s, s) for s in (256, 384, 512, 768)),
         warmup=2 if quick else 3,
         repeats=5 if quick else 15,
-        # gloo stalls ~15% of its calls ~3.5 ms on this kind of host (a small all-to-all: median 0.13 ms,
-        # mean 0.55): a mean over 30 calls moves by ~35% with the stall count, over 90 by ~20%
+        # gloo's calls have a heavy tail on a CPU host, so a mean needs many calls to settle
+        # (docs/calibration-notes.md, "CPU host")
         paired_repeats=15 if quick else 90,
         kernel_models=models[:2] if quick else models,
         kernel_flop_cap=_CPU_FLOP_CAP_QUICK if quick else _CPU_FLOP_CAP,

@@ -25,7 +25,7 @@ def linear_all_to_all(members: Members, traffic: Sequence[np.ndarray], res: Reso
 
     The diagonal (a rank's own tokens) stays local. Each rank's inter-node bytes leave through its
     own NIC share and arrive through the receiver's: NCCL cannot aggregate NICs for all-to-all
-    (REFERENCE.md §3), so p3dn's 8 GPUs share its one NIC. On a hybrid cube mesh, pairs without a
+    (docs/sources.md §3), so p3dn's 8 GPUs share its one NIC. On a hybrid cube mesh, pairs without a
     direct NVLink are relayed through an intermediate GPU (see ``resources.relay_table``).
     """
     r = res.num_ranks

@@ -122,13 +122,11 @@ class CostParams(_Spec):
     # one aside) is d runs 1 + d_half / d times longer again: each operand element costs a fixed time
     # beside the FLOPs (d is 1.5x the FLOP per operand element), so a skinny GEMM, or a part of one split
     # along its tokens that re-reads the whole weight, runs below the rate of a square one. 0 = off, the
-    # default on GPU presets [assumption, to be calibrated]; on a CPU the calibration measures it (the
-    # matmul sweep fits at ~3% RMS with it against ~5% over the smallest dimension alone).
+    # default on GPU presets [assumption, to be calibrated]; on a CPU the calibration measures it.
     matmul_half_efficiency_dim: float = Field(default=0.0, ge=0)
     # And attention: over a sequence of s tokens it runs 1 + s_half / s times longer, the per-row work
     # (softmax, the score tile's set-up) weighing more against s x s products on short sequences. 0 = off,
-    # the default on GPU presets [assumption, to be calibrated]; on a CPU the calibration measures it
-    # (sequences of 128 ran at ~80% of the rate of 512).
+    # the default on GPU presets [assumption, to be calibrated]; on a CPU the calibration measures it.
     attention_half_efficiency_seq: float = Field(default=0.0, ge=0)
     # Unfused attention (bmm, softmax, bmm) runs well below GEMM efficiency; fused kernels reach
     # ~50-70% on H100 [assumption]. The size term above applies to attention as well.
@@ -143,30 +141,30 @@ class CostParams(_Spec):
     # [unverified].
     launch_overhead_us: float = Field(default=4.0, ge=0)
     # NCCL reaches ~370 of 450 GB/s NVLink per direction on H100 (0.82) and 208-232 GB/s all-reduce
-    # bus bandwidth of 300 on A100 (0.69-0.77) (REFERENCE.md §3; nccl-tests #175 #178 #212).
+    # bus bandwidth of 300 on A100 (0.69-0.77) (docs/sources.md §3; nccl-tests #175 #178 #212).
     intra_bandwidth_efficiency: float = Field(default=0.8, gt=0, le=1)
-    # HDR reaches ~24 of 25 GB/s, NDR ~48-49 of 50 (REFERENCE.md §3; nccl-tests #267 #130).
+    # HDR reaches ~24 of 25 GB/s, NDR ~48-49 of 50 (docs/sources.md §3; nccl-tests #267 #130).
     inter_bandwidth_efficiency: float = Field(default=0.96, gt=0, le=1)
     # NCCL's own alpha for ring / Simple protocol (baseLat in src/graph/tuning.cc); the per-hop terms
     # live in the fabric specs (hwLat NVLink 3.4, PCI 5.7, NET 9.6 us in the same table).
     collective_base_latency_us: float = Field(default=8.4, ge=0)
     # DeepEP low-latency dispatch grows 77 -> 194 us from EP8 to EP256: ~0.47 us per extra peer
-    # (REFERENCE.md §3).
+    # (docs/sources.md §3).
     all_to_all_peer_latency_us: float = Field(default=0.5, ge=0)
     # The all-to-all's own alpha and beta: NCCL runs it as grouped send/recv, not as a ring, so its base
-    # latency and achieved bandwidth differ from the rings' (gloo at 2 CPU ranks: ~0.5 ms all-to-all
-    # against ~1.9 ms all-reduce, measured by `moesim calibrate`). The base: None = collective_base_latency
+    # latency and achieved bandwidth differ from the rings' (on gloo too: `moesim calibrate` fits both).
+    # The base: None = collective_base_latency
     # [assumption: no GPU measurement yet]. The ratio: the all-to-all moves its bytes at this multiple of
     # the rings' effective bandwidth (the fabric's times its efficiency above), 1 = the same [assumption].
     all_to_all_base_latency_us: float | None = Field(default=None, ge=0)
     all_to_all_bandwidth_ratio: float = Field(default=1.0, gt=0)
     # Compute runs 1 + x times slower while a collective of the GPU runs (not while it waits). DeepEP
-    # reserves 20 of 132 SMs (15%) and loses ~20% GEMM throughput (REFERENCE.md §3); NCCL's default 8-16
+    # reserves 20 of 132 SMs (15%) and loses ~20% GEMM throughput (docs/sources.md §3); NCCL's default 8-16
     # channels hold 7-15% of an A100's 108 SMs, plus HBM traffic, so ~10% [assumption, to be calibrated].
     compute_slowdown_under_comm: float = Field(default=0.1, ge=0)
     # And the reverse: a collective's transfer runs 1 + y times slower while a member rank computes.
     # On a GPU, NCCL kernels hold their own SMs and keep most of their bandwidth next to a GEMM
-    # (REFERENCE.md §3 reports the GEMM side of the contention, not this one): 0 by default
+    # (docs/sources.md §3 reports the GEMM side of the contention, not this one): 0 by default
     # [assumption, to be calibrated]. On a CPU host the same cores move the bytes and compute, so
     # calibration measures it.
     comm_slowdown_under_compute: float = Field(default=0.0, ge=0)
@@ -196,7 +194,7 @@ class CostParams(_Spec):
     # when the last member arrives: a collective whose members computed T seconds since their previous
     # collective starts this fraction of T later than the played rank arrived, at most the cap below
     # (None: no cap). 0 on GPU presets [assumption, to be calibrated]; on a CPU host `moesim calibrate`
-    # measures several percent, levelling off near a millisecond.
+    # measures both.
     rendezvous_skew: float = Field(default=0.0, ge=0)
     rendezvous_skew_cap_us: float | None = Field(default=None, ge=0)
     # Per-kind FLOP efficiency of the memory-bound kinds, overriding other_compute_efficiency where a

@@ -2,7 +2,7 @@
 
 Tokens are i.i.d. across the batch, so each rank's assignments to each expert split evenly over the
 k batch parts (whole numbers, the remainder to the first parts). With a Switch gate each part's
-gate receives the capacity the earlier parts left (REFERENCE.md §1), so token dropping matches the
+gate receives the capacity the earlier parts left (docs/sources.md §1), so token dropping matches the
 unpartitioned run: part p keeps ``min(split_p, C - kept by parts < p)``. Parts move only what they
 keep (an all-to-all-v of real sizes, not Lancet's own uniform C/k estimate), so with capacity slack
 the parts of the dispatch, the experts and the combine add up to less than the padded op.

@@ -1,4 +1,4 @@
-"""`tutel`: Tutel's adaptive pipelining of each MoE layer (Tutel paper, App. A; REFERENCE.md §2).
+"""`tutel`: Tutel's adaptive pipelining of each MoE layer (Tutel paper, App. A; docs/sources.md §2).
 
 Each MoE layer's dispatch all-to-all, expert compute and combine all-to-all are split into ``degree``
 chunks along the capacity dimension. The all-to-alls run on the comm stream and the experts on the

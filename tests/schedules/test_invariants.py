@@ -1,4 +1,4 @@
-"""Invariants every registered schedule keeps on every model preset (DESIGN.md, STYLE.md rule 11).
+"""Invariants every registered schedule keeps on every model preset (docs/architecture.md, "Contracts").
 
 For each (schedule, preset) the predicted timeline must show: every op executed exactly once across its
 parts, with the parts' FLOPs and bytes adding up to the op's; every plan dependency and every data
