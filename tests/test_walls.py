@@ -1,8 +1,11 @@
-"""DESIGN.md's walls: the engine never imports a schedule, a schedule never imports simpy, no torch in the core."""
+"""The import walls (docs/architecture.md): the engine never imports a schedule, a schedule never
+imports simpy, no torch in the core."""
 
 import ast
+import importlib.util
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "moesim"
@@ -43,3 +46,24 @@ def test_the_core_never_imports_torch():
                for node in ast.parse(path.read_text()).body)
     ]
     assert top_level_torch == []
+
+
+def _import_graph():
+    spec = importlib.util.spec_from_file_location("import_graph", PACKAGE.parent / "benchmarks" / "import_graph.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_no_import_cycle_between_packages_or_modules():
+    graph = _import_graph()
+    packages, modules, _ = graph.graph(PACKAGE.parent)
+    assert "moesim.engine" in packages and "moesim.hardware" in packages["moesim.engine"]  # the graph is read
+    assert graph.cycles(packages) == []
+    assert graph.cycles(modules) == []
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    graph = _import_graph()
+    edges = {"a": Counter({"b": 1}), "b": Counter({"c": 1}), "c": Counter({"a": 1}), "d": Counter({"a": 1})}
+    assert graph.cycles(edges) == [["a", "b", "c"]]
