@@ -46,8 +46,8 @@ _COLLECTIVES = frozenset({OpKind.ALL_TO_ALL, OpKind.ALL_REDUCE, OpKind.ALL_GATHE
 
 
 class Role(StrEnum):
-    """The block op an op comes from, forward and backward (DESIGN's names; the builder, the harness's
-    kernels and the validation report share them)."""
+    """The block op an op comes from, forward and backward (the builder, the harness's kernels and the
+    validation report share these names)."""
 
     EMBED = "embed"
     LN1 = "ln1"
