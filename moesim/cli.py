@@ -9,9 +9,17 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from types import ModuleType
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
 from moesim.errors import DeadlockError, MoesimError
+
+if TYPE_CHECKING:  # the commands import what they use when they run: `moesim --help` stays quick
+    from moesim.analysis.comparison import ComparisonRow
+    from moesim.analysis.metrics import Metrics
+    from moesim.api import SimulationResult
+    from moesim.validation.report import ValidationReport
+    from moesim.workload.ops import OpGraph
 
 EXIT_BAD_INPUT = 2
 
@@ -197,7 +205,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _validation(module: str) -> Any:
+def _validation(module: str) -> ModuleType:
     """A harness module; it needs torch (the validation extra)."""
     import importlib
 
@@ -213,7 +221,7 @@ _PARTS_SHOWN = 4  # parts per schedule in the text report's "where the error is"
 _CALLS_SHOWN = 2  # collective parts per schedule in its "collective calls"
 
 
-def _print_validation(report: Any) -> None:
+def _print_validation(report: ValidationReport) -> None:
     from moesim.analysis.tables import metrics_table
 
     rows = [{"workload": r.workload, "schedule": r.variant, "predicted": f"{r.predicted_s * 1e3:.1f}",
@@ -250,17 +258,20 @@ def _print_validation(report: Any) -> None:
             print(f"  {r.workload} {r.variant}: {calls}")
 
 
-def _print_run(result: Any) -> None:
+def _print_run(result: SimulationResult) -> None:
     from moesim.analysis.tables import metrics_table
 
     print(_headline(result))
     print(metrics_table([_row(result.schedule, result.metrics, result.knob_summary)], _RUN_COLUMNS))
     for table in result.decisions.tables():
+        if not table.rows:
+            print(f"\n{table.title}: none")
+            continue
         print(f"\n{table.title}")
         print(metrics_table(table.rows, table.columns))
 
 
-def _print_compare(results: list[Any]) -> None:
+def _print_compare(results: list[SimulationResult]) -> None:
     from moesim.analysis.tables import metrics_table
 
     print(_headline(results[0]))
@@ -268,13 +279,13 @@ def _print_compare(results: list[Any]) -> None:
     print(metrics_table(rows, _COMPARE_COLUMNS))
 
 
-def _comparison(results: list[Any]) -> list[Any]:
+def _comparison(results: list[SimulationResult]) -> list[ComparisonRow]:
     from moesim.analysis.comparison import compare_metrics
 
     return compare_metrics([(r.schedule, r.metrics, r.knob_summary) for r in results])
 
 
-def _headline(result: Any) -> str:
+def _headline(result: SimulationResult) -> str:
     facts = result.scenario.graph.require_facts("moesim's tables")
     return (f"{result.scenario.model} on {result.scenario.nodes} x {result.scenario.hardware} "
             f"({result.metrics.num_gpus} GPUs, EP={facts.ep_size}, "
@@ -306,7 +317,7 @@ _COMPARE_COLUMNS = [
 ]
 
 
-def _row(schedule: str, m: Any, knobs: str) -> dict[str, object]:
+def _row(schedule: str, m: Metrics, knobs: str) -> dict[str, object]:
     return {
         "schedule": schedule,
         "iteration_ms": f"{m.iteration_time_s * 1e3:.2f}",
@@ -320,7 +331,7 @@ def _row(schedule: str, m: Any, knobs: str) -> dict[str, object]:
     }
 
 
-def _ratios(row: Any) -> dict[str, object]:
+def _ratios(row: ComparisonRow) -> dict[str, object]:
     speedup, reduction = row.speedup_vs_sequential, row.exposed_comm_reduction_vs_tutel
     return {
         "speedup": f"{speedup:.2f}x" if speedup is not None else "-",
@@ -328,7 +339,7 @@ def _ratios(row: Any) -> dict[str, object]:
     }
 
 
-def _one_moe_block(graph: Any) -> tuple[int, int]:
+def _one_moe_block(graph: OpGraph) -> tuple[int, int]:
     """The middle MoE block: where a comparison of overlap is easiest to see."""
     middle = graph.moe_layers[len(graph.moe_layers) // 2]
     return middle, middle
