@@ -3,7 +3,7 @@
     python benchmarks/timeline_hashes.py [--cpu-spec PATH] [--out hashes.txt]
 
 For every model preset x schedule (defaults, and the grad_sync modes priority and packed) on one CPU
-spec (a calibrated file sets every host effect; default: the cpu-loopback preset) and on 2 x p4de.24xlarge
+spec (default: benchmarks/specs/cpu-host.yaml, a calibrated file that sets the host effects) and on 2 x p4de.24xlarge
 and 2 x dgx-h100, plus Zipf-routed two-block variants (every rank simulated), prints one line per case: the SHA-256
 of its spans (every field, floats as their exact hex) and the iteration time. Run it before and after a
 change and diff the outputs; the last line digests all of them.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 from dataclasses import replace
+from pathlib import Path
 
 from moesim.api import run_schedule, scenario
 from moesim.errors import MoesimError
@@ -37,7 +38,7 @@ def digest(timeline: Timeline) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cpu-spec", default="cpu-loopback")
+    parser.add_argument("--cpu-spec", default=str(Path(__file__).resolve().parent / "specs" / "cpu-host.yaml"))
     parser.add_argument("--out", default=None, help="also write the lines here")
     args = parser.parse_args()
     clusters = [(args.cpu_spec, 1), ("p4de.24xlarge", 2), ("dgx-h100", 2)]
