@@ -45,18 +45,19 @@ def main() -> None:
     lines = []
     total = hashlib.sha256()
     for hardware, nodes in clusters:
+        shown = Path(hardware).stem if hardware.endswith((".yaml", ".yml")) else hardware  # the same in any checkout
         for model in list_model_presets():
             for variant, overrides in (("", {}), ("+zipf", ZIPF)):
                 try:
                     scn = scenario(model, hardware, nodes, overrides)
                 except MoesimError as err:  # a preset that does not fit this cluster
-                    lines.append(f"{model}{variant} {hardware} x{nodes}: {err}")
+                    lines.append(f"{model}{variant} {shown} x{nodes}: {err}")
                     continue
                 for schedule in registered():
                     for settings in SETTINGS:
                         result = run_schedule(replace(scn, schedule_settings=settings), schedule)
                         label = ",".join(f"{k}={v}" for k, v in settings.items()) or "default"
-                        line = (f"{model}{variant} {hardware} x{nodes} {schedule} {label} "
+                        line = (f"{model}{variant} {shown} x{nodes} {schedule} {label} "
                                 f"{digest(result.timeline)} {result.metrics.iteration_time_s!r}")
                         lines.append(line)
                         print(line, flush=True)
