@@ -125,7 +125,8 @@ def scenario(
                         for key, value in scoped[scope].items()}
     workload = load_workload(model, num_gpus=cluster.num_gpus, gpu=cluster.node.gpu.name,
                              overrides=workload_updates)
-    graph = build_graph(workload)
+    recorded = workload.recorded  # a traced workload's op times hold on the device it was traced on
+    graph = build_graph(workload, measured=recorded is not None and recorded.device == cluster.node.gpu.name)
     cost = RooflineCostModel(cluster, workload.training.dtype)
     return Scenario(str(model), str(hardware), nodes, cluster, workload, graph, cost, scoped["schedule"])
 

@@ -128,6 +128,8 @@ class RooflineCostModel:
     def compute_time(self, op: Op, task: Task, rank: int) -> float:
         """Seconds ``task`` (its ``fraction`` of compute ``op``) takes on ``rank`` with no interference."""
         assert not op.kind.is_collective, f"{op.name} is a collective: cost it with collective_demand"
+        if op.measured_s is not None:  # a traced op, on the device it ran on
+            return op.measured_s[rank] * task.fraction_on(rank)
         flops = op.flops_on(rank) * task.fraction_on(rank)
         mem_bytes = op.mem_bytes_on(rank) * task.fraction_on(rank)
         params = self._params

@@ -23,6 +23,8 @@ writes the low-precision weight copy when training below FP32.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from moesim.units import mb
 from moesim.workload.blocks import ForwardNode, ForwardRecipe
 from moesim.workload.buckets import BucketSpec, rebucket
@@ -37,8 +39,11 @@ SGD_FLOPS_PER_PARAM = 4             # m = mu m + g; w -= lr m
 ADAM_FLOPS_PER_PARAM = 12           # moments, bias correction, sqrt, divide, update
 
 
-def build_graph(workload: Workload) -> OpGraph:
-    """The iteration's DAG: forward, backward (dX / dW), gradient buckets, optimizer; ids = index."""
+def build_graph(workload: Workload, *, measured: bool = True) -> OpGraph:
+    """The iteration's DAG: forward, backward (dX / dW), gradient buckets, optimizer; ids = index.
+
+    A traced workload's ops carry the times its run measured (``Op.measured_s``) unless ``measured`` is
+    False (the graph is for another device than the one traced)."""
     routing = route(workload)
     nodes = ForwardRecipe(workload, moe_plans(workload, routing)).build()
     ops = [_forward_op(index, node) for index, node in enumerate(nodes)]
@@ -48,7 +53,12 @@ def build_graph(workload: Workload) -> OpGraph:
                          moe_layers=workload.model.moe_layers, dtype=workload.training.dtype,
                          facts=_facts(workload, routing, nodes))
     graph, _ = rebucket(unbucketed, [op.id for op in ops[:-1]])
-    return graph
+    if workload.recorded is None or not measured:
+        return graph
+    recorded = workload.recorded
+    timed = tuple(op if op.kind.is_collective else replace(op, measured_s=recorded.op_seconds(op.name))
+                  for op in graph.ops)
+    return replace(graph, ops=timed)
 
 
 def _forward_op(index: int, node: ForwardNode) -> Op:

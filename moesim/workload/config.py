@@ -1,9 +1,10 @@
 """Model, training and workload configuration, validated once, at the boundary.
 
 A ``Workload`` is a ``ModelConfig`` (the network), a ``TrainingConfig`` (how one iteration runs) and a
-GPU count, checked together. Every impossible combination fails at construction with a pydantic
-``ValidationError`` whose first error is located at the offending field (``training.ep_size``, ...)
-and says what is allowed; ``moesim.workload.presets`` turns it into a one-line ``MoesimError``.
+GPU count, checked together (with what a real run recorded, for a traced workload). Every impossible
+combination fails at construction with a pydantic ``ValidationError`` whose first error is located at the
+offending field (``training.ep_size``, ...) and says what is allowed; ``moesim.workload.presets`` turns it
+into a one-line ``MoesimError``.
 
 Parallelism is expert parallelism (EP) inside data parallelism, as in DeepSpeed-MoE and Tutel: no
 tensor or pipeline parallelism. Dense parameters are data-parallel over all GPUs; each expert is
@@ -31,6 +32,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 from moesim.dtypes import DType
+from moesim.workload.recorded import RecordedRun
 
 _SPEC = ConfigDict(frozen=True, extra="forbid")
 
@@ -282,6 +284,7 @@ class Workload(BaseModel):
     training: TrainingConfig
     num_gpus: PositiveInt
     preset: str | None = None
+    recorded: RecordedRun | None = None  # a traced workload's run (moesim.workload.traced)
 
     @model_validator(mode="after")
     def _together(self) -> Workload:
@@ -302,6 +305,11 @@ class Workload(BaseModel):
         if dp is not None and dp != gpus:
             raise invalid("Workload", ("training", "dp_size"),
                           f"{dp} must equal num_gpus={gpus} (no tensor or pipeline parallelism)", dp)
+        if self.recorded is not None:
+            wrong = self.recorded.mismatch(num_gpus=gpus, num_experts=experts, moe_layers=self.model.moe_layers,
+                                           assignments=self.tokens_per_gpu * top_k, capacity=self.capacity)
+            if wrong is not None:
+                raise invalid("Workload", ("recorded", *(str(part) for part in wrong[0])), wrong[1], None)
         return self
 
     @property

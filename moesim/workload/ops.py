@@ -157,6 +157,8 @@ class Op:
     ranks differ, rank ``r`` does ``flops * rank_scale[r]``. ``param_bytes`` is the size of the
     gradient a dW op produces (0 elsewhere); gradient buckets are built from it. ``dims`` are the
     named sizes the harness needs to run a real kernel of the same shape (see ``OpKind``).
+    ``measured_s`` (a traced workload's ops, on the device it was traced on) replaces the cost model's
+    compute time: a part of the op takes its fraction of it.
     """
 
     id: int
@@ -174,6 +176,7 @@ class Op:
     rank_scale: tuple[float, ...] | None = None
     param_bytes: float = 0.0
     expert: bool = False       # belongs to expert (not dense) parameters / compute
+    measured_s: tuple[float, ...] | None = None  # per rank: a traced run's time for the whole op
 
     def flops_on(self, rank: int) -> float:
         return self.flops * (self.rank_scale[rank] if self.rank_scale is not None else 1.0)
@@ -218,10 +221,13 @@ class OpGraph:
 
     @property
     def rank_symmetric(self) -> bool:
-        """True when every rank runs exactly the same work (uniform routing, one rank's numbers serve all)."""
+        """True when every rank runs exactly the same work (uniform routing, one rank's numbers serve all;
+        measured op times the same on every rank)."""
         matrices = {}  # uniform layers share one traffic array: look at each once
         for op in self.ops:
             if op.rank_scale is not None and len(set(op.rank_scale)) > 1:
+                return False
+            if op.measured_s is not None and len(set(op.measured_s)) > 1:
                 return False
             if op.comm is not None and op.comm.traffic is not None:
                 matrices[id(op.comm.traffic)] = op.comm.traffic

@@ -3,7 +3,8 @@
 A preset file has two sections, ``model`` (ModelConfig fields) and ``training`` (TrainingConfig
 fields), plus an optional ``description``. Presets are read through importlib.resources from the
 package ``moesim.workloads`` (the repository's top-level ``workloads/`` folder, mapped by
-pyproject); from a plain checkout without an install, the folder next to the package is used.
+pyproject); from a plain checkout without an install, the folder next to the package is used. A ``.json``
+path is a traced workload (``moesim.workload.traced``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pydantic import BaseModel, ValidationError
 from moesim.errors import MoesimError
 from moesim.overrides import apply_overrides, one_line, split_scopes
 from moesim.workload.config import ModelConfig, TrainingConfig, Workload
+from moesim.workload.traced import is_traced, load_traced
 
 _SECTIONS = ("model", "training")
 _TOP_LEVEL = frozenset({"description", *_SECTIONS})
@@ -40,6 +42,8 @@ def load_workload(model: str | Path, *, num_gpus: int, gpu: str,
     Unless the batch is overridden, it comes from the preset's per-GPU table for ``gpu`` (see
     ``TrainingConfig.batch_for``). Every bad input raises MoesimError with a one-line message.
     """
+    if is_traced(model):
+        return load_traced(model, num_gpus=num_gpus, overrides=overrides)
     name, raw = _read(model)
     scoped = split_scopes(overrides or {}, _SECTIONS)
     model_config = apply_overrides(_section(ModelConfig, raw, "model", name), scoped["model"], where="model.")

@@ -7,7 +7,8 @@ expert and drops the rest; all-to-all buffers and expert compute are padded to t
 (DeepSpeed-MoE / Tutel), so bytes and expert FLOPs follow the capacity, not the skew. Dropless
 (capacity None) runs move and compute exactly the kept counts, so ranks become uneven.
 
-Randomness comes only from ``np.random.default_rng(routing.seed)``, drawn layer by layer.
+Randomness comes only from ``np.random.default_rng(routing.seed)``, drawn layer by layer. A traced
+workload brings the routing its run recorded instead.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from moesim.workload.config import RoutingKind, Workload
+from moesim.workload.recorded import RecordedRouting
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -41,7 +43,10 @@ class LayerRouting:
 
 
 def route(workload: Workload) -> tuple[LayerRouting, ...]:
-    """One ``LayerRouting`` per MoE layer, in layer order. Uniform layers share one counts array."""
+    """One ``LayerRouting`` per MoE layer, in layer order: a traced workload's recorded routing, else the
+    routing model's. Uniform layers share one counts array."""
+    if workload.recorded is not None:
+        return tuple(_recorded(layer, workload.capacity) for layer in workload.recorded.routing)
     ranks, experts = workload.num_gpus, workload.num_experts
     tokens, top_k = workload.tokens_per_gpu, workload.model.top_k
     capacity = workload.capacity
@@ -59,6 +64,12 @@ def route(workload: Workload) -> tuple[LayerRouting, ...]:
         kept = counts if capacity is None else np.minimum(counts, capacity)
         result.append(LayerRouting(layer, counts, kept, capacity))
     return tuple(result)
+
+
+def _recorded(layer: RecordedRouting, capacity: int | None) -> LayerRouting:
+    counts = np.array(layer.counts, dtype=np.int64)
+    kept = counts if capacity is None else np.array(layer.kept, dtype=np.int64)
+    return LayerRouting(layer.layer, counts, kept, capacity)
 
 
 def uniform_counts(ranks: int, experts: int, assignments: int) -> np.ndarray:
