@@ -1,0 +1,71 @@
+"""`moesim trace`: run the reference model on this machine, trace one step, write a traced workload file.
+
+The ranks (``moesim.validation.reference.train --trace`` under torchrun) train the model for a few steps,
+profile one more and attribute its time to moesim's op names; this process turns their JSON into a
+``moesim.workload.traced`` file. Torch is not imported here: only the ranks run it.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from moesim.errors import MoesimError
+from moesim.overrides import one_line
+from moesim.validation.launch import torchrun
+from moesim.workload.config import Workload
+from moesim.workload.presets import load_workload
+from moesim.workload.traced import TracedWorkloadFile, TraceSource, is_traced, recorded_from_reference, write_traced
+
+WORKER = "moesim.validation.reference.train"
+CPU_DEVICE = "cpu-rank"  # the device name of moesim's CPU specs (cpu-loopback, calibrated cpu-local)
+# torch.cuda.get_device_name substrings -> moesim GPU presets, most specific first
+_GPU_NAMES = (("H200", "H200-SXM-141GB"), ("H100", "H100-SXM5-80GB"), ("A100-SXM4-80GB", "A100-SXM4-80GB"),
+              ("A100 80GB", "A100-SXM4-80GB"), ("A100", "A100-SXM4-40GB"), ("V100", "V100-SXM2-32GB"),
+              ("B200", "B200"), ("MI300X", "MI300X"))
+
+
+def device_of(environment: Mapping[str, Any]) -> str:
+    """The moesim GPU name of the device a run used (its ``environment``): ``cpu-rank`` for gloo on CPU, a
+    GPU preset where the CUDA device name identifies one, else the device name as reported."""
+    if environment.get("backend") == "gloo":
+        return CPU_DEVICE
+    reported = str((environment.get("devices") or ["unknown"])[0])
+    return next((preset for key, preset in _GPU_NAMES if key in reported), reported)
+
+
+def trace_model(model: str | Path, out: str | Path, *, overrides: Mapping[str, Any] | None = None,
+                settings: Sequence[str] = (), nproc: int = 2, steps: int = 3, warmup: int = 1,
+                timeout_s: float = 900.0) -> TracedWorkloadFile:
+    """Trace ``model`` (a preset or YAML, with ``settings`` as the CLI's ``--set`` strings and ``overrides``
+    their parsed form) on ``nproc`` local ranks and write the traced workload to ``out``."""
+    if is_traced(model):
+        raise MoesimError(f"model {str(model)!r}: trace a preset or a YAML model, not a traced file")
+    load_workload(model, num_gpus=nproc, gpu=CPU_DEVICE, overrides=overrides)  # bad input fails before the run
+    with tempfile.TemporaryDirectory(prefix="moesim-trace-") as scratch:
+        measured = Path(scratch) / "reference.json"
+        arguments = ["--model", str(model), "--steps", str(steps), "--warmup", str(warmup), "--trace",
+                     "--out", str(measured)]
+        for setting in settings:
+            arguments += ["--set", setting]
+        torchrun(WORKER, arguments, nproc, timeout_s=timeout_s)
+        result = json.loads(measured.read_text(encoding="utf-8"))
+    environment = result.get("environment", {})
+    device = device_of(environment)
+    base = load_workload(model, num_gpus=nproc, gpu=device, overrides=overrides)
+    try:
+        workload = Workload(model=base.model, training=base.training, num_gpus=nproc, preset=base.preset,
+                            recorded=recorded_from_reference(result, device))
+    except ValidationError as err:  # the run disagrees with its own config
+        raise MoesimError(one_line(err, prefix=f"the reference run of {model}: ")) from None
+    source = TraceSource(tool="moesim trace", traced_at=datetime.now(UTC), torch=environment.get("torch"),
+                         backend=environment.get("backend"), steps=len(result.get("step_times_s", [])),
+                         median_step_s=result.get("median_step_s"))
+    description = f"{base.preset} traced on {nproc} x {device}" + (f" ({', '.join(settings)})" if settings else "")
+    return write_traced(out, name=Path(out).stem, workload=workload, source=source, description=description)
