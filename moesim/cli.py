@@ -18,7 +18,6 @@ if TYPE_CHECKING:  # the commands import what they use when they run: `moesim --
     from moesim.analysis.comparison import ComparisonRow
     from moesim.analysis.metrics import Metrics
     from moesim.api import SimulationResult
-    from moesim.validation.report import ValidationReport
     from moesim.workload.ops import OpGraph
 
 EXIT_BAD_INPUT = 2
@@ -74,9 +73,20 @@ def _parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--json", action="store_true")
     calibrate.set_defaults(handler=cmd_calibrate)
 
+    trace = commands.add_parser("trace", help="train the reference PyTorch model here and write a traced workload")
+    trace.add_argument("--model", default="tiny-moe-a", help="model preset name or YAML path (default tiny-moe-a)")
+    trace.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                       help="model.* / training.* override (repeatable)")
+    trace.add_argument("--nproc", type=int, default=2, help="ranks on this machine (default 2)")
+    trace.add_argument("--steps", type=int, default=3, help="timed training steps before the traced one")
+    trace.add_argument("--out", type=Path, required=True, help="the traced workload file to write (.json)")
+    trace.set_defaults(handler=cmd_trace)
+
     validate = commands.add_parser("validate", help="predict and measure whole iterations on this machine")
     validate.add_argument("--hardware", default="cpu-local", help="calibrated spec (see moesim calibrate)")
     validate.add_argument("--calibrate", action="store_true", help="calibrate --hardware first")
+    validate.add_argument("--reference", action="store_true",
+                          help="the reference PyTorch model's real step, predicted from its config and its trace")
     validate.add_argument("--models", default="tiny-moe-a,tiny-moe-b", help="comma-separated workloads")
     validate.add_argument("--nproc", type=int, default=2)
     validate.add_argument("--warmup", type=int, default=2)
@@ -108,11 +118,12 @@ def _scenario_options(sub: argparse.ArgumentParser) -> None:
 def cmd_list(args: argparse.Namespace) -> int:
     from moesim.hardware.presets import list_gpu_presets, list_node_presets
     from moesim.schedules import registered
-    from moesim.workload.presets import list_model_presets
+    from moesim.workload.presets import list_model_presets, list_traced_presets
 
     schedules = {name: s.description for name, s in registered().items()}
     listing: dict[str, object] = {
         "models": list(list_model_presets()),
+        "traced": list(list_traced_presets()),
         "hardware": list(list_node_presets()),
         "gpus": list(list_gpu_presets()),
         "schedules": schedules,
@@ -121,6 +132,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(json.dumps(listing, indent=2))
         return 0
     print("models:    " + ", ".join(list_model_presets()))
+    print("traced:    " + (", ".join(list_traced_presets()) or "-") + "   (moesim trace writes more)")
     print("hardware:  " + ", ".join(list_node_presets()) + "   (--nodes N makes a cluster of N nodes)")
     print("gpus:      " + ", ".join(list_gpu_presets()))
     print("schedules:")
@@ -185,6 +197,25 @@ def cmd_calibrate(args: argparse.Namespace, out: TextIO | None = None) -> int:
     return 0
 
 
+def cmd_trace(args: argparse.Namespace) -> int:
+    from moesim.overrides import parse_assignments
+
+    if args.out.suffix != ".json":
+        raise MoesimError(f"--out {args.out}: a traced workload is a .json file")
+    _check_writable(args.out, "--out")
+    trace_model = _validation("reference.trace").trace_model
+    print(f"training {args.model} on {args.nproc} ranks and tracing one step ...", file=sys.stderr)
+    traced = trace_model(args.model, args.out, overrides=parse_assignments(args.settings), settings=args.settings,
+                         nproc=args.nproc, steps=args.steps)
+    ranks = traced.recorded.ranks
+    covered = sum(1 for op in traced.ops if op.measured_s is not None)
+    timed = sum(1 for op in traced.ops if not op.kind.is_collective)
+    print(f"wrote {args.out}: {traced.description}; {covered} of {timed} compute ops measured; traced step "
+          + ", ".join(f"rank {r.rank} {r.step_s * 1e3:.1f} ms ({r.unattributed_s / r.step_s:.0%} outside the ops)"
+                      for r in ranks))
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from moesim.overrides import parse_assignments
 
@@ -192,6 +223,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.calibrate:  # its summary on stderr under --json, so stdout stays one JSON document
         cmd_calibrate(argparse.Namespace(name=args.hardware, base="cpu-loopback", nproc=args.nproc, out_dir=None,
                                          quick=False, json=False), out=sys.stderr if args.json else None)
+    if args.reference:
+        reference = _validation("reference.validate")
+        print(f"tracing, timing and predicting the reference model on {args.nproc} ranks with {args.hardware} ...",
+              file=sys.stderr)
+        result = reference.validate_reference(args.hardware, nproc=args.nproc, warmup=args.warmup,
+                                              steps=args.iterations)
+        print(json.dumps(result.to_dict(), indent=2) if args.json else result.text())
+        return 0
     report_module = _validation("report")
     workloads = [m.strip() for m in args.models.split(",") if m.strip()]
     print(f"validating {', '.join(workloads)} on {args.nproc} ranks with {args.hardware} ...", file=sys.stderr)
@@ -201,7 +240,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
-        _print_validation(report)
+        print(report_module.render_text(report))
     return 0
 
 
@@ -215,47 +254,6 @@ def _validation(module: str) -> ModuleType:
         if err.name == "torch":
             raise MoesimError("this command needs torch: pip install 'moesim[validation]'") from None
         raise
-
-
-_PARTS_SHOWN = 4  # parts per schedule in the text report's "where the error is"
-_CALLS_SHOWN = 2  # collective parts per schedule in its "collective calls"
-
-
-def _print_validation(report: ValidationReport) -> None:
-    from moesim.analysis.tables import metrics_table
-
-    rows = [{"workload": r.workload, "schedule": r.variant, "predicted": f"{r.predicted_s * 1e3:.1f}",
-             "measured": f"{r.measured_s * 1e3:.1f}", "spread": f"±{r.measured_spread_s * 1e3:.1f}",
-             "error": f"{r.error:+.1%}"} for r in report.rows]
-    print(f"validation on {report.hardware}: {report.environment.get('world_size')} ranks, "
-          f"{report.environment.get('backend')}, torch {report.environment.get('torch')}")
-    print(metrics_table(rows, [("workload", "workload"), ("schedule", "schedule"), ("predicted", "predicted ms"),
-                               ("measured", "measured ms"), ("spread", "measured spread"), ("error", "error")]))
-    print(f"\nMAPE {report.mape:.1%}")
-    for ranking in report.rankings:
-        verdict = "matches" if ranking.match else (
-            "differs only where the measurement cannot tell the schedules apart" if ranking.match_beyond_noise
-            else "differs")
-        told = ", ".join(f"{fast} < {slow}" for fast, slow in ranking.separated) or "none"
-        print(f"{ranking.workload}: predicted {' < '.join(ranking.predicted)}; "
-              f"measured {' < '.join(ranking.measured)} — ranking {verdict} "
-              f"(told apart by rank-sum tests, family-wise 5%: {told})")
-    with_parts = [r for r in report.rows if r.parts]
-    if with_parts:
-        print(f"\nwhere the error is: measured - predicted ms per iteration (mean over ranks), the "
-              f"{_PARTS_SHOWN} largest parts (--json has all)")
-        for r in with_parts:
-            largest = ", ".join(f"{part} {(m - p) * 1e3:+.1f}" for part, p, m in r.parts[:_PARTS_SHOWN])
-            print(f"  {r.workload} {r.variant}: {largest}")
-    with_calls = [r for r in report.rows if r.collectives]
-    if with_calls:
-        print(f"\ncollective calls: predicted mean / measured mean, median, 90th percentile ms, the "
-              f"{_CALLS_SHOWN} parts with the most measured time (--json has all)")
-        for r in with_calls:
-            calls = "; ".join(f"{c.part} {c.predicted_mean_s * 1e3:.2f} / {c.measured_mean_s * 1e3:.2f}, "
-                              f"{c.measured_median_s * 1e3:.2f}, {c.measured_p90_s * 1e3:.2f}"
-                              for c in r.collectives[:_CALLS_SHOWN])
-            print(f"  {r.workload} {r.variant}: {calls}")
 
 
 def _print_run(result: SimulationResult) -> None:

@@ -135,13 +135,14 @@ def _validate_text(capsys, monkeypatch, measured_row):
     import types
 
     import moesim.cli as cli
-    from moesim.validation.report import Ranking, Row, ValidationReport
+    from moesim.validation.report import Ranking, Row, ValidationReport, render_text
 
     rows = (measured_row, Row("tiny-moe-a", "lancet", 0.29, 0.31, 0.01, (0.30, 0.31, 0.32)))
     report = ValidationReport("cpu-local", rows, (Ranking("tiny-moe-a", ("lancet", "sequential"),
                                                           ("lancet", "sequential"), True, True),),
                               {"world_size": 2, "backend": "gloo", "torch": "2.13.0"})
-    monkeypatch.setattr(cli, "_validation", {"report": types.SimpleNamespace(validate=lambda *a, **k: report)}.get)
+    harness = types.SimpleNamespace(validate=lambda *a, **k: report, render_text=render_text)
+    monkeypatch.setattr(cli, "_validation", {"report": harness}.get)
     code, out, _ = run_cli(capsys, "validate")
     assert code == 0
     assert "tiny-moe-a lancet:" not in out  # a row without measured parts or calls has nothing to show

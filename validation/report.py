@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from moesim.analysis.chrome_trace import write_chrome_trace
+from moesim.analysis.tables import metrics_table
 from moesim.api import run_schedule, scenario
 from moesim.plan import ExecutionPlan
 from moesim.timeline import Timeline
@@ -265,3 +266,46 @@ def _write_traces(folder: Path, label: str, predicted: Any, measured: Any) -> li
 def write_report(report: ValidationReport, path: Path) -> Path:
     path.write_text(json.dumps(report.to_dict(), indent=2, sort_keys=True))
     return path
+
+
+_PARTS_SHOWN = 4  # parts per schedule in the text report's "where the error is"
+_CALLS_SHOWN = 2  # collective parts per schedule in its "collective calls"
+
+
+def render_text(report: ValidationReport) -> str:
+    """The report as `moesim validate` prints it: the table, MAPE, rankings, where the error is, collective calls."""
+    lines: list[str] = []
+    rows = [{"workload": r.workload, "schedule": r.variant, "predicted": f"{r.predicted_s * 1e3:.1f}",
+             "measured": f"{r.measured_s * 1e3:.1f}", "spread": f"±{r.measured_spread_s * 1e3:.1f}",
+             "error": f"{r.error:+.1%}"} for r in report.rows]
+    lines.append(f"validation on {report.hardware}: {report.environment.get('world_size')} ranks, "
+                 f"{report.environment.get('backend')}, torch {report.environment.get('torch')}")
+    columns = [("workload", "workload"), ("schedule", "schedule"), ("predicted", "predicted ms"),
+               ("measured", "measured ms"), ("spread", "measured spread"), ("error", "error")]
+    lines.append(metrics_table(rows, columns))
+    lines.append(f"\nMAPE {report.mape:.1%}")
+    for ranking in report.rankings:
+        verdict = "matches" if ranking.match else (
+            "differs only where the measurement cannot tell the schedules apart" if ranking.match_beyond_noise
+            else "differs")
+        told = ", ".join(f"{fast} < {slow}" for fast, slow in ranking.separated) or "none"
+        lines.append(f"{ranking.workload}: predicted {' < '.join(ranking.predicted)}; "
+                     f"measured {' < '.join(ranking.measured)} — ranking {verdict} "
+                     f"(told apart by rank-sum tests, family-wise 5%: {told})")
+    with_parts = [r for r in report.rows if r.parts]
+    if with_parts:
+        lines.append(f"\nwhere the error is: measured - predicted ms per iteration (mean over ranks), the "
+                     f"{_PARTS_SHOWN} largest parts (--json has all)")
+        for r in with_parts:
+            largest = ", ".join(f"{part} {(m - p) * 1e3:+.1f}" for part, p, m in r.parts[:_PARTS_SHOWN])
+            lines.append(f"  {r.workload} {r.variant}: {largest}")
+    with_calls = [r for r in report.rows if r.collectives]
+    if with_calls:
+        lines.append(f"\ncollective calls: predicted mean / measured mean, median, 90th percentile ms, the "
+                     f"{_CALLS_SHOWN} parts with the most measured time (--json has all)")
+        for r in with_calls:
+            calls = "; ".join(f"{c.part} {c.predicted_mean_s * 1e3:.2f} / {c.measured_mean_s * 1e3:.2f}, "
+                              f"{c.measured_median_s * 1e3:.2f}, {c.measured_p90_s * 1e3:.2f}"
+                              for c in r.collectives[:_CALLS_SHOWN])
+            lines.append(f"  {r.workload} {r.variant}: {calls}")
+    return "\n".join(lines)

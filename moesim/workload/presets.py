@@ -4,7 +4,8 @@ A preset file has two sections, ``model`` (ModelConfig fields) and ``training`` 
 fields), plus an optional ``description``. Presets are read through importlib.resources from the
 package ``moesim.workloads`` (the repository's top-level ``workloads/`` folder, mapped by
 pyproject); from a plain checkout without an install, the folder next to the package is used. A ``.json``
-path is a traced workload (``moesim.workload.traced``).
+path is a traced workload (``moesim.workload.traced``); ``traced/<name>`` names one bundled in
+``workloads/traced/``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from moesim.workload.config import ModelConfig, TrainingConfig, Workload
 from moesim.workload.traced import is_traced, load_traced
 
 _SECTIONS = ("model", "training")
+TRACED_DIR = "traced"  # bundled traced workloads: workloads/traced/<name>.json, named traced/<name>
 _TOP_LEVEL = frozenset({"description", *_SECTIONS})
 
 S = TypeVar("S", bound=BaseModel)
@@ -34,6 +36,15 @@ def list_model_presets() -> list[str]:
     return sorted(name[: -len(".yaml")] for name in names if name.endswith(".yaml"))
 
 
+def list_traced_presets() -> list[str]:
+    """Names of the bundled traced workloads (``workloads/traced/*.json``), as ``traced/<name>``, sorted."""
+    folder = _preset_dir() / TRACED_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(f"{TRACED_DIR}/{path.name[: -len('.json')]}" for path in folder.iterdir()
+                  if path.name.endswith(".json"))
+
+
 def load_workload(model: str | Path, *, num_gpus: int, gpu: str,
                   overrides: Mapping[str, Any] | None = None) -> Workload:
     """A Workload from a preset name or a YAML path, for ``num_gpus`` GPUs of preset ``gpu``.
@@ -42,6 +53,12 @@ def load_workload(model: str | Path, *, num_gpus: int, gpu: str,
     Unless the batch is overridden, it comes from the preset's per-GPU table for ``gpu`` (see
     ``TrainingConfig.batch_for``). Every bad input raises MoesimError with a one-line message.
     """
+    if isinstance(model, str) and model.startswith(f"{TRACED_DIR}/"):
+        if model not in list_traced_presets():
+            raise MoesimError(f"model {model!r}: unknown traced workload; allowed: "
+                              f"{', '.join(list_traced_presets()) or 'none bundled'} or a path to a .json file")
+        with importlib.resources.as_file(_preset_dir() / f"{model}.json") as path:
+            return load_traced(path, num_gpus=num_gpus, overrides=overrides)
     if is_traced(model):
         return load_traced(model, num_gpus=num_gpus, overrides=overrides)
     name, raw = _read(model)
