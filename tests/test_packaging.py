@@ -27,7 +27,7 @@ def wheel(tmp_path_factory):
 def test_wheel_contains_every_preset(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for folder, package in (("hardware_specs", "moesim/hardware_specs"), ("workloads", "moesim/workloads")):
-        for preset in (ROOT / folder).rglob("*.yaml"):
+        for preset in [*(ROOT / folder).rglob("*.yaml"), *(ROOT / folder).rglob("traced/*.json")]:
             assert f"{package}/{preset.relative_to(ROOT / folder).as_posix()}" in names
 
 
@@ -37,6 +37,7 @@ def test_installed_wheel_finds_presets(wheel, tmp_path):
                    check=True, capture_output=True)
     code = ("import moesim.hardware.presets as h, moesim.workload.presets as w; "
             f"assert h.__file__.startswith({str(target)!r}), h.__file__; "
+            "w.load_workload('traced/tiny-moe-a', num_gpus=2, gpu='cpu-rank'); "
             "print(len(h.list_node_presets()), len(w.list_model_presets()))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                           env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"})

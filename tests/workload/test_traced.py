@@ -143,3 +143,18 @@ def test_a_traced_workload_fixes_its_world_size_and_config(tmp_path, capsys):
     (tmp_path / "broken.json").write_text("{")
     assert main(["run", "--model", str(tmp_path / "broken.json"), "--hardware", CPU, "--nodes", "1"]) == 2
     assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_the_bundled_traced_workloads_load_by_name_and_simulate():
+    from moesim.workload.presets import list_traced_presets
+
+    names = list_traced_presets()
+    assert names == ["traced/tiny-moe-a", "traced/tiny-moe-a-dropless"]
+    for name in names:
+        result = run_schedule(scenario(name, CPU, 1), "lancet")
+        assert result.metrics.iteration_time_s > 0
+        assert result.scenario.graph.facts.routing  # the recorded routing
+    dropless = scenario("traced/tiny-moe-a-dropless", CPU, 1).graph.facts.routing[0]
+    assert dropless.capacity is None and len(set(dropless.counts.sum(axis=0).tolist())) > 1  # a real, uneven router
+    with pytest.raises(MoesimError, match="unknown traced workload; allowed: traced/tiny-moe-a"):
+        scenario("traced/nothing", CPU, 1)
