@@ -80,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     trace.add_argument("--nproc", type=int, default=2, help="ranks on this machine (default 2)")
     trace.add_argument("--steps", type=int, default=3, help="timed training steps before the traced one")
     trace.add_argument("--out", type=Path, required=True, help="the traced workload file to write (.json)")
+    trace.add_argument("--kineto", nargs="+", type=Path, metavar="RANK.json",
+                       help="import these torch.profiler traces of a run of --model (one per rank) instead of running")
     trace.set_defaults(handler=cmd_trace)
 
     validate = commands.add_parser("validate", help="predict and measure whole iterations on this machine")
@@ -203,10 +205,14 @@ def cmd_trace(args: argparse.Namespace) -> int:
     if args.out.suffix != ".json":
         raise MoesimError(f"--out {args.out}: a traced workload is a .json file")
     _check_writable(args.out, "--out")
-    trace_model = _validation("reference.trace").trace_model
-    print(f"training {args.model} on {args.nproc} ranks and tracing one step ...", file=sys.stderr)
-    traced = trace_model(args.model, args.out, overrides=parse_assignments(args.settings), settings=args.settings,
-                         nproc=args.nproc, steps=args.steps)
+    tracer = _validation("reference.trace")
+    if args.kineto:
+        traced = tracer.import_kineto(args.model, args.kineto, args.out, overrides=parse_assignments(args.settings),
+                                      settings=args.settings)
+    else:
+        print(f"training {args.model} on {args.nproc} ranks and tracing one step ...", file=sys.stderr)
+        traced = tracer.trace_model(args.model, args.out, overrides=parse_assignments(args.settings),
+                                    settings=args.settings, nproc=args.nproc, steps=args.steps)
     ranks = traced.recorded.ranks
     covered = sum(1 for op in traced.ops if op.measured_s is not None)
     timed = sum(1 for op in traced.ops if not op.kind.is_collective)

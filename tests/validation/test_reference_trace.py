@@ -20,10 +20,33 @@ SMALL = ("model.num_layers=2", "training.batch_per_gpu=2", "training.seq_len=32"
 
 @pytest.fixture(scope="module")
 def traced_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("trace") / "small.json"
+    folder = tmp_path_factory.mktemp("trace")
+    path = folder / "small.json"
     trace_model("tiny-moe-a", path, overrides=parse_assignments(list(SMALL)), settings=SMALL, nproc=2, steps=1,
-                warmup=1, timeout_s=300)
+                warmup=1, timeout_s=300, kineto_dir=folder / "kineto")
     return path
+
+
+def test_the_same_step_imported_from_its_kineto_traces_gives_the_same_workload(traced_path, capsys):
+    kineto = sorted((traced_path.parent / "kineto").glob("rank*.json"))
+    assert len(kineto) == 2
+    imported_path = traced_path.parent / "imported.json"
+    settings = [arg for setting in SMALL for arg in ("--set", setting)]
+    assert main(["trace", "--model", "tiny-moe-a", *settings, "--kineto", *map(str, kineto),
+                 "--out", str(imported_path)]) == 0
+    assert f"wrote {imported_path}" in capsys.readouterr().out
+    live, imported = read_traced(traced_path), read_traced(imported_path)
+    assert imported.recorded.device == "cpu-rank"
+    assert [op.name for op in imported.ops] == [op.name for op in live.ops]
+    for mine, theirs in zip(imported.ops, live.ops, strict=True):
+        if mine.measured_s is not None:
+            assert mine.measured_s == pytest.approx(theirs.measured_s, rel=1e-3, abs=1e-6), mine.name
+    for mine, theirs in zip(imported.recorded.ranks, live.recorded.ranks, strict=True):
+        assert mine.step_s == pytest.approx(theirs.step_s, rel=1e-6)
+        assert mine.unattributed_s == pytest.approx(theirs.unattributed_s, rel=1e-3, abs=1e-6)
+    (layer,) = imported.recorded.routing  # with a capacity the routing is the routing model's (uniform here)
+    assert layer.capacity == 16 and layer.counts == ((16, 16, 16, 16), (16, 16, 16, 16))
+    assert run_schedule(scenario(imported_path, "cpu-loopback", 1), "lancet").metrics.iteration_time_s > 0
 
 
 def test_a_real_trace_measures_every_compute_op_and_records_the_routing(traced_path):

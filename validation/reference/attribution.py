@@ -16,16 +16,24 @@ name, so the names' seconds plus the unattributed seconds add up to the step:
 - anything else is unattributed, keyed by the outermost unlabelled op (``aten::...``, an autograd node)
   or Python-level label (``DistributedDataParallel.forward``), or ``(python)`` / ``(autograd engine)``
   for time between events.
+
+With ``device=True`` (a GPU profile) the same rules label every event, but a name's seconds are those of
+the device work (kernels, copies) its events launched, not their own host time; time between events then
+counts for nothing.
+
+The rules read a profile through ``ProfiledEvent``, a small torch-free protocol: ``torch_events`` adapts
+``torch.profiler``'s FunctionEvents to it (in the worker), ``moesim.workload.kineto`` reads Chrome
+traces into events that satisfy it.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from .model import OpInfo
+from .opinfo import OpInfo
 
 STEP = "moesim.reference.step"
 BACKWARD = "moesim.reference.backward"
@@ -41,6 +49,36 @@ _WEIGHT_VIEWS = frozenset({"aten::t", "aten::unbind", "aten::select", "aten::tra
 _US = 1e-6
 
 
+class ProfiledEvent(Protocol):
+    """One host event of a profile, nested by time on its thread.
+
+    ``children`` are the events directly inside it on the same thread, by start time. ``sequence_nr`` is
+    autograd's (-1 for none): a forward op's own, or an autograd node's forward op's, which ran on thread
+    ``fwd_thread`` (in the numbering of ``thread``; other events may give their own thread). ``input_shapes``
+    are the op's inputs' shapes (empty lists for non-tensors). ``device_us`` is the device work (kernels,
+    copies) the event itself launched, its children's not included: 0 on a CPU profile.
+    """
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def start_us(self) -> float: ...
+    @property
+    def end_us(self) -> float: ...
+    @property
+    def thread(self) -> int: ...
+    @property
+    def fwd_thread(self) -> int: ...
+    @property
+    def sequence_nr(self) -> int: ...
+    @property
+    def input_shapes(self) -> Sequence[Sequence[int]]: ...
+    @property
+    def children(self) -> Sequence[ProfiledEvent]: ...
+    @property
+    def device_us(self) -> float: ...
+
+
 @dataclass(frozen=True, slots=True)
 class StepAttribution:
     """One rank's profiled step: its length and its seconds by graph op name and by unattributed cause."""
@@ -50,74 +88,115 @@ class StepAttribution:
     unattributed: dict[str, float]   # at most UNATTRIBUTED_KEYS keys, "(other)" holding the rest
 
 
-def attribute(events: Sequence[Any], ops: Mapping[str, OpInfo], graph_names: Collection[str]) -> StepAttribution:
-    """Attribute the one ``STEP`` event among ``events`` (``torch.profiler``'s FunctionEvents, recorded
+@dataclass(eq=False, slots=True)
+class _TorchEvent:
+    """A FunctionEvent as a ``ProfiledEvent``."""
+
+    name: str
+    start_us: float
+    end_us: float
+    thread: int
+    fwd_thread: int
+    sequence_nr: int
+    input_shapes: Sequence[Sequence[int]]
+    device_us: float
+    children: list[_TorchEvent] = field(default_factory=list)
+
+
+def torch_events(function_events: Iterable[Any]) -> list[ProfiledEvent]:
+    """The host roots of ``torch.profiler``'s FunctionEvents (``prof.events()``) as ``ProfiledEvent``s:
+    the CPU events without a parent, their trees below them."""
+
+    def adapt(event: Any) -> _TorchEvent:
+        children = [adapt(child) for child in event.cpu_children]
+        return _TorchEvent(event.name, float(event.time_range.start), float(event.time_range.end), event.thread,
+                           event.fwd_thread or event.thread, event.sequence_nr, event.input_shapes or [],
+                           float(sum(kernel.duration for kernel in event.kernels)), children)
+
+    return [adapt(event) for event in function_events
+            if event.cpu_parent is None and str(event.device_type).endswith("CPU")]
+
+
+def attribute(roots: Sequence[ProfiledEvent], ops: Mapping[str, OpInfo], graph_names: Collection[str], *,
+              device: bool = False) -> StepAttribution:
+    """Attribute the one ``STEP`` event in the trees of ``roots`` (every thread's top-level events, recorded
     with shapes) to the labels of ``ops`` as named in ``graph_names`` (see the module docstring)."""
-    steps = [event for event in events if event.name == STEP]
+    steps = [event for event in _walk(roots) if event.name == STEP]
     if len(steps) != 1:
         raise ValueError(f"expected one {STEP!r} event in the profile, found {len(steps)}")
-    walker = _Walker(ops, set(graph_names), _forward_ops(events, ops), _backward_roots(events))
+    walker = _Walker(ops, set(graph_names), _forward_ops(roots, ops), _backward_roots(roots), device)
     walker.visit(steps[0], None, "(python)")
     seconds = {name: value * _US for name, value in walker.seconds.items()}
     for name, info in ops.items():  # a fused backward's dW shares its dX's kernel
         if info.fused_backward and f"{name}.dw" in graph_names:
             seconds.setdefault(f"{name}.dw", 0.0)
-    return StepAttribution(steps[0].time_range.elapsed_us() * _US, seconds, _largest(walker.unattributed))
+    return StepAttribution((steps[0].end_us - steps[0].start_us) * _US, seconds, _largest(walker.unattributed))
 
 
-def _forward_ops(events: Sequence[Any], ops: Mapping[str, OpInfo]) -> dict[tuple[int, int], tuple[str, Any]]:
+def _walk(events: Iterable[ProfiledEvent]) -> Iterator[ProfiledEvent]:
+    for event in events:
+        yield event
+        yield from _walk(event.children)
+
+
+def _forward_ops(roots: Sequence[ProfiledEvent],
+                 ops: Mapping[str, OpInfo]) -> dict[tuple[int, int], tuple[str, ProfiledEvent]]:
     """(thread, sequence number) -> (innermost label, innermost forward event) of every autograd-recorded
     op that ran inside a label."""
-    found: dict[tuple[int, int], tuple[str, Any]] = {}
+    found: dict[tuple[int, int], tuple[str, ProfiledEvent]] = {}
 
-    def visit(event: Any, label: str | None) -> None:
+    def visit(event: ProfiledEvent, label: str | None) -> None:
         if event.name in ops:
             label = event.name
         elif label is not None and event.sequence_nr >= 0:
             found[(event.thread, event.sequence_nr)] = (label, event)
-        for child in event.cpu_children:
+        for child in event.children:
             visit(child, label)
 
-    for event in events:
-        if event.cpu_parent is None:
-            visit(event, None)
+    for root in roots:
+        visit(root, None)
     return found
 
 
-def _backward_roots(events: Sequence[Any]) -> list[Any]:
+def _backward_roots(roots: Sequence[ProfiledEvent]) -> list[ProfiledEvent]:
     """Top-level events of the threads that ran autograd nodes (the rank's own, or the engine's device
     threads)."""
-    threads = {event.thread for event in events if event.name.startswith(_NODE)}
-    return [event for event in events if event.cpu_parent is None and event.thread in threads]
+    threads = {event.thread for event in _walk(roots) if event.name.startswith(_NODE)}
+    return [root for root in roots if root.thread in threads]
 
 
 class _Walker:
-    """Walks the step's event tree, adding each event's own time (its length less its children's)."""
+    """Walks the step's event tree, adding each event's own time (its length less its children's), or on
+    a device profile the device time it launched."""
 
     def __init__(self, ops: Mapping[str, OpInfo], graph_names: set[str],
-                 forward: dict[tuple[int, int], tuple[str, Any]], backward_roots: list[Any]) -> None:
+                 forward: dict[tuple[int, int], tuple[str, ProfiledEvent]], backward_roots: list[ProfiledEvent],
+                 device: bool) -> None:
         self.ops, self.graph_names, self.forward, self.backward_roots = ops, graph_names, forward, backward_roots
+        self.device = device
         self.seconds: dict[str, float] = defaultdict(float)
         self.unattributed: dict[str, float] = defaultdict(float)
         self.forced: dict[int, str] = {}          # id(matmul event) -> dX or dW label
         self.weight_labels: list[str] = []        # labels whose backward produced weight gradients, in order
 
-    def visit(self, event: Any, label: str | None, key: str | None) -> None:
+    def visit(self, event: ProfiledEvent, label: str | None, key: str | None) -> None:
         own = self._label(event, label)
         children = self._children(event)
+        spent = event.device_us if self.device else _own_us(event, children)
         if event.name == BACKWARD:
-            self._backward_gaps(event, children)
+            if not self.device:  # its own time is the engine's and DDP's, between the nodes
+                self._backward_gaps(event, children)
         elif own is not None:
-            self.seconds[own] += _own_us(event, children)
+            self.seconds[own] += spent
         else:
-            self.unattributed[key or event.name] += _own_us(event, children)
+            self.unattributed[key or event.name] += spent
         # an op's unlabelled calls count under its name; a Python-level label's (a dotted name) under their own
         python_label = "." in event.name and "::" not in event.name
         passes_key = own is None and event.name not in (STEP, BACKWARD) and not python_label
         for child in children:
             self.visit(child, own, key or event.name if passes_key else None)
 
-    def _label(self, event: Any, inherited: str | None) -> str | None:
+    def _label(self, event: ProfiledEvent, inherited: str | None) -> str | None:
         name = event.name
         if id(event) in self.forced:
             return self.forced[id(event)]
@@ -132,7 +211,7 @@ class _Walker:
             return inherited if found is None else self._node(event, *found)
         return inherited
 
-    def _node(self, node: Any, label: str, forward_event: Any) -> str:
+    def _node(self, node: ProfiledEvent, label: str, forward_event: ProfiledEvent) -> str:
         """The node's label; its matmuls' dX / dW labels go to ``forced``."""
         info = self.ops[label]
         if not info.matmul:
@@ -150,9 +229,9 @@ class _Walker:
             self.weight_labels.append(label)
         return self._phase(label, "dw" if kinds and "dx" not in kinds else "dx")
 
-    def _accumulate(self, node: Any) -> str | None:
+    def _accumulate(self, node: ProfiledEvent) -> str | None:
         """Accumulating a parameter's gradient: the dW of the latest label with a weight of its shape."""
-        inner = [child for child in node.cpu_children if child.name == _ACCUMULATE]
+        inner = [child for child in node.children if child.name == _ACCUMULATE]
         shape = _first_shape(inner[0]) if inner else None
         for label in reversed(self.weight_labels):
             if shape in self.ops[label].weight_shapes:
@@ -164,50 +243,49 @@ class _Walker:
         name, other = f"{label}.{kind}", f"{label}.{'dw' if kind == 'dx' else 'dx'}"
         return other if name not in self.graph_names and other in self.graph_names else name
 
-    def _children(self, event: Any) -> list[Any]:
+    def _children(self, event: ProfiledEvent) -> list[ProfiledEvent]:
         """``event``'s children; for the backward label also the autograd nodes other threads ran in it."""
-        children = list(event.cpu_children)
+        children = list(event.children)
         if event.name == BACKWARD:
-            window = event.time_range
             children += [e for e in self.backward_roots if e.thread != event.thread
-                         and window.start <= e.time_range.start and e.time_range.end <= window.end]
-            children.sort(key=lambda e: e.time_range.start)
+                         and event.start_us <= e.start_us and e.end_us <= event.end_us]
+            children.sort(key=lambda e: e.start_us)
         return children
 
-    def _backward_gaps(self, event: Any, children: list[Any]) -> None:
+    def _backward_gaps(self, event: ProfiledEvent, children: list[ProfiledEvent]) -> None:
         """Time in backward between events: DDP's wait for its buckets once the last node is done, else
         the engine's own."""
-        nodes_end = max((c.time_range.end for c in children if c.name.startswith(_NODE)), default=None)
+        nodes_end = max((c.end_us for c in children if c.name.startswith(_NODE)), default=None)
         for start, end in _gaps(event, children):
             tail = 0.0 if nodes_end is None else max(0.0, end - max(start, nodes_end))
             self.seconds[GRAD_SYNC] += tail
             self.unattributed["(autograd engine)"] += (end - start) - tail
 
 
-def _own_us(event: Any, children: list[Any]) -> float:
+def _own_us(event: ProfiledEvent, children: list[ProfiledEvent]) -> float:
     return sum(end - start for start, end in _gaps(event, children))
 
 
-def _gaps(event: Any, children: list[Any]) -> Iterator[tuple[float, float]]:
+def _gaps(event: ProfiledEvent, children: list[ProfiledEvent]) -> Iterator[tuple[float, float]]:
     """Intervals of ``event`` that none of ``children`` (sorted by start) covers."""
-    cursor, end = event.time_range.start, event.time_range.end
+    cursor, end = event.start_us, event.end_us
     for child in children:
-        if child.time_range.start > cursor:
-            yield cursor, min(child.time_range.start, end)
-        cursor = max(cursor, child.time_range.end)
+        if child.start_us > cursor:
+            yield cursor, min(child.start_us, end)
+        cursor = max(cursor, child.end_us)
     if end > cursor:
         yield cursor, end
 
 
-def _matmuls(event: Any) -> Iterator[Any]:
-    for child in event.cpu_children:
+def _matmuls(event: ProfiledEvent) -> Iterator[ProfiledEvent]:
+    for child in event.children:
         if child.name in _MATMULS:
             yield child
         else:
             yield from _matmuls(child)
 
 
-def _classify(matmuls: list[Any], info: OpInfo) -> list[str]:
+def _classify(matmuls: list[ProfiledEvent], info: OpInfo) -> list[str]:
     """"dx" for a matmul that reads a weight-shaped operand, "dw" for one that writes a weight-shaped
     output; when both or neither fit, the other matmul's complement, else autograd's order (dW first)."""
     patterns = {shape[-2:] for shape in info.weight_shapes} | {shape[-2:][::-1] for shape in info.weight_shapes}
@@ -224,7 +302,7 @@ def _classify(matmuls: list[Any], info: OpInfo) -> list[str]:
     return [k or ("dw" if i == 0 and len(matmuls) > 1 else "dx") for i, k in enumerate(kinds)]
 
 
-def _first_shape(event: Any) -> tuple[int, ...] | None:
+def _first_shape(event: ProfiledEvent) -> tuple[int, ...] | None:
     shapes = event.input_shapes
     return tuple(shapes[0]) if shapes and shapes[0] else None
 

@@ -34,18 +34,10 @@ from moesim.dtypes import DType
 from moesim.errors import MoesimError
 from moesim.workload.config import Activation, AttentionKind, GateKind, Workload
 
+from .opinfo import OpInfo
+
 INIT_STD = 0.02
 _DTYPES = {DType.FP32: torch.float32, DType.BF16: torch.bfloat16, DType.FP16: torch.float16}
-
-
-@dataclass(frozen=True, slots=True)
-class OpInfo:
-    """What a forward label's backward looks like: its parameters' shapes, whether it is matmuls (split
-    into dX and dW by their shapes) and whether one fused kernel computes its dX and dW together."""
-
-    weight_shapes: tuple[tuple[int, ...], ...] = ()
-    matmul: bool = False
-    fused_backward: bool = False
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""`moesim trace`: run the reference model on this machine, trace one step, write a traced workload file.
+"""`moesim trace`: run the reference model on this machine, trace one step, write a traced workload file;
+or import the Kineto (torch.profiler) traces of such a run made elsewhere (``import_kineto``).
 
 The ranks (``moesim.validation.reference.train --trace`` under torchrun) train the model for a few steps,
 profile one more and attribute its time to moesim's op names; this process turns their JSON into a
@@ -42,9 +43,10 @@ def device_of(environment: Mapping[str, Any]) -> str:
 
 def trace_model(model: str | Path, out: str | Path, *, overrides: Mapping[str, Any] | None = None,
                 settings: Sequence[str] = (), nproc: int = 2, steps: int = 3, warmup: int = 1,
-                timeout_s: float = 900.0) -> TracedWorkloadFile:
+                timeout_s: float = 900.0, kineto_dir: Path | None = None) -> TracedWorkloadFile:
     """Trace ``model`` (a preset or YAML, with ``settings`` as the CLI's ``--set`` strings and ``overrides``
-    their parsed form) on ``nproc`` local ranks and write the traced workload to ``out``."""
+    their parsed form) on ``nproc`` local ranks and write the traced workload to ``out``; with
+    ``kineto_dir``, the ranks also write their profiled step there as Kineto traces (``rank{r}.json``)."""
     if is_traced(model):
         raise MoesimError(f"model {str(model)!r}: trace a preset or a YAML model, not a traced file")
     load_workload(model, num_gpus=nproc, gpu=CPU_DEVICE, overrides=overrides)  # bad input fails before the run
@@ -54,6 +56,8 @@ def trace_model(model: str | Path, out: str | Path, *, overrides: Mapping[str, A
                      "--out", str(measured)]
         for setting in settings:
             arguments += ["--set", setting]
+        if kineto_dir is not None:
+            arguments += ["--kineto-dir", str(kineto_dir)]
         torchrun(WORKER, arguments, nproc, timeout_s=timeout_s)
         result = json.loads(measured.read_text(encoding="utf-8"))
     environment = result.get("environment", {})
@@ -68,4 +72,27 @@ def trace_model(model: str | Path, out: str | Path, *, overrides: Mapping[str, A
                          backend=environment.get("backend"), steps=len(result.get("step_times_s", [])),
                          median_step_s=result.get("median_step_s"))
     description = f"{base.preset} traced on {nproc} x {device}" + (f" ({', '.join(settings)})" if settings else "")
+    return write_traced(out, name=Path(out).stem, workload=workload, source=source, description=description)
+
+
+def import_kineto(model: str | Path, paths: Sequence[str | Path], out: str | Path, *,
+                  overrides: Mapping[str, Any] | None = None, settings: Sequence[str] = ()) -> TracedWorkloadFile:
+    """A traced workload from the Kineto traces of one run of ``model`` (one file per rank, as
+    ``train --trace --kineto-dir`` writes them; forward ops labelled with moesim's op names), written to
+    ``out``. The device is ``cpu-rank`` for a gloo run, else the GPU preset the traces' device names."""
+    from moesim.validation.reference.from_kineto import recorded_from_kineto
+    from moesim.workload.kineto import read_kineto
+
+    if is_traced(model):
+        raise MoesimError(f"model {str(model)!r}: name the model the traces ran (a preset or YAML), not a traced file")
+    if not paths:
+        raise MoesimError("--kineto: give one trace file per rank")
+    first = read_kineto(paths[0])
+    device = device_of({"backend": first.backend, "devices": list(first.device_names) or ["unknown"]})
+    base = load_workload(model, num_gpus=len(paths), gpu=device, overrides=overrides)
+    workload = Workload(model=base.model, training=base.training, num_gpus=len(paths), preset=base.preset,
+                        recorded=recorded_from_kineto([Path(p) for p in paths], base, device))
+    source = TraceSource(tool="moesim trace --kineto", traced_at=datetime.now(UTC), backend=first.backend)
+    description = (f"{base.preset} imported from {len(paths)} Kineto traces on {device}"
+                   + (f" ({', '.join(settings)})" if settings else ""))
     return write_traced(out, name=Path(out).stem, workload=workload, source=source, description=description)

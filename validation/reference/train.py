@@ -15,8 +15,10 @@ The JSON: ``format`` (FORMAT), ``model``, ``overrides``, ``world_size``, ``warmu
 ``seed``, ``step_times_s`` and ``losses`` (the timed steps', the loss averaged over ranks),
 ``median_step_s`` (the lower median), ``parameter_digests`` (per rank, SHA-256 of its dense and of its
 expert parameters after the steps), ``environment``, and with ``--trace``: ``trace`` = {``ranks``:
-[{rank, step_s, op_seconds, unattributed}], ``routing``: [{layer, counts, kept, capacity}]}. This module
-imports torch only inside ``main``.
+[{rank, step_s, op_seconds, unattributed}], ``routing``: [{layer, counts, kept, capacity}]}. With
+``--kineto-dir DIR`` (and ``--trace``) every rank also writes its profiled step as ``DIR/rank{r}.json``, a
+Chrome trace that ``from_kineto.recorded_from_kineto`` reads without torch. This module imports torch
+only inside ``main``.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--trace", action="store_true", help="profile one more step and attribute it to the graph")
+    parser.add_argument("--kineto-dir", type=Path, default=None, metavar="DIR",
+                        help="with --trace, every rank also writes its profiled step as DIR/rank{r}.json")
     parser.add_argument("--out", type=Path, required=True)
     return parser.parse_args(argv)
 
@@ -68,11 +72,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.steps < 1 or args.warmup < 0:
             raise MoesimError(f"--steps must be >= 1 and --warmup >= 0, got {args.steps} and {args.warmup}")
+        if args.kineto_dir is not None and not args.trace:
+            raise MoesimError("--kineto-dir needs --trace (it writes the profiled step)")
         overrides = parse_assignments(args.overrides)
         workload = load_workload(args.model, num_gpus=ctx.world_size, gpu=device_name(ctx), overrides=overrides)
         trainer = Trainer(workload, ctx, args.seed)
         times, losses = trainer.timed(args.warmup, args.steps)
-        trace = trainer.traced() if args.trace else None
+        trace = trainer.traced(args.kineto_dir) if args.trace else None
         digests = trainer.digests()
     except MoesimError as err:  # every rank meets the same error: the inputs are the same
         print(f"error: {err}", file=sys.stderr)
@@ -196,13 +202,14 @@ class Trainer:
         dist.all_gather_object(every, mine)
         return every
 
-    def traced(self) -> dict[str, Any]:
-        """Profile one more step; every rank's attribution and routing, gathered on every rank."""
+    def traced(self, kineto_dir: Path | None = None) -> dict[str, Any]:
+        """Profile one more step; every rank's attribution and routing, gathered on every rank. With
+        ``kineto_dir``, this rank also writes the profile there as ``rank{r}.json`` (a Chrome trace)."""
         import torch
         import torch.distributed as dist
         from torch.profiler import ProfilerActivity, profile, record_function
 
-        from .attribution import STEP, attribute
+        from .attribution import STEP, attribute, torch_events
 
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.ctx.device.type == "cuda" else [])
         dist.barrier()
@@ -210,8 +217,11 @@ class Trainer:
             self.step()
             if self.ctx.device.type == "cuda":
                 torch.cuda.synchronize(self.ctx.device)
+        if kineto_dir is not None:
+            kineto_dir.mkdir(parents=True, exist_ok=True)
+            prof.export_chrome_trace(str(kineto_dir / f"rank{self.ctx.rank}.json"))
         names = {op.name for op in build_graph(self.workload).ops}
-        mine = attribute(prof.events(), self.model.ops, names)
+        mine = attribute(torch_events(prof.events()), self.model.ops, names)
         ranks: list[Any] = [None] * self.ctx.world_size
         dist.all_gather_object(ranks, {"rank": self.ctx.rank, "step_s": mine.step_s, "op_seconds": mine.op_seconds,
                                        "unattributed": mine.unattributed})
