@@ -12,8 +12,9 @@ The table ``KERNELS`` maps (kind, phase) to a builder. It follows the FLOP / byt
 - MATMUL: ``[batch,] m x k @ k x n``. dX and dW ops carry transposed dims already; the token
   dimension is ``m`` (forward, dX) or ``k`` (dW).
 - ATTENTION: scaled_dot_product_attention on ``[b', heads, s, head_dim]`` (grouped kv heads when
-  ``kv_heads < heads``); dX is costed at 2x forward, so it runs the forward twice. A part cut along
-  the sequence (``task.axis``) runs its share of the query rows against all ``s`` keys instead.
+  ``kv_heads < heads``); dX: its real backward (dQ, dK, dV by autograd; costed at 2.5x the forward
+  FLOPs). A part cut along the sequence (``task.axis``) runs its share of the query rows against all
+  ``s`` keys instead.
 - LAYERNORM: layer_norm; dW: the two column sums ``sum(g * x)``, ``sum(g)`` (it reads one more
   tensor than the convention's bytes). ELEMENTWISE: an add for residual roles, else the activation
   whose FLOPs per element match (GELU 8, SwiGLU 5, ReLU 1; the nearest otherwise). SOFTMAX: softmax.
@@ -22,9 +23,10 @@ The table ``KERNELS`` maps (kind, phase) to a builder. It follows the FLOP / byt
   expert rows by their gate and scatters them back (index_add_). Token rows are at least 1, so a
   part with slots but no tokens still has rows to gather.
 - EMBEDDING: embedding lookup (+ position add when the op has FLOPs); dW: index_add_ into the table.
-- LOSS: cross_entropy. OPTIMIZER: SGD with momentum over a flat buffer of ``params`` elements
-  (an Adam-style update when the op's FLOPs per parameter exceed SGD's).
-- Every other dX (memory-bound ops, loss) is costed at 2x its forward: it runs the forward twice.
+- LOSS: cross_entropy; dX: its real backward (the logits' gradient, by autograd). OPTIMIZER: SGD with
+  momentum over a flat buffer of ``params`` elements (an Adam-style update when the op's FLOPs per
+  parameter exceed SGD's).
+- Every other dX of a memory-bound op is costed at 2x its forward: it runs the forward twice.
 
 Collectives (``collective_kernel``): all_to_all_single with per-peer split sizes from this rank's row
 (send) and column (receive) of the task's traffic, diagonal included (a local copy); all_reduce,
@@ -273,6 +275,30 @@ def _optimizer(op: Op, share: float, pool: TensorPool) -> Kernel:
     return adam
 
 
+def _attention_backward(op: Op, share: float, pool: TensorPool) -> Kernel:
+    """dX of attention: the real backward of ``scaled_dot_product_attention`` (dQ, dK, dV by autograd), as a
+    training framework runs it; its forward runs once, when the kernel is built."""
+    d = op.dims
+    batch, heads, kv_heads = scaled(d["b"], share), d["heads"], d.get("kv_heads", d["heads"])
+    q = pool.get("attn.q", batch, heads, d["s"], d["head_dim"]).detach().requires_grad_()
+    k = pool.get("attn.k", batch, kv_heads, d["s"], d["head_dim"]).detach().requires_grad_()
+    v = pool.get("attn.v", batch, kv_heads, d["s"], d.get("v_head_dim", d["head_dim"])).detach().requires_grad_()
+    with torch.enable_grad():
+        out = F.scaled_dot_product_attention(q, k, v, enable_gqa=kv_heads != heads)
+    grad = pool.get("attn.grad", *out.shape)
+    return lambda: torch.autograd.grad(out, (q, k, v), grad, retain_graph=True)
+
+
+def _loss_backward(op: Op, share: float, pool: TensorPool) -> Kernel:
+    """dX of the loss: the real backward of ``cross_entropy`` (the logits' gradient, by autograd)."""
+    tokens, vocab = scaled(op.dims["tokens"], share), op.dims["vocab"]
+    logits = pool.get("loss.logits", tokens, vocab).detach().requires_grad_()
+    targets = pool.indices("loss.targets", tokens, vocab)
+    with torch.enable_grad():
+        loss = F.cross_entropy(logits, targets)
+    return lambda: torch.autograd.grad(loss, (logits,), retain_graph=True)
+
+
 def _twice(builder: Builder) -> Builder:
     """dX costed at 2x the forward FLOPs and bytes: the forward kernel, run twice."""
 
@@ -287,7 +313,7 @@ _F, _DX, _DW = Phase.FORWARD, Phase.BACKWARD_INPUT, Phase.BACKWARD_WEIGHT
 
 KERNELS: Mapping[tuple[OpKind, Phase], Builder] = MappingProxyType({
     (OpKind.MATMUL, _F): _matmul, (OpKind.MATMUL, _DX): _matmul, (OpKind.MATMUL, _DW): _matmul,
-    (OpKind.ATTENTION, _F): _attention, (OpKind.ATTENTION, _DX): _twice(_attention),
+    (OpKind.ATTENTION, _F): _attention, (OpKind.ATTENTION, _DX): _attention_backward,
     (OpKind.LAYERNORM, _F): _layernorm, (OpKind.LAYERNORM, _DX): _twice(_layernorm),
     (OpKind.LAYERNORM, _DW): _layernorm_dw,
     (OpKind.ELEMENTWISE, _F): _elementwise, (OpKind.ELEMENTWISE, _DX): _twice(_elementwise),
@@ -295,7 +321,7 @@ KERNELS: Mapping[tuple[OpKind, Phase], Builder] = MappingProxyType({
     (OpKind.ROUTER, _F): _router, (OpKind.ROUTER, _DX): _router_backward, (OpKind.ROUTER, _DW): _router_backward,
     (OpKind.PERMUTE, _F): _permute, (OpKind.PERMUTE, _DX): _twice(_permute),
     (OpKind.EMBEDDING, _F): _embedding, (OpKind.EMBEDDING, _DW): _embedding_dw,
-    (OpKind.LOSS, _F): _loss, (OpKind.LOSS, _DX): _twice(_loss),
+    (OpKind.LOSS, _F): _loss, (OpKind.LOSS, _DX): _loss_backward,
     (OpKind.OPTIMIZER, Phase.OPTIMIZER): _optimizer,
 })
 

@@ -7,9 +7,9 @@ Backward, in reverse program order: each op with differentiable inputs gets a dX
 depending on the dX ops of every op that consumed its output), and each op with weights gets a dW
 op right after it (``.dw``, with the same dependencies: its saved input exists since forward
 finished). Matmul dX and dW each cost the forward's 2mnk (shapes transposed accordingly); the
-router's dX and dW each cost its gate matmul; other ops' dX cost twice their forward FLOPs and
-bytes (attention: 2x forward, recomputation not counted). An all-to-all's backward is an
-all-to-all moving the transposed traffic.
+router's dX and dW each cost its gate matmul; attention's dX costs 2.5x its forward FLOPs (dQ, dK, dV
+and the recomputed scores: five matmuls against two) and twice its bytes; other ops' dX cost twice
+their forward FLOPs and bytes. An all-to-all's backward is an all-to-all moving the transposed traffic.
 
 Gradients (in the training dtype, BF16 for FP8) fill buckets of ``grad_bucket_mb`` in the order
 their dW ops appear; a bucket is all-reduced once it reaches the cap (DDP's rule, so a bucket may
@@ -37,6 +37,7 @@ from moesim.workload.routing import LayerRouting, route
 LAYERNORM_DW_FLOPS_PER_ELEMENT = 2  # d(gamma), d(beta) multiply-accumulate
 SGD_FLOPS_PER_PARAM = 4             # m = mu m + g; w -= lr m
 ADAM_FLOPS_PER_PARAM = 12           # moments, bias correction, sqrt, divide, update
+ATTENTION_BACKWARD_FLOPS = 2.5      # x forward: five matmuls against two (FlashAttention's count, docs/sources.md §2)
 
 
 def build_graph(workload: Workload, *, measured: bool = True) -> OpGraph:
@@ -99,7 +100,8 @@ def _param_owners(nodes: list[ForwardNode]) -> dict[str, int]:
 
 def _dx_op(op_id: int, node: ForwardNode, deps: tuple[int, ...]) -> Op:
     dims, comm = node.dims, None
-    flops, mem = 2 * node.flops, 2 * node.mem_bytes
+    flops = (ATTENTION_BACKWARD_FLOPS if node.kind is OpKind.ATTENTION else 2) * node.flops
+    mem = 2 * node.mem_bytes
     if node.kind is OpKind.MATMUL:
         dims = {**node.dims, "n": node.dims["k"], "k": node.dims["n"]}
         flops, mem = node.flops, node.mem_bytes

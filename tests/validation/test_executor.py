@@ -62,13 +62,18 @@ def expected_shapes(op, share):
     """The output shape(s) of ``op``'s kernel at ``share``, from the op's dims (the harness's contract:
     the token dimension scales with the share, every other size is the op's)."""
     d, phase = op.dims, op.phase
-    twice = phase is Phase.BACKWARD_INPUT and op.kind not in (OpKind.MATMUL, OpKind.ROUTER)
+    twice = phase is Phase.BACKWARD_INPUT and op.kind not in (OpKind.MATMUL, OpKind.ROUTER, OpKind.ATTENTION,
+                                                              OpKind.LOSS)
     if op.kind is OpKind.MATMUL:
         lead = (d["batch"],) if d.get("batch", 1) > 1 else ()
         m = d["m"] if phase is Phase.BACKWARD_WEIGHT else _round(d["m"], share)
         once = lead + (m, d["n"])
     elif op.kind is OpKind.ATTENTION:
-        once = (_round(d["b"], share), d["heads"], d["s"], d.get("v_head_dim", d["head_dim"]))
+        b, kv_heads = _round(d["b"], share), d.get("kv_heads", d["heads"])
+        once = (b, d["heads"], d["s"], d.get("v_head_dim", d["head_dim"]))
+        if phase is Phase.BACKWARD_INPUT:  # the real backward: dQ, dK, dV
+            once = ((b, d["heads"], d["s"], d["head_dim"]), (b, kv_heads, d["s"], d["head_dim"]),
+                    (b, kv_heads, d["s"], d.get("v_head_dim", d["head_dim"])))
     elif op.kind is OpKind.LAYERNORM:
         once = (((d["hidden"],), (d["hidden"],)) if phase is Phase.BACKWARD_WEIGHT
                 else (_round(d["tokens"], share), d["hidden"]))
@@ -87,8 +92,8 @@ def expected_shapes(op, share):
     elif op.kind is OpKind.EMBEDDING:
         rows = d["vocab"] if phase is Phase.BACKWARD_WEIGHT else _round(d["tokens"], share)
         once = (rows, d["hidden"])
-    elif op.kind is OpKind.LOSS:
-        once = ()
+    elif op.kind is OpKind.LOSS:  # forward: the scalar loss; dX: the logits' gradient
+        once = ((_round(d["tokens"], share), d["vocab"]),) if phase is Phase.BACKWARD_INPUT else ()
     else:
         assert op.kind is OpKind.OPTIMIZER
         once = (_round(d["params"], share),)

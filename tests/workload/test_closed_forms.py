@@ -74,11 +74,11 @@ def _terms(w: Workload) -> list[tuple[float, float]]:
             terms += [_matmul(T, a.kv_lora_rank + a.qk_rope_head_dim, h),
                       _matmul(T, H * (a.qk_nope_head_dim + dv), a.kv_lora_rank)]
         core = 2.0 * B * S * S * H * (dqk + dv)
-        terms += [(core, 2 * core), _matmul(T, h, H * dv), add]
+        terms += [(core, 2.5 * core), _matmul(T, h, H * dv), add]  # attention dX: five matmuls to two
         if m.encoder_decoder and layer >= m.num_layers:
             d, kv = m.head_dim or h // H, m.num_kv_heads or H
             cross = 2.0 * B * S * S * H * 2 * d
-            terms += [layernorm, _matmul(T, H * d, h), _matmul(T, 2 * kv * d, h), (cross, 2 * cross),
+            terms += [layernorm, _matmul(T, H * d, h), _matmul(T, 2 * kv * d, h), (cross, 2.5 * cross),
                       _matmul(T, h, H * d), add]
         terms.append(layernorm)
         if m.is_moe_block(layer):
