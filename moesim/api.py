@@ -126,9 +126,21 @@ def scenario(
     workload = load_workload(model, num_gpus=cluster.num_gpus, gpu=cluster.node.gpu.name,
                              overrides=workload_updates)
     recorded = workload.recorded  # a traced workload's op times hold on the device it was traced on
-    graph = build_graph(workload, measured=recorded is not None and recorded.device == cluster.node.gpu.name)
+    measured = recorded is not None and recorded.device == cluster.node.gpu.name
+    graph = build_graph(workload, measured=measured)
+    if measured:
+        cluster = _without_compute_interference(cluster)
     cost = RooflineCostModel(cluster, workload.training.dtype)
     return Scenario(str(model), str(hardware), nodes, cluster, workload, graph, cost, scoped["schedule"])
+
+
+def _without_compute_interference(cluster: ClusterSpec) -> ClusterSpec:
+    """The cluster for a traced workload's measured ops: what concurrent collectives took from the compute
+    (a slowdown, a CPU host's stolen work) is inside the measured times already, so the cost model adds none.
+    What happens between ops (hand-over, rendezvous, a collective's own slowdown) stays modelled."""
+    cost = cluster.node.cost.model_copy(update={"compute_slowdown_under_comm": 0.0, "comm_cpu_us": 0.0,
+                                                "comm_cpu_us_per_mib": 0.0})
+    return cluster.model_copy(update={"node": cluster.node.model_copy(update={"cost": cost})})
 
 
 def simulate(

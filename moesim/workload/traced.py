@@ -63,6 +63,7 @@ class TraceSource(BaseModel):
     backend: str | None = None
     steps: int | None = None      # timed steps of the run the trace followed
     median_step_s: float | None = None
+    step_times_s: tuple[float, ...] = ()  # those steps' times (the slowest rank's), before the profiled ones
 
 
 class TracedWorkloadFile(BaseModel):

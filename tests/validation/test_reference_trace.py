@@ -107,3 +107,17 @@ def test_the_reference_report_gives_both_errors_as_json_and_text(capsys, monkeyp
     assert main(["validate", "--reference"]) == 0
     text = capsys.readouterr().out
     assert "-25.0%" in text and "-5.0%" in text and "small" in text
+
+
+def test_several_profiled_steps_give_each_names_median():
+    from moesim.validation.reference.attribution import StepAttribution
+    from moesim.validation.reference.train import _median_attribution
+
+    steps = [StepAttribution(0.30, {"L0.qkv": 0.010, "loss.dx": 0.050}, {"(python)": 0.001}),
+             StepAttribution(0.20, {"L0.qkv": 0.012, "loss.dx": 0.007}, {}),
+             StepAttribution(0.25, {"L0.qkv": 0.011}, {"(python)": 0.003})]
+    median = _median_attribution(steps)
+    assert median.step_s == 0.25
+    assert median.op_seconds == {"L0.qkv": 0.011, "loss.dx": 0.007}  # a stalled step's 50 ms does not count
+    assert median.unattributed == {"(python)": 0.001}
+    assert _median_attribution(steps[:1]) is steps[0]

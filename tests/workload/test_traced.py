@@ -158,3 +158,16 @@ def test_the_bundled_traced_workloads_load_by_name_and_simulate():
     assert dropless.capacity is None and len(set(dropless.counts.sum(axis=0).tolist())) > 1  # a real, uneven router
     with pytest.raises(MoesimError, match="unknown traced workload; allowed: traced/tiny-moe-a"):
         scenario("traced/nothing", CPU, 1)
+
+
+def test_measured_op_times_take_no_further_compute_interference(tmp_path):
+    """What a concurrent collective took from the compute is inside a measured time: the CPU host's charge
+    for it applies to config-built ops only."""
+    path = traced_file(tmp_path)
+    stolen = {"cost.comm_cpu_us": 500.0, "cost.comm_cpu_us_per_mib": 300.0}
+    traced = [run_schedule(scenario(path, CPU, 1, overrides), "tutel").metrics.iteration_time_s
+              for overrides in ({}, stolen)]
+    assert traced[0] == traced[1]
+    config = [run_schedule(scenario("tiny-moe-a", CPU, 1, overrides), "tutel").metrics.iteration_time_s
+              for overrides in ({}, stolen)]
+    assert config[1] > config[0]

@@ -43,17 +43,18 @@ def device_of(environment: Mapping[str, Any]) -> str:
 
 def trace_model(model: str | Path, out: str | Path, *, overrides: Mapping[str, Any] | None = None,
                 settings: Sequence[str] = (), nproc: int = 2, steps: int = 3, warmup: int = 1,
-                timeout_s: float = 900.0, kineto_dir: Path | None = None) -> TracedWorkloadFile:
+                timeout_s: float = 900.0, kineto_dir: Path | None = None, trace_steps: int = 1) -> TracedWorkloadFile:
     """Trace ``model`` (a preset or YAML, with ``settings`` as the CLI's ``--set`` strings and ``overrides``
     their parsed form) on ``nproc`` local ranks and write the traced workload to ``out``; with
-    ``kineto_dir``, the ranks also write their profiled step there as Kineto traces (``rank{r}.json``)."""
+    ``kineto_dir``, the ranks also write their (last) profiled step there as Kineto traces (``rank{r}.json``).
+    ``trace_steps`` steps are profiled; each op's time is its median over them."""
     if is_traced(model):
         raise MoesimError(f"model {str(model)!r}: trace a preset or a YAML model, not a traced file")
     load_workload(model, num_gpus=nproc, gpu=CPU_DEVICE, overrides=overrides)  # bad input fails before the run
     with tempfile.TemporaryDirectory(prefix="moesim-trace-") as scratch:
         measured = Path(scratch) / "reference.json"
         arguments = ["--model", str(model), "--steps", str(steps), "--warmup", str(warmup), "--trace",
-                     "--out", str(measured)]
+                     "--trace-steps", str(trace_steps), "--out", str(measured)]
         for setting in settings:
             arguments += ["--set", setting]
         if kineto_dir is not None:
@@ -70,7 +71,8 @@ def trace_model(model: str | Path, out: str | Path, *, overrides: Mapping[str, A
         raise MoesimError(one_line(err, prefix=f"the reference run of {model}: ")) from None
     source = TraceSource(tool="moesim trace", traced_at=datetime.now(UTC), torch=environment.get("torch"),
                          backend=environment.get("backend"), steps=len(result.get("step_times_s", [])),
-                         median_step_s=result.get("median_step_s"))
+                         median_step_s=result.get("median_step_s"),
+                         step_times_s=tuple(result.get("step_times_s", ())))
     description = f"{base.preset} traced on {nproc} x {device}" + (f" ({', '.join(settings)})" if settings else "")
     return write_traced(out, name=Path(out).stem, workload=workload, source=source, description=description)
 

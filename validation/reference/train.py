@@ -8,8 +8,9 @@ as many GPUs as the job has ranks. Dense parameters train under DistributedDataP
 expert-data-parallel group when it has more than one rank (DeepSpeed-MoE's rule). A step is zero_grad,
 forward, backward, expert gradient sync, optimizer step. Each step starts at a barrier; its time is the
 slowest rank's, from the barrier's exit to the end of the optimizer step. Every step trains on the same
-batch, so the loss falls. ``--trace`` profiles one more step and attributes it to the op names of
-moesim's graph (``attribution``), with the routing every rank made in it.
+batch, so the loss falls. ``--trace`` profiles ``--trace-steps`` more steps (default 1) and attributes them
+(each op's median over them) to the op names of moesim's graph (``attribution``), with the routing every
+rank made in the last.
 
 The JSON: ``format`` (FORMAT), ``model``, ``overrides``, ``world_size``, ``warmup``, ``steps``,
 ``seed``, ``step_times_s`` and ``losses`` (the timed steps', the loss averaged over ranks),
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -36,6 +38,8 @@ from moesim.overrides import parse_assignments
 from moesim.workload.builder import build_graph
 from moesim.workload.config import OptimizerKind, Workload
 from moesim.workload.presets import load_workload
+
+from .attribution import StepAttribution
 
 if TYPE_CHECKING:
     import torch
@@ -56,7 +60,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--trace", action="store_true", help="profile one more step and attribute it to the graph")
+    parser.add_argument("--trace", action="store_true", help="profile more steps and attribute them to the graph")
+    parser.add_argument("--trace-steps", type=int, default=1,
+                        help="with --trace, profiled steps: each op's median over them (default 1)")
     parser.add_argument("--kineto-dir", type=Path, default=None, metavar="DIR",
                         help="with --trace, every rank also writes its profiled step as DIR/rank{r}.json")
     parser.add_argument("--out", type=Path, required=True)
@@ -78,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workload = load_workload(args.model, num_gpus=ctx.world_size, gpu=device_name(ctx), overrides=overrides)
         trainer = Trainer(workload, ctx, args.seed)
         times, losses = trainer.timed(args.warmup, args.steps)
-        trace = trainer.traced(args.kineto_dir) if args.trace else None
+        trace = trainer.traced(args.kineto_dir, args.trace_steps) if args.trace else None
         digests = trainer.digests()
     except MoesimError as err:  # every rank meets the same error: the inputs are the same
         print(f"error: {err}", file=sys.stderr)
@@ -202,9 +208,21 @@ class Trainer:
         dist.all_gather_object(every, mine)
         return every
 
-    def traced(self, kineto_dir: Path | None = None) -> dict[str, Any]:
-        """Profile one more step; every rank's attribution and routing, gathered on every rank. With
-        ``kineto_dir``, this rank also writes the profile there as ``rank{r}.json`` (a Chrome trace)."""
+    def traced(self, kineto_dir: Path | None = None, steps: int = 1) -> dict[str, Any]:
+        """Profile ``steps`` more steps; every rank's attribution (each name's median over the steps, the
+        median step) and the last step's routing, gathered on every rank. With ``kineto_dir``, this rank
+        also writes its last profiled step there as ``rank{r}.json`` (a Chrome trace)."""
+        import torch.distributed as dist
+
+        attributions = [self._traced_step(kineto_dir if index == steps - 1 else None) for index in range(steps)]
+        mine = _median_attribution(attributions)
+        ranks: list[Any] = [None] * self.ctx.world_size
+        dist.all_gather_object(ranks, {"rank": self.ctx.rank, "step_s": mine.step_s, "op_seconds": mine.op_seconds,
+                                       "unattributed": mine.unattributed})
+        return {"ranks": ranks, "routing": self._routing()}
+
+    def _traced_step(self, kineto_dir: Path | None) -> StepAttribution:
+        """One profiled step, attributed to the graph's op names."""
         import torch
         import torch.distributed as dist
         from torch.profiler import ProfilerActivity, profile, record_function
@@ -221,11 +239,7 @@ class Trainer:
             kineto_dir.mkdir(parents=True, exist_ok=True)
             prof.export_chrome_trace(str(kineto_dir / f"rank{self.ctx.rank}.json"))
         names = {op.name for op in build_graph(self.workload).ops}
-        mine = attribute(torch_events(prof.events()), self.model.ops, names)
-        ranks: list[Any] = [None] * self.ctx.world_size
-        dist.all_gather_object(ranks, {"rank": self.ctx.rank, "step_s": mine.step_s, "op_seconds": mine.op_seconds,
-                                       "unattributed": mine.unattributed})
-        return {"ranks": ranks, "routing": self._routing()}
+        return attribute(torch_events(prof.events()), self.model.ops, names)
 
     def _routing(self) -> list[dict[str, Any]]:
         """Per MoE layer, every rank's assignments per global expert in the last step, before and after
@@ -241,6 +255,19 @@ class Trainer:
         dist.all_gather_object(every, mine)
         return [{"layer": layer, "counts": [rank[i][1] for rank in every], "kept": [rank[i][2] for rank in every],
                  "capacity": self.workload.capacity} for i, (layer, _, _) in enumerate(mine)]
+
+
+def _median_attribution(steps: Sequence[StepAttribution]) -> StepAttribution:
+    """Each name's median over the profiled steps (0 where a step lacks it); one step is returned as is."""
+    if len(steps) == 1:
+        return steps[0]
+
+    def medians(tables: list[dict[str, float]]) -> dict[str, float]:
+        return {name: statistics.median(table.get(name, 0.0) for table in tables)
+                for name in dict.fromkeys(name for table in tables for name in table)}
+
+    return StepAttribution(statistics.median(s.step_s for s in steps), medians([s.op_seconds for s in steps]),
+                           medians([s.unattributed for s in steps]))
 
 
 if __name__ == "__main__":

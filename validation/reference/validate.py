@@ -1,9 +1,10 @@
 """`moesim validate --reference`: predict the reference PyTorch model's real training step, run it, compare.
 
-For each size of the reference model: trace it (``trace_model``, one job: a traced workload file) -> run
-it again for timing (``moesim.validation.reference.train``, a second job) -> predict its step with the
-calibrated spec twice, from its configuration (the op graph priced by the cost model) and from its trace
-(the recorded op times and routing) -> the error of each against the measured median step. The reference
+For each size of the reference model, one job (``trace_model``): warm-up steps, timed steps (the measured
+median), then as many profiled steps (the traced workload: each op's median over them), so that the host's
+speed, which drifts between jobs on a shared machine, weighs on the measurement and the trace alike -> predict
+the step with the calibrated spec twice, from its configuration (the op graph priced by the cost model) and
+from its trace (the recorded op times and routing) -> the error of each against the measured median step. The reference
 model is plain PyTorch: its all-to-alls block compute and DDP overlaps the gradient all-reduce with
 backward, which is moesim's ``sequential`` schedule with ``grad_sync=ddp``. The calibration behind the spec
 saw microbenchmarks only, never these models.
@@ -11,7 +12,6 @@ saw microbenchmarks only, never these models.
 
 from __future__ import annotations
 
-import json
 import statistics
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -22,8 +22,7 @@ from typing import Any
 from moesim.analysis.tables import metrics_table
 from moesim.api import run_schedule, scenario
 from moesim.overrides import parse_assignments
-from moesim.validation.launch import torchrun
-from moesim.validation.reference.trace import WORKER, trace_model
+from moesim.validation.reference.trace import trace_model
 
 BASE_MODEL = "tiny-moe-a"
 # Sizes of the reference model, as --set strings on BASE_MODEL; none is a calibration model.
@@ -98,19 +97,13 @@ def validate_reference(hardware: str, *, model: str = BASE_MODEL, sizes: Mapping
         with tempfile.TemporaryDirectory(prefix="moesim-reference-") as scratch:
             traced_path = Path(scratch) / f"{size}.json"
             traced = trace_model(model, traced_path, overrides=overrides, settings=settings, nproc=nproc,
-                                 steps=1, warmup=warmup, timeout_s=timeout_s)
-            out = Path(scratch) / "timed.json"
-            args = ["--model", model, "--steps", str(steps), "--warmup", str(warmup), "--out", str(out)]
-            for setting in settings:
-                args += ["--set", setting]
-            torchrun(WORKER, args, nproc, timeout_s=timeout_s)
-            timed = json.loads(out.read_text(encoding="utf-8"))
+                                 steps=steps, warmup=warmup, timeout_s=timeout_s, trace_steps=steps)
             from_trace = run_schedule(scenario(traced_path, hardware, 1), SCHEDULE).metrics.iteration_time_s
         from_config = run_schedule(scenario(model, hardware, 1, overrides), SCHEDULE).metrics.iteration_time_s
-        times = tuple(float(t) for t in timed["step_times_s"])
+        times = traced.source.step_times_s
         ranks = traced.recorded.ranks
         coverage = statistics.fmean(1.0 - r.unattributed_s / r.step_s for r in ranks)
         rows.append(ReferenceRow(size, tuple(settings), statistics.median(times), (max(times) - min(times)) / 2,
                                  times, from_config, from_trace, coverage))
-        environment = timed.get("environment", {})
+        environment = {"world_size": nproc, "backend": traced.source.backend, "torch": traced.source.torch}
     return ReferenceReport(hardware, model, tuple(rows), environment)
