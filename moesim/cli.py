@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, NoReturn, TextIO
 
 from moesim.errors import DeadlockError, MoesimError
+from moesim.files import write_atomically
 
 if TYPE_CHECKING:  # the commands import what they use when they run: `moesim --help` stays quick
     from moesim.analysis.comparison import ComparisonRow
@@ -153,9 +152,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = run_schedule(scenario(args.model, args.hardware, args.nodes, parse_assignments(args.settings)),
                           args.schedule)
     if args.trace:
-        _write_atomically(args.trace, result.write_chrome_trace)
+        write_atomically(args.trace, result.write_chrome_trace)
     if args.plot:
-        _write_atomically(args.plot, lambda path: result.plot_timeline(layers=layers, path=path))
+        write_atomically(args.plot, lambda path: result.plot_timeline(layers=layers, path=path))
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
@@ -175,7 +174,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.plot:
         timelines = {r.schedule: r.timeline for r in results}
         shown = layers if layers is not None else _one_moe_block(results[0].scenario.graph)
-        _write_atomically(args.plot, lambda path: plot_timelines(timelines, layers=shown, path=path))
+        write_atomically(args.plot, lambda path: plot_timelines(timelines, layers=shown, path=path))
     if args.json:
         print(json.dumps([{**r.to_dict(), **row.to_dict()} for r, row in zip(results, _comparison(results),
                                                                              strict=True)], indent=2))
@@ -371,23 +370,6 @@ def _check_writable(path: Path | None, option: str) -> None:
         folder = folder.parent
     if not folder.is_dir():
         raise MoesimError(f"{option} {path}: {folder} is not a directory")
-
-
-def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """Write through a temporary file in the same directory (made if missing), so a failure leaves nothing
-    half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent.resolve(), prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it the usual mode
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 if __name__ == "__main__":

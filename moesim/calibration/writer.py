@@ -9,9 +9,7 @@ in the package's ``calibrated/`` folder (``calibrated_dir()``).
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ import yaml
 from moesim.calibration.fit import CalibrationFit
 from moesim.calibration.report import SWEEP_WIDTH, FitReport, KeptParam, ParamFit
 from moesim.errors import MoesimError
+from moesim.files import write_text_atomically
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _PLAIN = re.compile(r"[A-Za-z][A-Za-z0-9_.+-]*")
@@ -52,16 +51,7 @@ def write_calibrated(fit: CalibrationFit, out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{fit.node.name}.yaml"
-    handle, temp = tempfile.mkstemp(prefix=f".{fit.node.name}.", suffix=".tmp", dir=out_dir)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(render_calibrated(fit))
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    write_text_atomically(path, render_calibrated(fit))
     return path
 
 

@@ -16,7 +16,6 @@ A traced workload fixes its model, training and world size: ``--set model.*`` / 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from moesim.errors import MoesimError
+from moesim.files import write_text_atomically
 from moesim.overrides import one_line
 from moesim.workload.builder import build_graph
 from moesim.workload.config import ModelConfig, TrainingConfig, Workload
@@ -142,16 +142,7 @@ def write_traced(path: str | Path, *, name: str, workload: Workload, source: Tra
     traced = TracedWorkloadFile(format=FORMAT, version=VERSION, name=name, description=description, source=source,
                                 model=workload.model, training=workload.training, recorded=workload.recorded,
                                 ops=ops_of(build_graph(workload)))
-    text = json.dumps(traced.model_dump(mode="json"), indent=1) + "\n"
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    write_text_atomically(Path(path), json.dumps(traced.model_dump(mode="json"), indent=1) + "\n")
     return traced
 
 
@@ -177,13 +168,8 @@ def recorded_from_reference(result: Mapping[str, Any], device: str) -> RecordedR
     trace = result.get("trace")
     if not isinstance(trace, Mapping):
         raise MoesimError("the reference run wrote no trace (run it with --trace)")
-    ranks = []
-    for entry in trace["ranks"]:
-        unattributed = entry.get("unattributed", 0.0)
-        if isinstance(unattributed, Mapping):
-            unattributed = sum(float(v) for v in unattributed.values())
-        ranks.append({"rank": entry["rank"], "step_s": entry["step_s"], "op_seconds": entry["op_seconds"],
-                      "unattributed_s": unattributed})
+    ranks = [{"rank": entry["rank"], "step_s": entry["step_s"], "op_seconds": entry["op_seconds"],
+              "unattributed_s": sum(float(v) for v in entry["unattributed"].values())} for entry in trace["ranks"]]
     try:
         return RecordedRun.model_validate({"device": device, "world_size": result["world_size"],
                                            "routing": trace["routing"], "ranks": ranks})

@@ -42,9 +42,14 @@ def recorded_from_kineto(paths: Sequence[Path], workload: Workload, device: str)
     """The ``RecordedRun`` of the traces at ``paths`` (one per rank of a ``workload.num_gpus``-rank run of
     ``workload``), on ``device`` (a moesim GPU name). MoesimError with one line for traces that are missing,
     repeated, of another world size, without the profiled step, or that contradict ``workload``."""
-    ranks = _read(paths, workload.num_gpus)
-    ops = ops_of(workload)
-    names = {op.name for op in build_graph(workload, measured=False).ops}
+    return recorded_from_ranks(read_ranks(paths, workload.num_gpus), workload, device)
+
+
+def recorded_from_ranks(ranks: Sequence[KinetoRank], workload: Workload, device: str) -> RecordedRun:
+    """``recorded_from_kineto`` of traces already read (``read_ranks``)."""
+    graph = build_graph(workload, measured=False)
+    ops = ops_of(workload, graph)
+    names = {op.name for op in graph.ops}
     recorded = [_attributed(rank, ops, names) for rank in ranks]
     routing = _dispatched(ranks, workload) if workload.capacity is None else _modelled(workload)
     try:
@@ -53,8 +58,9 @@ def recorded_from_kineto(paths: Sequence[Path], workload: Workload, device: str)
         raise MoesimError(one_line(err, prefix="kineto traces: ")) from None
 
 
-def _read(paths: Sequence[Path], world_size: int) -> list[KinetoRank]:
-    """One trace per rank 0..world_size-1, by rank."""
+def read_ranks(paths: Sequence[Path], world_size: int) -> list[KinetoRank]:
+    """The traces at ``paths``, one per rank 0..world_size-1, by rank (MoesimError for a missing, repeated or
+    foreign rank)."""
     ranks = sorted((read_kineto(path) for path in paths), key=lambda r: r.rank)
     for rank, following in zip(ranks, [*ranks[1:], None], strict=True):
         if rank.world_size != world_size:

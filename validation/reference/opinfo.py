@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from moesim.workload.builder import build_graph
 from moesim.workload.config import Workload
-from moesim.workload.ops import OpKind, Phase
+from moesim.workload.ops import OpGraph, OpKind, Phase
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,15 +23,16 @@ class OpInfo:
     fused_backward: bool = False
 
 
-def ops_of(workload: Workload) -> dict[str, OpInfo]:
+def ops_of(workload: Workload, graph: OpGraph | None = None) -> dict[str, OpInfo]:
     """The ``OpInfo`` of every forward op of ``workload``'s graph (``build_graph``), as the reference model
     builds it: a matmul's weight is ``[k, n]`` (``[batch, k, n]`` for the local experts; a tied lm_head
     reads the ``[vocab, hidden]`` table), the router's ``[hidden, experts]``, a LayerNorm's gamma and beta
     ``[hidden]`` (one fused backward), the embedding's table ``[vocab, hidden]`` (and
-    ``[learned_positions, hidden]``); every other op, the all-to-alls included, has no weight."""
+    ``[learned_positions, hidden]``); every other op, the all-to-alls included, has no weight. ``graph``:
+    ``workload``'s graph, if the caller has built it."""
     model = workload.model
     infos: dict[str, OpInfo] = {}
-    for op in build_graph(workload, measured=False).ops:
+    for op in (graph or build_graph(workload, measured=False)).ops:
         if op.phase is not Phase.FORWARD:
             continue
         dims = op.dims

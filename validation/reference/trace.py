@@ -22,6 +22,7 @@ from moesim.overrides import one_line
 from moesim.validation.launch import torchrun
 from moesim.workload.config import Workload
 from moesim.workload.presets import load_workload
+from moesim.workload.recorded import RecordedRun
 from moesim.workload.traced import TracedWorkloadFile, TraceSource, is_traced, recorded_from_reference, write_traced
 
 WORKER = "moesim.validation.reference.train"
@@ -32,13 +33,17 @@ _GPU_NAMES = (("H200", "H200-SXM-141GB"), ("H100", "H100-SXM5-80GB"), ("A100-SXM
               ("B200", "B200"), ("MI300X", "MI300X"))
 
 
+def gpu_preset(reported: str) -> str:
+    """The moesim GPU preset a CUDA device name (``torch.cuda.get_device_name``) identifies, else the name."""
+    return next((preset for key, preset in _GPU_NAMES if key in reported), reported)
+
+
 def device_of(environment: Mapping[str, Any]) -> str:
-    """The moesim GPU name of the device a run used (its ``environment``): ``cpu-rank`` for gloo on CPU, a
-    GPU preset where the CUDA device name identifies one, else the device name as reported."""
+    """The moesim GPU name of the device a run used (its ``environment``): ``cpu-rank`` for gloo on CPU, else
+    ``gpu_preset`` of the device name reported."""
     if environment.get("backend") == "gloo":
         return CPU_DEVICE
-    reported = str((environment.get("devices") or ["unknown"])[0])
-    return next((preset for key, preset in _GPU_NAMES if key in reported), reported)
+    return gpu_preset(str((environment.get("devices") or ["unknown"])[0]))
 
 
 def trace_model(model: str | Path, out: str | Path, *, overrides: Mapping[str, Any] | None = None,
@@ -64,17 +69,12 @@ def trace_model(model: str | Path, out: str | Path, *, overrides: Mapping[str, A
     environment = result.get("environment", {})
     device = device_of(environment)
     base = load_workload(model, num_gpus=nproc, gpu=device, overrides=overrides)
-    try:
-        workload = Workload(model=base.model, training=base.training, num_gpus=nproc, preset=base.preset,
-                            recorded=recorded_from_reference(result, device))
-    except ValidationError as err:  # the run disagrees with its own config
-        raise MoesimError(one_line(err, prefix=f"the reference run of {model}: ")) from None
     source = TraceSource(tool="moesim trace", traced_at=datetime.now(UTC), torch=environment.get("torch"),
                          backend=environment.get("backend"), steps=len(result.get("step_times_s", [])),
                          median_step_s=result.get("median_step_s"),
                          step_times_s=tuple(result.get("step_times_s", ())))
-    description = f"{base.preset} traced on {nproc} x {device}" + (f" ({', '.join(settings)})" if settings else "")
-    return write_traced(out, name=Path(out).stem, workload=workload, source=source, description=description)
+    return _write(out, base, recorded_from_reference(result, device), source,
+                  f"traced on {nproc} x {device}", settings)
 
 
 def import_kineto(model: str | Path, paths: Sequence[str | Path], out: str | Path, *,
@@ -82,19 +82,27 @@ def import_kineto(model: str | Path, paths: Sequence[str | Path], out: str | Pat
     """A traced workload from the Kineto traces of one run of ``model`` (one file per rank, as
     ``train --trace --kineto-dir`` writes them; forward ops labelled with moesim's op names), written to
     ``out``. The device is ``cpu-rank`` for a gloo run, else the GPU preset the traces' device names."""
-    from moesim.validation.reference.from_kineto import recorded_from_kineto
-    from moesim.workload.kineto import read_kineto
+    from moesim.validation.reference.from_kineto import read_ranks, recorded_from_ranks
 
     if is_traced(model):
         raise MoesimError(f"model {str(model)!r}: name the model the traces ran (a preset or YAML), not a traced file")
     if not paths:
         raise MoesimError("--kineto: give one trace file per rank")
-    first = read_kineto(paths[0])
-    device = device_of({"backend": first.backend, "devices": list(first.device_names) or ["unknown"]})
+    ranks = read_ranks([Path(p) for p in paths], len(paths))
+    device = device_of({"backend": ranks[0].backend, "devices": list(ranks[0].device_names) or ["unknown"]})
     base = load_workload(model, num_gpus=len(paths), gpu=device, overrides=overrides)
-    workload = Workload(model=base.model, training=base.training, num_gpus=len(paths), preset=base.preset,
-                        recorded=recorded_from_kineto([Path(p) for p in paths], base, device))
-    source = TraceSource(tool="moesim trace --kineto", traced_at=datetime.now(UTC), backend=first.backend)
-    description = (f"{base.preset} imported from {len(paths)} Kineto traces on {device}"
-                   + (f" ({', '.join(settings)})" if settings else ""))
+    source = TraceSource(tool="moesim trace --kineto", traced_at=datetime.now(UTC), backend=ranks[0].backend)
+    return _write(out, base, recorded_from_ranks(ranks, base, device),
+                  source, f"imported from {len(paths)} Kineto traces on {device}", settings)
+
+
+def _write(out: str | Path, base: Workload, recorded: RecordedRun, source: TraceSource, how: str,
+           settings: Sequence[str]) -> TracedWorkloadFile:
+    """``base`` with its ``recorded`` run, checked together, written to ``out``."""
+    try:
+        workload = Workload(model=base.model, training=base.training, num_gpus=base.num_gpus, preset=base.preset,
+                            recorded=recorded)
+    except ValidationError as err:  # the run disagrees with its own config
+        raise MoesimError(one_line(err, prefix=f"the run of {base.preset}: ")) from None
+    description = f"{base.preset} {how}" + (f" ({', '.join(settings)})" if settings else "")
     return write_traced(out, name=Path(out).stem, workload=workload, source=source, description=description)

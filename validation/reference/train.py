@@ -40,6 +40,7 @@ from moesim.workload.config import OptimizerKind, Workload
 from moesim.workload.presets import load_workload
 
 from .attribution import StepAttribution
+from .trace import CPU_DEVICE, gpu_preset
 
 if TYPE_CHECKING:
     import torch
@@ -47,7 +48,6 @@ if TYPE_CHECKING:
     from ..dist import RankContext
 
 FORMAT = "moesim-reference/1"
-CPU_DEVICE = "cpu-rank"  # the moesim GPU preset a CPU rank runs as
 LEARNING_RATE = {OptimizerKind.SGD_MOMENTUM: 0.1, OptimizerKind.ADAM: 1e-3}
 MOMENTUM = 0.9
 
@@ -103,10 +103,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def device_name(ctx: RankContext) -> str:
-    """The moesim GPU name this rank runs as: ``cpu-rank`` on CPU, else the CUDA device's name."""
+    """The moesim GPU name this rank runs as: ``cpu-rank`` on CPU, else the GPU preset its CUDA device names
+    (``trace.device_of`` maps the run the same way)."""
     import torch
 
-    return CPU_DEVICE if ctx.device.type == "cpu" else torch.cuda.get_device_name(ctx.device)
+    return CPU_DEVICE if ctx.device.type == "cpu" else gpu_preset(torch.cuda.get_device_name(ctx.device))
 
 
 class Trainer:
@@ -214,14 +215,16 @@ class Trainer:
         also writes its last profiled step there as ``rank{r}.json`` (a Chrome trace)."""
         import torch.distributed as dist
 
-        attributions = [self._traced_step(kineto_dir if index == steps - 1 else None) for index in range(steps)]
+        names = {op.name for op in build_graph(self.workload, measured=False).ops}
+        attributions = [self._traced_step(names, kineto_dir if index == steps - 1 else None)
+                        for index in range(steps)]
         mine = _median_attribution(attributions)
         ranks: list[Any] = [None] * self.ctx.world_size
         dist.all_gather_object(ranks, {"rank": self.ctx.rank, "step_s": mine.step_s, "op_seconds": mine.op_seconds,
                                        "unattributed": mine.unattributed})
         return {"ranks": ranks, "routing": self._routing()}
 
-    def _traced_step(self, kineto_dir: Path | None) -> StepAttribution:
+    def _traced_step(self, names: set[str], kineto_dir: Path | None) -> StepAttribution:
         """One profiled step, attributed to the graph's op names."""
         import torch
         import torch.distributed as dist
@@ -238,7 +241,6 @@ class Trainer:
         if kineto_dir is not None:
             kineto_dir.mkdir(parents=True, exist_ok=True)
             prof.export_chrome_trace(str(kineto_dir / f"rank{self.ctx.rank}.json"))
-        names = {op.name for op in build_graph(self.workload).ops}
         return attribute(torch_events(prof.events()), self.model.ops, names)
 
     def _routing(self) -> list[dict[str, Any]]:
