@@ -7,6 +7,7 @@ elsewhere (e.g. ``torchrun ... -m moesim.validation.microbench --out m.json`` on
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +54,8 @@ class CalibrationResult:
 
 
 def calibrate(name: str, *, base: str = "cpu-loopback", nproc: int = 2, out_dir: Path, quick: bool = False,
-              timeout_s: float = 600, dtype: DType | None = None) -> CalibrationResult:
+              timeout_s: float = 600, dtype: DType | None = None,
+              measurements_out: Path | None = None) -> CalibrationResult:
     """Microbenchmark ``nproc`` ranks on this machine, fit ``base``'s parameters, and write
     ``out_dir/<name>.yaml``.
 
@@ -61,6 +63,7 @@ def calibrate(name: str, *, base: str = "cpu-loopback", nproc: int = 2, out_dir:
     file stem or would shadow a hand-written node preset, or an unknown base). A failed or timed-out
     run raises MoesimError with the ranks' last lines. ``dtype`` is the compute sweeps' format
     (default: the first of bf16, fp16, fp32 that ``base`` has a peak for on a GPU; fp32 on a CPU).
+    ``measurements_out``: also keep the microbenchmark's JSON there (``load_measurements`` reads it).
     """
     check_name(name)
     base_node = load_node(base)
@@ -73,6 +76,8 @@ def calibrate(name: str, *, base: str = "cpu-loopback", nproc: int = 2, out_dir:
         measured = Path(scratch) / "measurements.json"
         torchrun(MICROBENCH, ["--out", str(measured), *args], nproc, timeout_s=timeout_s)
         measurements = load_measurements(measured)
+        if measurements_out is not None:
+            shutil.copyfile(measured, measurements_out)
     return fit_and_write(measurements, name, base=base_node, out_dir=out_dir)
 
 

@@ -1,7 +1,7 @@
 """The real microbenchmark on 2 gloo ranks (--quick): its JSON validates and makes physical sense, the
 kernel sweep ran the harness's kernels on the calibration models' ops, the executor's task overhead was
 measured, the larger collectives were timed under compute, it fits, and the calibrated spec loads. One
-torchrun for the JSON checks, one through ``calibrate``."""
+torchrun, through ``calibrate``, whose microbenchmark JSON the format checks read."""
 
 from __future__ import annotations
 
@@ -19,16 +19,25 @@ from moesim.calibration.sweeps import kernel_cases, sizes_for  # noqa: E402
 from moesim.dtypes import DType  # noqa: E402
 from moesim.errors import MoesimError  # noqa: E402
 from moesim.hardware import load_cluster  # noqa: E402
-from moesim.validation.calibrate import MICROBENCH, calibrate, fit_and_write  # noqa: E402
-from moesim.validation.launch import torchrun  # noqa: E402
+from moesim.validation.calibrate import calibrate, fit_and_write  # noqa: E402
 from moesim.workload.ops import OpKind, Phase  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def measured(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("microbench") / "measurements.json"
-    torchrun(MICROBENCH, ["--out", str(path), "--quick"], 2, timeout_s=120)
-    return path
+def folder(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("microbench")
+
+
+@pytest.fixture(scope="module")
+def calibrated(folder: Path):
+    """One quick calibration end to end; its microbenchmark's own JSON kept for the tests of the format."""
+    return calibrate("cpu-calibrate-test", nproc=2, out_dir=folder, quick=True, timeout_s=120,
+                     measurements_out=folder / "measurements.json")
+
+
+@pytest.fixture(scope="module")
+def measured(calibrated, folder: Path) -> Path:
+    return folder / "measurements.json"
 
 
 def test_the_json_validates_and_describes_the_run(measured: Path) -> None:
@@ -134,9 +143,9 @@ def test_the_measurements_fit_and_the_spec_loads(measured: Path, tmp_path: Path)
     assert result.report.error_of(Sweep.COMM_UNDER_COMPUTE).samples == len(m.comm_under_compute) == 12
 
 
-def test_calibrate_runs_end_to_end(tmp_path: Path) -> None:
-    result = calibrate("cpu-calibrate-test", nproc=2, out_dir=tmp_path, quick=True, timeout_s=120)
-    assert result.path == tmp_path / "cpu-calibrate-test.yaml"
+def test_calibrate_runs_end_to_end(calibrated, folder: Path) -> None:
+    result = calibrated
+    assert result.path == folder / "cpu-calibrate-test.yaml"
     assert load_cluster(result.path).node == result.fit.node
     assert result.measurements.environment.world_size == 2
     assert "fitted by moesim calibrate" in result.path.read_text()
