@@ -22,10 +22,13 @@ The table ``KERNELS`` maps (kind, phase) to a builder. It follows the FLOP / byt
 - PERMUTE: ``permute`` gathers token rows into capacity slots (index_select); ``unpermute`` scales
   expert rows by their gate and scatters them back (index_add_). Token rows are at least 1, so a
   part with slots but no tokens still has rows to gather.
-- EMBEDDING: embedding lookup (+ position add when the op has FLOPs); dW: index_add_ into the table.
+- EMBEDDING: embedding lookup (+ position add when the op has FLOPs); dW: the table's gradient zeroed,
+  then index_add_ into it, then (``dims["accumulate"]``, tied embeddings) one add of the other uses' sum;
+  the fill's rows and the sum's elements scale with the share, as the cost model charges them.
 - LOSS: cross_entropy; dX: its real backward (the logits' gradient, by autograd). OPTIMIZER: SGD with
   momentum over a flat buffer of ``params`` elements (an Adam-style update when the op's FLOPs per
   parameter exceed SGD's).
+- COPY (DDP's bucket copies): ``copy_in`` a ``mul`` into the flat buffer, ``copy_out`` a copy back.
 - Every other dX of a memory-bound op is costed at 2x its forward: it runs the forward twice.
 
 Collectives (``collective_kernel``): all_to_all_single with per-peer split sizes from this rank's row
@@ -246,7 +249,38 @@ def _embedding_dw(op: Op, share: float, pool: TensorPool) -> Kernel:
     tokens, hidden, vocab = scaled(op.dims["tokens"], share), op.dims["hidden"], op.dims["vocab"]
     ids, grad = pool.indices("embed.ids", tokens, vocab), pool.get("embed.grad", tokens, hidden)
     table_grad = pool.get("embed.table_grad", vocab, hidden)
-    return lambda: table_grad.index_add_(0, ids, grad)
+    filled = table_grad[:scaled(vocab, share)]  # the fill, charged (like every size here) by the share
+
+    def run() -> torch.Tensor:
+        filled.zero_()
+        return table_grad.index_add_(0, ids, grad)
+
+    return run
+
+
+def _accumulating(builder: Builder) -> Builder:
+    """A dW op that also sums ``dims["accumulate"]`` elements of other uses' gradients into its own: the
+    op's kernel, then one add of that many elements."""
+
+    def build(op: Op, share: float, pool: TensorPool) -> Kernel:
+        once = builder(op, share, pool)
+        count = scaled(op.dims.get("accumulate", 0), share)
+        if not op.dims.get("accumulate"):
+            return once
+        total, other = pool.get("accumulate.total", count), pool.get("accumulate.other", count)
+        return lambda: (once(), total.add_(other))
+
+    return build
+
+
+def _copy(op: Op, share: float, pool: TensorPool) -> Kernel:
+    """A bucket's gradients into its flat buffer, scaled (``copy_in``: DDP's ``mul`` into the bucket), or the
+    buffer back into the gradients (``copy_out``)."""
+    numel = scaled(op.dims["numel"], share)
+    grads, bucket = pool.get("copy.grads", numel), pool.get("copy.bucket", numel)
+    if op.flops > 0:
+        return lambda: torch.mul(grads, 0.5, out=bucket)
+    return lambda: grads.copy_(bucket)
 
 
 def _loss(op: Op, share: float, pool: TensorPool) -> Kernel:
@@ -320,9 +354,10 @@ KERNELS: Mapping[tuple[OpKind, Phase], Builder] = MappingProxyType({
     (OpKind.SOFTMAX, _F): _softmax, (OpKind.SOFTMAX, _DX): _twice(_softmax),
     (OpKind.ROUTER, _F): _router, (OpKind.ROUTER, _DX): _router_backward, (OpKind.ROUTER, _DW): _router_backward,
     (OpKind.PERMUTE, _F): _permute, (OpKind.PERMUTE, _DX): _twice(_permute),
-    (OpKind.EMBEDDING, _F): _embedding, (OpKind.EMBEDDING, _DW): _embedding_dw,
+    (OpKind.EMBEDDING, _F): _embedding, (OpKind.EMBEDDING, _DW): _accumulating(_embedding_dw),
     (OpKind.LOSS, _F): _loss, (OpKind.LOSS, _DX): _loss_backward,
     (OpKind.OPTIMIZER, Phase.OPTIMIZER): _optimizer,
+    (OpKind.COPY, Phase.GRAD_SYNC): _copy,
 })
 
 

@@ -60,10 +60,10 @@ _COMPUTE_PHASES = {
 
 
 def category(span: Span) -> Category:
-    """Collectives by kind (gradient buckets also by phase), compute by phase."""
+    """Collectives by kind (gradient buckets also by phase), compute by phase (a bucket's copies: other)."""
     if span.kind is OpKind.ALL_TO_ALL:
         return Category.ALL_TO_ALL
-    if span.kind is OpKind.ALL_REDUCE or span.phase is Phase.GRAD_SYNC:
+    if span.kind is OpKind.ALL_REDUCE or (span.phase is Phase.GRAD_SYNC and span.kind.is_collective):
         return Category.GRAD_ALL_REDUCE
     if span.kind.is_collective:
         return Category.OTHER

@@ -70,7 +70,8 @@ def _kind_step(node: NodeSpec, key: str, samples: Sequence[KernelSample], sweep:
     1) fitted by regimes: each sample counts for the roof it runs on, each efficiency is solved in closed
     form on its samples (relative least squares), until no sample changes roof. An efficiency no sample
     runs on is bounded only: the FLOP one from below (written when above the generic value), the memory
-    one from below by at most 1 (left out)."""
+    one from below by at most 1 (left out for a kind; 1 for a phase, whose kind's value, fitted on other
+    phases, may lie below what its samples allow)."""
     flop_path, memory_path = f"cost.kind_efficiency.{key}", f"cost.kind_memory_efficiency.{key}"
     launch = node.cost.launch_overhead_s
     roofs = with_cost(node, kind_efficiency={key: 1.0}, kind_memory_efficiency={key: 1.0})
@@ -104,6 +105,10 @@ def _kind_step(node: NodeSpec, key: str, samples: Sequence[KernelSample], sweep:
                                                              "(other_compute_efficiency) is above the bound"),)))
     if not on_flops.all():
         step = step.plus(_efficiency_entry(memory_path, 1.0 / inverse_memory, sweep))
+    elif ":" in key and np.any(memory > 0):
+        # the kind's memory value, fitted on other phases, could put these samples on the memory roof
+        entry = fitted(memory_path, 1.0, (sweep,), "every sample ran on the FLOP roof: the memory roof at 1")
+        step = step.plus(Step(updates={memory_path: entry.value}, fitted=(entry,)))
     return step
 
 

@@ -57,6 +57,7 @@ class Sweep(StrEnum):
     ELEMENTWISE = "elementwise"
     ATTENTION = "attention"
     LAYERNORM = "layernorm"
+    KERNEL_COPY = "kernel.copy"
     KERNEL_ELEMENTWISE = "kernel.elementwise"
     KERNEL_EMBEDDING = "kernel.embedding"
     KERNEL_LAYERNORM = "kernel.layernorm"
@@ -79,7 +80,7 @@ KIND_SWEEPS: Final[Mapping[OpKind, Sweep]] = MappingProxyType({
     OpKind.ELEMENTWISE: Sweep.KERNEL_ELEMENTWISE, OpKind.EMBEDDING: Sweep.KERNEL_EMBEDDING,
     OpKind.LAYERNORM: Sweep.KERNEL_LAYERNORM, OpKind.LOSS: Sweep.KERNEL_LOSS,
     OpKind.OPTIMIZER: Sweep.KERNEL_OPTIMIZER, OpKind.PERMUTE: Sweep.KERNEL_PERMUTE,
-    OpKind.ROUTER: Sweep.KERNEL_ROUTER, OpKind.SOFTMAX: Sweep.KERNEL_SOFTMAX,
+    OpKind.ROUTER: Sweep.KERNEL_ROUTER, OpKind.SOFTMAX: Sweep.KERNEL_SOFTMAX, OpKind.COPY: Sweep.KERNEL_COPY,
 })
 
 

@@ -80,7 +80,7 @@ class _Reach:
 
     ancestors: tuple[int, ...]
     descendants: tuple[int, ...]
-    grad_sync_tail: int  # gradient all-reduce ops and everything downstream of one
+    grad_sync_tail: int  # gradient-sync ops (buckets, their copies) and everything downstream of one
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +177,7 @@ def _reachability(graph: OpGraph) -> _Reach:
         descendants[i] = mask
     tail = 0
     for i, op in enumerate(graph.ops):
-        if op.kind is OpKind.ALL_REDUCE:
+        if op.phase is Phase.GRAD_SYNC:  # buckets and their copies: rebuilt for whatever order is chosen
             tail |= descendants[i] | 1 << i
     return _Reach(tuple(ancestors), tuple(descendants), tail)
 

@@ -14,8 +14,13 @@ their forward FLOPs and bytes. An all-to-all's backward is an all-to-all moving 
 Gradients (in the training dtype, BF16 for FP8) fill buckets of ``grad_bucket_mb`` in the order
 their dW ops appear; a bucket is all-reduced once it reaches the cap (DDP's rule, so a bucket may
 exceed it by its last tensor), dense parameters over all ranks, expert parameters over their
-expert-data-parallel group; nothing is all-reduced across a group of one. A parameter shared by
-several ops (tied embeddings) is attributed to the last of their dW ops, when its gradient is final.
+expert-data-parallel group; nothing is all-reduced across a group of one; DDP's copies into and out of
+the buckets are ops of their own (``buckets``). A parameter shared by several ops (tied embeddings) is
+attributed to the last of their dW ops, when its gradient is final; that op also pays autograd's sum of
+the other uses' gradients into it (one add per extra use: read two, write one, in ``dims["accumulate"]``
+elements). An embedding's dW makes the whole table's gradient: it fills ``vocab x hidden`` zeros, then adds
+the token rows into it. ``zero_grad(set_to_none=True)``, PyTorch's default and the only one modelled,
+launches no kernel: every gradient is made afresh, so no fill and no add into ``.grad`` but the sums above.
 Optimizer traffic: SGD with momentum reads weight, gradient, momentum and writes weight, momentum
 (5 accesses); Adam reads the gradient, reads and writes FP32 master weight, m and v (24 bytes), and
 writes the low-precision weight copy when training below FP32.
@@ -74,6 +79,10 @@ def _add_backward(workload: Workload, nodes: list[ForwardNode], ops: list[Op]) -
         for source in node.grad_inputs:
             consumers[source].append(index)
     owners = _param_owners(nodes)
+    users: dict[str, int] = {}
+    for node in nodes:
+        for key, _ in node.params:
+            users[key] = users.get(key, 0) + 1
     grad_bytes = workload.training.dtype.grad_bytes
     dx_of: dict[int, int] = {}
     for index in reversed(range(len(nodes))):
@@ -85,8 +94,9 @@ def _add_backward(workload: Workload, nodes: list[ForwardNode], ops: list[Op]) -
             ops.append(_dx_op(len(ops), node, deps))
         if node.params:
             owned = sum(elems for key, elems in node.params if owners[key] == index)
+            summed = sum(elems * (users[key] - 1) for key, elems in node.params if owners[key] == index)
             numel = workload.tokens_per_gpu * workload.model.hidden
-            ops.append(_dw_op(len(ops), node, deps, owned * grad_bytes, numel))
+            ops.append(_dw_op(len(ops), node, deps, owned, summed, grad_bytes, numel))
 
 
 def _param_owners(nodes: list[ForwardNode]) -> dict[str, int]:
@@ -114,14 +124,22 @@ def _dx_op(op_id: int, node: ForwardNode, deps: tuple[int, ...]) -> Op:
               rank_scale=node.rank_scale, expert=node.expert)
 
 
-def _dw_op(op_id: int, node: ForwardNode, deps: tuple[int, ...], param_bytes: float, numel: int) -> Op:
+def _dw_op(op_id: int, node: ForwardNode, deps: tuple[int, ...], owned: int, summed: int, grad_bytes: int,
+           numel: int) -> Op:
+    """``owned`` parameter elements get their final gradient here, ``summed`` of them added from other uses."""
     dims, flops, mem = node.dims, node.flops, node.mem_bytes
     if node.kind is OpKind.MATMUL:
         dims = {**node.dims, "m": node.dims["k"], "k": node.dims["m"]}
     elif node.kind is OpKind.LAYERNORM:
         flops, mem = LAYERNORM_DW_FLOPS_PER_ELEMENT * numel, node.mem_bytes
     elif node.kind is OpKind.EMBEDDING:
-        flops, mem = numel, node.mem_bytes  # scatter-add of the token gradients into the table
+        # zeros for the whole table, then a scatter-add of the token gradients into it
+        flops, mem = numel, node.mem_bytes + node.dims["vocab"] * node.dims["hidden"] * grad_bytes
+    if summed:
+        assert node.kind is not OpKind.MATMUL, f"{node.name}: a matmul's roofline would hide the sum's bytes"
+        dims = {**dims, "accumulate": summed}
+        flops, mem = flops + summed, mem + 3 * summed * grad_bytes
+    param_bytes = owned * grad_bytes
     # A weight gradient is a sum over tokens, so it splits along the forward op's axes (parts accumulate).
     return Op(id=op_id, name=f"{node.name}.dw", role=node.role, kind=node.kind, phase=Phase.BACKWARD_WEIGHT,
               layer=node.layer, flops=float(flops), mem_bytes=mem, deps=deps, dims=dims, axes=node.axes,
@@ -149,7 +167,8 @@ def _bucket_spec(workload: Workload) -> BucketSpec | None:
               if len(members[0]) > 1}
     if not groups:
         return None
-    return BucketSpec(mb(workload.training.grad_bucket_mb), workload.training.dtype.grad_bytes, groups)
+    training = workload.training
+    return BucketSpec(mb(training.grad_bucket_mb), training.dtype.grad_bytes, groups, training.ddp_bucket_view)
 
 
 def _facts(workload: Workload, routing: tuple[LayerRouting, ...], nodes: list[ForwardNode]) -> GraphFacts:

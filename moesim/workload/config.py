@@ -242,8 +242,10 @@ class TrainingConfig(BaseModel):
 
     ``batch_per_gpu_by_gpu[variant][gpu]`` holds per-GPU-preset batch sizes; ``batch_for`` resolves
     one (the preset loader does, unless the batch is set explicitly). ``capacity_factor`` None means
-    dropless. ``ep_size`` None picks the largest size dividing both the expert and the GPU count;
-    ``dp_size``, when given, must equal the GPU count (no tensor or pipeline parallelism).
+    dropless. ``ddp_bucket_view`` is DDP's ``gradient_as_bucket_view``: with it, no copy of the reduced
+    gradients out of the buckets (``moesim.workload.buckets``). ``ep_size`` None picks the largest size
+    dividing both the expert and the GPU count; ``dp_size``, when given, must equal the GPU count (no
+    tensor or pipeline parallelism).
     """
 
     model_config = _SPEC
@@ -259,6 +261,7 @@ class TrainingConfig(BaseModel):
     capacity_factor: PositiveFloat | None = None
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     grad_bucket_mb: PositiveFloat = 25.0  # torch DDP's bucket_cap_mb default
+    ddp_bucket_view: bool = False         # DDP's gradient_as_bucket_view (its default: gradients copied)
     optimizer: OptimizerKind = OptimizerKind.ADAM
 
     def batch_for(self, gpu: str) -> int:

@@ -32,6 +32,7 @@ class OpKind(StrEnum):
     EMBEDDING = "embedding"    # dims: tokens, hidden, vocab
     LOSS = "loss"              # dims: tokens, vocab
     OPTIMIZER = "optimizer"    # dims: params
+    COPY = "copy"              # dims: numel (a framework's gradient copies and fills: memory-bound)
     ALL_TO_ALL = "all_to_all"
     ALL_REDUCE = "all_reduce"
     ALL_GATHER = "all_gather"
@@ -86,6 +87,7 @@ class Role(StrEnum):
     LM_HEAD = "lm_head"
     LOSS = "loss"
     GRAD_SYNC = "grad_sync"
+    GRAD_COPY = "grad_copy"    # DDP copies a bucket's gradients into its flat buffer and back
     OPTIMIZER = "optimizer"
 
     @property

@@ -22,7 +22,7 @@ from moesim.plan import StreamKind, Task
 from moesim.workload.ops import Op, OpKind, Phase, Role
 
 PLANTED_KINDS = {"elementwise": 0.02, "loss": 0.01, "optimizer": 0.005, "layernorm": 0.03, "permute": 0.004,
-                 "embedding": 0.002, "router": 0.05}
+                 "embedding": 0.002, "router": 0.05, "copy": 0.008}
 DISPATCH_US, BOOKKEEPING_US = 8.0, 3.0
 TASK = Task(id=0, op=0, stream=StreamKind.COMPUTE)
 

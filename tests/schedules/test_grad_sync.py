@@ -97,7 +97,7 @@ def test_packing_never_delays_an_all_to_all_in_the_estimate(schedule):
     scn = scenario("mixtral-8x7b", "dgx-h100", 2, {"model.num_layers": 4})
     packed = run_schedule(replace(scn, schedule_settings={"grad_sync": "packed"}), schedule)
     plan = packed.plan
-    buckets = {t.id for t in plan.tasks if plan.op_of(t).phase is Phase.GRAD_SYNC}
+    buckets = {t.id for t in plan.tasks if plan.op_of(t).kind is OpKind.ALL_REDUCE}
     assert buckets and DP_COMM not in plan.streams and all(plan.tasks[t].stream is COMM for t in buckets)
     seconds = task_seconds(plan, scn.cost)
     start, _ = list_schedule(plan, seconds)

@@ -130,12 +130,14 @@ def test_an_expert_gradient_bucket_waits_for_every_chunk_of_its_gradients():
     assert scn.graph.facts.expert_dp_size == 2  # 8 GPUs / EP 4: expert gradients are all-reduced
     plan = plan_of(scn, degree=2)
     tasks = tasks_by_name(plan)
-    bucket = next(t for t in plan.tasks if plan.op_of(t).name.startswith("grad_sync.expert"))
+    bucket = next(t for t in plan.tasks if plan.op_of(t).name == "grad_sync.expert.0")
     assert bucket.stream is StreamKind.DP_COMM
-    gradient_ops = {plan.graph.ops[dep].name for dep in plan.op_of(bucket).deps}
+    (copy_in,) = [plan.tasks[dep] for dep in bucket.deps]  # DDP's copy of the gradients into the bucket
+    assert plan.op_of(copy_in).name == "grad_sync.expert.0.copy_in" and copy_in.stream is StreamKind.COMPUTE
+    gradient_ops = {plan.graph.ops[dep].name for dep in plan.op_of(copy_in).deps}
     expected = {tasks[name, part].id for name in gradient_ops for part in range(2)}
     assert gradient_ops <= {"L0.expert_fc1.dw", "L0.expert_fc2.dw"} and gradient_ops
-    assert set(bucket.deps) == expected
+    assert set(copy_in.deps) == expected
 
 
 def test_dropless_chunks_are_equal_fractions():

@@ -92,6 +92,10 @@ def expected_shapes(op, share):
     elif op.kind is OpKind.EMBEDDING:
         rows = d["vocab"] if phase is Phase.BACKWARD_WEIGHT else _round(d["tokens"], share)
         once = (rows, d["hidden"])
+        if d.get("accumulate"):  # and the sum of a tied table's other gradients
+            once = (once, (_round(d["accumulate"], share),))
+    elif op.kind is OpKind.COPY:
+        once = (_round(d["numel"], share),)
     elif op.kind is OpKind.LOSS:  # forward: the scalar loss; dX: the logits' gradient
         once = ((_round(d["tokens"], share), d["vocab"]),) if phase is Phase.BACKWARD_INPUT else ()
     else:

@@ -8,7 +8,11 @@ moesim/workload/blocks.py and builder.py), term by term, not read back from the 
 - residual add 1 FLOP/element, activation (GELU 8, ReLU 1, SwiGLU 5) per output element,
   unpermute 2 T top_k h, loss 4 FLOP/logit; their dX cost twice the forward;
 - router 2 T h E forward, dX and dW each the same; embedding dW T h (scatter-add);
-- optimizer 4 FLOP/param (SGD momentum) or 12 (Adam).
+- optimizer 4 FLOP/param (SGD momentum) or 12 (Adam);
+- autograd sums the vocabulary table's gradients from its other uses (tied lm_head, a decoder's
+  embedding): 1 FLOP per element each; DDP scales every gradient it synchronises on the way into its
+  bucket: 1 FLOP per dense parameter (more than one rank) and per expert parameter (expert-data-parallel
+  group above one).
 """
 
 from __future__ import annotations
@@ -158,7 +162,11 @@ def test_total_flops_match_closed_form(built) -> None:
     workload, graph = built
     dense, expert = _params(workload)
     per_param = 4 if workload.training.optimizer.value == "sgd_momentum" else 12
-    expected = sum(f + b for f, b in _terms(workload)) + per_param * (dense + expert)
+    m = workload.model
+    table_uses = 1 + int(m.tie_embeddings) + int(m.encoder_decoder)
+    synced = dense * (len(workload.dense_dp_group) > 1) + expert * (workload.expert_dp_size > 1)
+    framework = (table_uses - 1) * m.vocab_size * m.hidden + synced
+    expected = sum(f + b for f, b in _terms(workload)) + per_param * (dense + expert) + framework
     assert sum(op.flops for op in graph.ops) == pytest.approx(expected, rel=1e-12)
 
 

@@ -133,21 +133,28 @@ def test_all_to_all_backward_moves_the_transposed_traffic(mixtral16: OpGraph) ->
 
 
 def _buckets(graph: OpGraph) -> list:
-    return [op for op in graph.ops if op.phase is Phase.GRAD_SYNC]
+    return [op for op in graph.ops if op.kind is OpKind.ALL_REDUCE]
+
+
+def _gradients(graph: OpGraph, bucket) -> tuple[int, ...]:
+    """The dW ops that fill ``bucket``: its copy in (DDP's) depends on them."""
+    (copy_in,) = bucket.deps
+    assert graph.ops[copy_in].name == f"{bucket.name}.copy_in"
+    return graph.ops[copy_in].deps
 
 
 def test_buckets_cover_every_gradient_once(mixtral16: OpGraph) -> None:
     weights = {op.id: op for op in mixtral16.ops if op.phase is Phase.BACKWARD_WEIGHT and op.param_bytes > 0}
     buckets = _buckets(mixtral16)
-    members = [dep for bucket in buckets for dep in bucket.deps]
+    members = [dep for bucket in buckets for dep in _gradients(mixtral16, bucket)]
     assert sorted(members) == sorted(weights)
     for bucket in buckets:
-        assert bucket.kind is OpKind.ALL_REDUCE
-        assert bucket.comm.bytes == sum(weights[d].param_bytes for d in bucket.deps)
-        assert all(weights[d].expert == bucket.expert for d in bucket.deps)
+        gradients = _gradients(mixtral16, bucket)
+        assert bucket.comm.bytes == sum(weights[d].param_bytes for d in gradients)
+        assert all(weights[d].expert == bucket.expert for d in gradients)
         expected_groups = (tuple(range(16)),) if not bucket.expert else tuple((p, p + 8) for p in range(8))
         assert bucket.comm.groups == expected_groups
-        assert bucket.id > max(bucket.deps)
+        assert bucket.id > max(gradients)
     total = sum(b.comm.bytes for b in buckets)
     assert total == mixtral16.facts.param_bytes.total
 
@@ -159,7 +166,7 @@ def test_buckets_close_at_the_ddp_cap(mixtral16: OpGraph) -> None:
         buckets = [b for b in _buckets(mixtral16) if b.expert == expert]
         assert buckets
         for bucket in buckets[:-1]:
-            last = max(bucket.deps)
+            last = max(_gradients(mixtral16, bucket))
             assert bucket.comm.bytes >= cap
             assert bucket.comm.bytes - weights[last].param_bytes < cap
 
@@ -228,14 +235,16 @@ def test_deepseek_v3_builds_for_256_gpus() -> None:
     per_layer = [len(graph.in_layer(layer)) for layer in range(61)]
     assert per_layer == [35] * 3 + [54] * 58
     outside = [op for op in graph.ops if op.layer is None]
-    buckets = [op for op in outside if op.phase is Phase.GRAD_SYNC]
-    assert sorted(op.name for op in outside if op not in buckets) == sorted(
+    buckets = _buckets(graph)
+    copies = [op for op in outside if op.kind is OpKind.COPY]
+    assert [op.name for op in copies] == [f"{b.name}.copy_{way}" for way in ("in", "out") for b in buckets]
+    assert sorted(op.name for op in outside if op not in buckets and op not in copies) == sorted(
         ["embed", "embed.dw", "ln_f", "ln_f.dx", "ln_f.dw", "lm_head", "lm_head.dx", "lm_head.dw",
          "loss", "loss.dx", "optimizer"])
     assert not any(op.expert for op in buckets)
     dense_grads = [op for op in graph.ops if op.phase is Phase.BACKWARD_WEIGHT and op.param_bytes > 0 and not op.expert]
-    assert sorted(d for op in buckets for d in op.deps) == sorted(op.id for op in dense_grads)
+    assert sorted(d for op in buckets for d in _gradients(graph, op)) == sorted(op.id for op in dense_grads)
     cap = 25 * 2**20
     assert all(op.comm.bytes >= cap for op in buckets[:-1]) and buckets[-1].comm.bytes > 0
     assert len(buckets) == 307
-    assert len(graph.ops) == 3 * 35 + 58 * 54 + 11 + 307
+    assert len(graph.ops) == 3 * 35 + 58 * 54 + 11 + 3 * 307  # each bucket: copy in, all-reduce, copy out
