@@ -20,7 +20,7 @@ from moesim.validation.reference.model import (  # noqa: E402
     check_supported,
 )
 from moesim.workload.builder import build_graph  # noqa: E402
-from moesim.workload.ops import Phase  # noqa: E402
+from moesim.workload.ops import OpKind, Phase  # noqa: E402
 from moesim.workload.presets import load_workload  # noqa: E402
 
 WORKER = "moesim.validation.reference.train"
@@ -65,7 +65,7 @@ def _train(model, settings, out, *, steps, warmup=0, trace=True, nproc=2):
 
 def _graph_names(model, settings):
     workload = load_workload(model, num_gpus=2, gpu="cpu-rank", overrides=parse_assignments(list(settings)))
-    return {op.name for op in build_graph(workload).ops if op.phase in COMPUTE_PHASES}
+    return {op.name for op in build_graph(workload).ops if op.phase in COMPUTE_PHASES or op.kind is OpKind.COPY}
 
 
 @pytest.fixture(scope="module")

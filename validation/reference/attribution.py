@@ -12,7 +12,10 @@ name, so the names' seconds plus the unattributed seconds add up to the step:
   last label that produced a gradient of that shape. A fused backward (LayerNorm's one kernel for dX,
   d-gamma and d-beta) goes to dX whole, its dW keeping only that accumulation (0 where there is none);
 - ``zero_grad``, ``optimizer`` and ``grad_sync`` (the trainer's own labels); DDP's reducer work inside
-  backward and its wait for the last buckets, after the last autograd node, are ``grad_sync`` too;
+  backward and its wait for the last buckets, after the last autograd node, are ``grad_sync`` too, but
+  for its copies: each gradient's ``mul_out`` into its bucket is ``grad_sync.dense.<i>.copy_in`` and each
+  ``copy_bucket_to_grad`` is ``grad_sync.dense.<i>.copy_out``, bucket i being the one the gradient falls
+  in when the copies are counted off, in order, against the graph's dense buckets (``buckets``);
 - anything else is unattributed, keyed by the outermost unlabelled op (``aten::...``, an autograd node)
   or Python-level label (``DistributedDataParallel.forward``), or ``(python)`` / ``(autograd engine)``
   for time between events.
@@ -28,6 +31,7 @@ traces into events that satisfy it.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +48,7 @@ UNATTRIBUTED_KEYS = 20
 _NODE = "autograd::engine::evaluate_function: "
 _ACCUMULATE = "torch::autograd::AccumulateGrad"
 _DDP = ("torch::distributed::reducer::", "torch.distributed.ddp.reducer::", "c10d::allreduce")
+_COPY_IN, _COPY_OUT = "torch::distributed::reducer::mul_out", "torch.distributed.ddp.reducer::copy_bucket_to_grad"
 _MATMULS = frozenset({"aten::mm", "aten::bmm"})
 _WEIGHT_VIEWS = frozenset({"aten::t", "aten::unbind", "aten::select", "aten::transpose"})
 _US = 1e-6
@@ -118,13 +123,14 @@ def torch_events(function_events: Iterable[Any]) -> list[ProfiledEvent]:
 
 
 def attribute(roots: Sequence[ProfiledEvent], ops: Mapping[str, OpInfo], graph_names: Collection[str], *,
-              device: bool = False) -> StepAttribution:
+              buckets: Sequence[tuple[str, int]] = (), device: bool = False) -> StepAttribution:
     """Attribute the one ``STEP`` event in the trees of ``roots`` (every thread's top-level events, recorded
-    with shapes) to the labels of ``ops`` as named in ``graph_names`` (see the module docstring)."""
+    with shapes) to the labels of ``ops`` as named in ``graph_names`` (see the module docstring);
+    ``buckets`` are the graph's dense gradient buckets, (all-reduce name, elements) in fill order."""
     steps = [event for event in _walk(roots) if event.name == STEP]
     if len(steps) != 1:
         raise ValueError(f"expected one {STEP!r} event in the profile, found {len(steps)}")
-    walker = _Walker(ops, set(graph_names), _forward_ops(roots, ops), _backward_roots(roots), device)
+    walker = _Walker(ops, set(graph_names), _forward_ops(roots, ops), _backward_roots(roots), device, buckets)
     walker.visit(steps[0], None, "(python)")
     seconds = {name: value * _US for name, value in walker.seconds.items()}
     for name, info in ops.items():  # a fused backward's dW shares its dX's kernel
@@ -171,9 +177,10 @@ class _Walker:
 
     def __init__(self, ops: Mapping[str, OpInfo], graph_names: set[str],
                  forward: dict[tuple[int, int], tuple[str, ProfiledEvent]], backward_roots: list[ProfiledEvent],
-                 device: bool) -> None:
+                 device: bool, buckets: Sequence[tuple[str, int]]) -> None:
         self.ops, self.graph_names, self.forward, self.backward_roots = ops, graph_names, forward, backward_roots
-        self.device = device
+        self.device, self.buckets = device, buckets
+        self.copied = {"in": 0, "out": 0}         # gradient elements DDP copied so far, each way
         self.seconds: dict[str, float] = defaultdict(float)
         self.unattributed: dict[str, float] = defaultdict(float)
         self.forced: dict[int, str] = {}          # id(matmul event) -> dX or dW label
@@ -202,6 +209,8 @@ class _Walker:
             return self.forced[id(event)]
         if name in self.ops or name in TRAINER_LABELS:
             return str(name)
+        if name in (_COPY_IN, _COPY_OUT):
+            return self._bucket_copy(event, "in" if name == _COPY_IN else "out")
         if name.startswith(_DDP):
             return GRAD_SYNC
         if name == f"{_NODE}{_ACCUMULATE}":
@@ -228,6 +237,17 @@ class _Walker:
         if "dw" in kinds:
             self.weight_labels.append(label)
         return self._phase(label, "dw" if kinds and "dx" not in kinds else "dx")
+
+    def _bucket_copy(self, event: ProfiledEvent, way: str) -> str:
+        """The copy op (``way`` "in" or "out") of the bucket DDP's next copied gradient falls in."""
+        done = self.copied[way]
+        self.copied[way] += _numel(event)
+        for sync, numel in self.buckets:
+            if done < numel:
+                name = f"{sync}.copy_{way}"
+                return name if name in self.graph_names else GRAD_SYNC
+            done -= numel
+        return GRAD_SYNC
 
     def _accumulate(self, node: ProfiledEvent) -> str | None:
         """Accumulating a parameter's gradient: the dW of the latest label with a weight of its shape."""
@@ -260,6 +280,15 @@ class _Walker:
             tail = 0.0 if nodes_end is None else max(0.0, end - max(start, nodes_end))
             self.seconds[GRAD_SYNC] += tail
             self.unattributed["(autograd engine)"] += (end - start) - tail
+
+
+def _numel(event: ProfiledEvent) -> int:
+    """Elements of the first tensor an event (or the first of its descendants that records shapes) reads."""
+    for inner in _walk([event]):
+        shape = next((s for s in inner.input_shapes if s), None)
+        if shape is not None:
+            return math.prod(shape)
+    return 0
 
 
 def _own_us(event: ProfiledEvent, children: list[ProfiledEvent]) -> float:

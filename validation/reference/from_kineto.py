@@ -35,7 +35,7 @@ from moesim.workload.recorded import RecordedRank, RecordedRouting, RecordedRun
 from moesim.workload.routing import route
 
 from .attribution import attribute
-from .opinfo import OpInfo, ops_of
+from .opinfo import OpInfo, dense_buckets, ops_of
 
 
 def recorded_from_kineto(paths: Sequence[Path], workload: Workload, device: str) -> RecordedRun:
@@ -50,7 +50,7 @@ def recorded_from_ranks(ranks: Sequence[KinetoRank], workload: Workload, device:
     graph = build_graph(workload, measured=False)
     ops = ops_of(workload, graph)
     names = {op.name for op in graph.ops}
-    recorded = [_attributed(rank, ops, names) for rank in ranks]
+    recorded = [_attributed(rank, ops, names, dense_buckets(graph)) for rank in ranks]
     routing = _dispatched(ranks, workload) if workload.capacity is None else _modelled(workload)
     try:
         return RecordedRun(device=device, world_size=workload.num_gpus, routing=routing, ranks=tuple(recorded))
@@ -75,9 +75,10 @@ def read_ranks(paths: Sequence[Path], world_size: int) -> list[KinetoRank]:
     return ranks
 
 
-def _attributed(rank: KinetoRank, ops: dict[str, OpInfo], names: set[str]) -> RecordedRank:
+def _attributed(rank: KinetoRank, ops: dict[str, OpInfo], names: set[str],
+                buckets: tuple[tuple[str, int], ...]) -> RecordedRank:
     try:
-        step = attribute(rank.roots, ops, names, device=bool(rank.device))
+        step = attribute(rank.roots, ops, names, buckets=buckets, device=bool(rank.device))
     except ValueError as err:
         raise MoesimError(f"kineto trace {str(rank.path)!r}: {err} (profile the step with --trace)") from None
     return RecordedRank(rank=rank.rank, step_s=step.step_s, op_seconds=step.op_seconds,

@@ -23,6 +23,11 @@ class OpInfo:
     fused_backward: bool = False
 
 
+def dense_buckets(graph: OpGraph) -> tuple[tuple[str, int], ...]:
+    """The graph's dense gradient buckets as (all-reduce name, gradient elements), in fill order: DDP's."""
+    return tuple((op.name, op.dims["numel"]) for op in graph.ops if op.kind is OpKind.ALL_REDUCE and not op.expert)
+
+
 def ops_of(workload: Workload, graph: OpGraph | None = None) -> dict[str, OpInfo]:
     """The ``OpInfo`` of every forward op of ``workload``'s graph (``build_graph``), as the reference model
     builds it: a matmul's weight is ``[k, n]`` (``[batch, k, n]`` for the local experts; a tied lm_head

@@ -4,9 +4,10 @@
 
 The workload is ``--model`` (a preset or a YAML path) with ``--set model.*`` / ``training.*`` overrides, for
 as many GPUs as the job has ranks. Dense parameters train under DistributedDataParallel (bucket cap
-``training.grad_bucket_mb``) with the experts left out of it; expert gradients are averaged over their
-expert-data-parallel group when it has more than one rank (DeepSpeed-MoE's rule). A step is zero_grad,
-forward, backward, expert gradient sync, optimizer step. Each step starts at a barrier; its time is the
+``training.grad_bucket_mb``, ``gradient_as_bucket_view`` = ``training.ddp_bucket_view``) with the experts
+left out of it; expert gradients are averaged over their expert-data-parallel group when it has more
+than one rank (DeepSpeed-MoE's rule). A step is zero_grad, forward, backward, expert gradient sync,
+optimizer step. Each step starts at a barrier; its time is the
 slowest rank's, from the barrier's exit to the end of the optimizer step. Every step trains on the same
 batch, so the loss falls. ``--trace`` profiles ``--trace-steps`` more steps (default 1) and attributes them
 (each op's median over them) to the op names of moesim's graph (``attribution``), with the routing every
@@ -126,7 +127,8 @@ class Trainer:
         expert_names = set(self.model.expert_parameter_names())
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.model, sorted(expert_names))
         self.ddp = DistributedDataParallel(self.model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None,
-                                           bucket_cap_mb=workload.training.grad_bucket_mb)
+                                           bucket_cap_mb=workload.training.grad_bucket_mb,
+                                           gradient_as_bucket_view=workload.training.ddp_bucket_view)
         self.expert_params = [p for name, p in self.model.named_parameters() if name in expert_names]
         params, rate = self.model.parameters(), LEARNING_RATE[workload.training.optimizer]
         self.optimizer: torch.optim.Optimizer = (
@@ -215,8 +217,11 @@ class Trainer:
         also writes its last profiled step there as ``rank{r}.json`` (a Chrome trace)."""
         import torch.distributed as dist
 
-        names = {op.name for op in build_graph(self.workload, measured=False).ops}
-        attributions = [self._traced_step(names, kineto_dir if index == steps - 1 else None)
+        from .opinfo import dense_buckets
+
+        graph = build_graph(self.workload, measured=False)
+        names, buckets = {op.name for op in graph.ops}, dense_buckets(graph)
+        attributions = [self._traced_step(names, buckets, kineto_dir if index == steps - 1 else None)
                         for index in range(steps)]
         mine = _median_attribution(attributions)
         ranks: list[Any] = [None] * self.ctx.world_size
@@ -224,7 +229,8 @@ class Trainer:
                                        "unattributed": mine.unattributed})
         return {"ranks": ranks, "routing": self._routing()}
 
-    def _traced_step(self, names: set[str], kineto_dir: Path | None) -> StepAttribution:
+    def _traced_step(self, names: set[str], buckets: tuple[tuple[str, int], ...],
+                     kineto_dir: Path | None) -> StepAttribution:
         """One profiled step, attributed to the graph's op names."""
         import torch
         import torch.distributed as dist
@@ -241,7 +247,7 @@ class Trainer:
         if kineto_dir is not None:
             kineto_dir.mkdir(parents=True, exist_ok=True)
             prof.export_chrome_trace(str(kineto_dir / f"rank{self.ctx.rank}.json"))
-        return attribute(torch_events(prof.events()), self.model.ops, names)
+        return attribute(torch_events(prof.events()), self.model.ops, names, buckets=buckets)
 
     def _routing(self) -> list[dict[str, Any]]:
         """Per MoE layer, every rank's assignments per global expert in the last step, before and after
