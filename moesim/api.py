@@ -115,12 +115,7 @@ def scenario(
 ) -> Scenario:
     """Load and validate the inputs once; schedules can then be planned against the result."""
     scoped = split_scopes(normalise_overrides(overrides or {}), SCOPES)
-    if "num_nodes" in scoped["hardware"]:
-        raise MoesimError("hardware.num_nodes: set the node count with --nodes (nodes= in Python)")
-    cluster = load_cluster(hardware, nodes, scoped["hardware"], where="hardware.")
-    if scoped["cost"]:
-        cost_params = apply_overrides(cluster.node.cost, scoped["cost"], where="cost.")
-        cluster = cluster.model_copy(update={"node": cluster.node.model_copy(update={"cost": cost_params})})
+    cluster = _cluster(hardware, nodes, scoped)
     workload_updates = {f"{scope}.{key}": value for scope in ("model", "training")
                         for key, value in scoped[scope].items()}
     workload = load_workload(model, num_gpus=cluster.num_gpus, gpu=cluster.node.gpu.name,
@@ -132,6 +127,26 @@ def scenario(
         cluster = _without_compute_interference(cluster)
     cost = RooflineCostModel(cluster, workload.training.dtype)
     return Scenario(str(model), str(hardware), nodes, cluster, workload, graph, cost, scoped["schedule"])
+
+
+def cluster_of(hardware: str | Path = "p3dn.24xlarge", nodes: int = 1,
+               overrides: Mapping[str, Any] | None = None) -> ClusterSpec:
+    """``nodes`` x ``hardware`` with ``hardware.*`` and ``cost.*`` overrides; any other scope is an error."""
+    scoped = split_scopes(normalise_overrides(overrides or {}), SCOPES)
+    other = [f"{scope}.{key}" for scope in ("model", "training", "schedule") for key in scoped[scope]]
+    if other:
+        raise MoesimError(f"{other[0]}: only hardware.* and cost.* settings apply to a cluster alone")
+    return _cluster(hardware, nodes, scoped)
+
+
+def _cluster(hardware: str | Path, nodes: int, scoped: Mapping[str, Mapping[str, Any]]) -> ClusterSpec:
+    if "num_nodes" in scoped["hardware"]:
+        raise MoesimError("hardware.num_nodes: set the node count with --nodes (nodes= in Python)")
+    cluster = load_cluster(hardware, nodes, scoped["hardware"], where="hardware.")
+    if scoped["cost"]:
+        cost_params = apply_overrides(cluster.node.cost, scoped["cost"], where="cost.")
+        cluster = cluster.model_copy(update={"node": cluster.node.model_copy(update={"cost": cost_params})})
+    return cluster
 
 
 def _without_compute_interference(cluster: ClusterSpec) -> ClusterSpec:

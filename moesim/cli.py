@@ -98,6 +98,10 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--json", action="store_true")
     validate.set_defaults(handler=cmd_validate)
 
+    from moesim.cli_primitives import add_commands
+
+    add_commands(commands, DEFAULT_HARDWARE)
+
     parser.set_defaults(handler=lambda _args: cmd_compare(compare.parse_args([])))
     return parser
 
