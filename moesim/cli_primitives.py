@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 E = TypeVar("E", bound=Enum)
 
 _COLLECTIVE_COLUMNS = [("size", "size B"), ("time_us", "time us"), ("algbw", "algbw GB/s"),
-                       ("busbw", "busbw GB/s")]
+                       ("busbw", "busbw GB/s"), ("algorithm", "algorithm")]
 _KERNEL_COLUMNS = [("kind", "kernel"), ("shape", "shape"), ("dtype", "dtype"), ("time_us", "time us"),
                    ("tflops", "TFLOP/s")]
 
@@ -35,7 +35,9 @@ def add_commands(commands: argparse._SubParsersAction, default_hardware: str) ->
     collective.add_argument("--bytes", dest="sizes", default="8:1G",
                             help="per-rank buffer sizes: a range A:B doubling (default 8:1G) or a list, "
                                  "units K M G T (powers of 1024)")
-    collective.add_argument("--algorithm", default="linear", help="all-to-all only: linear (default) or 2dh")
+    collective.add_argument("--algorithm", default=None,
+                            help="all-reduce: auto (default: the faster of ring and tree per size), ring or tree; "
+                                 "all-to-all: linear (default) or 2dh")
     collective.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                             help="hardware.* / cost.* override (repeatable)")
     collective.add_argument("--json", action="store_true")
@@ -54,24 +56,24 @@ def add_commands(commands: argparse._SubParsersAction, default_hardware: str) ->
 
 
 def cmd_collective(args: argparse.Namespace) -> int:
-    from moesim.analysis.primitives import COLLECTIVES, collective_rows, parse_sizes
+    from moesim.analysis.primitives import ALGORITHMS, COLLECTIVES, collective_rows, parse_sizes
     from moesim.analysis.tables import metrics_table
-    from moesim.workload.ops import A2AAlgorithm, OpKind
+    from moesim.workload.ops import OpKind
 
     kind = _choice(OpKind, args.kind, "--kind", COLLECTIVES)
-    algorithm = _choice(A2AAlgorithm, args.algorithm, "--algorithm", tuple(A2AAlgorithm))
+    algorithm = args.algorithm.strip().lower() if args.algorithm is not None else ALGORITHMS[kind][0]
     sizes = parse_sizes(args.sizes)
     cluster = _cluster(args.hardware, args.nodes, args.settings)
     rows = collective_rows(cluster, kind, sizes, algorithm)
     if args.json:
         print(json.dumps({"hardware": cluster.node.name, "nodes": cluster.num_nodes, "ranks": cluster.num_gpus,
-                          "kind": kind.value, "algorithm": algorithm.value, "rows": [r.to_json() for r in rows]},
+                          "kind": kind.value, "algorithm": algorithm, "rows": [r.to_json() for r in rows]},
                          indent=2))
         return 0
     print(f"{kind.value} over {cluster.num_gpus} GPUs ({cluster.num_nodes} x {cluster.node.name}), "
-          f"{algorithm.value if kind is OpKind.ALL_TO_ALL else 'ring'}; predicted, nccl-tests' conventions")
+          f"{algorithm}; predicted, nccl-tests' conventions")
     table = [{"size": str(r.bytes), "time_us": f"{r.time_us:.1f}", "algbw": f"{r.algbw_gb_s:.2f}",
-              "busbw": f"{r.busbw_gb_s:.2f}"} for r in rows]
+              "busbw": f"{r.busbw_gb_s:.2f}", "algorithm": r.algorithm} for r in rows]
     print(metrics_table(table, _COLLECTIVE_COLUMNS))
     return 0
 

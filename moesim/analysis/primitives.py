@@ -40,8 +40,9 @@ class CollectiveRow:
     time_us: float
     algbw_gb_s: float
     busbw_gb_s: float
+    algorithm: str          # ring, tree (all-reduce), linear or 2dh (all-to-all)
 
-    def to_json(self) -> dict[str, float]:
+    def to_json(self) -> dict[str, object]:
         return asdict(self)
 
 
@@ -96,22 +97,38 @@ def bus_factor(kind: OpKind, ranks: int) -> float:
     return 2 * share if kind is OpKind.ALL_REDUCE else share
 
 
-def collective_rows(cluster: ClusterSpec, kind: OpKind, sizes: list[int],
-                    algorithm: A2AAlgorithm = A2AAlgorithm.LINEAR) -> list[CollectiveRow]:
-    """Each size's predicted time and bandwidths for ``kind`` over every GPU of ``cluster`` (see the module
-    docstring). ``algorithm`` applies to all-to-all only."""
+ALGORITHMS = {OpKind.ALL_REDUCE: ("auto", "ring", "tree"), OpKind.ALL_TO_ALL: ("linear", "2dh"),
+              OpKind.ALL_GATHER: ("ring",), OpKind.REDUCE_SCATTER: ("ring",)}
+
+
+def collective_rows(cluster: ClusterSpec, kind: OpKind, sizes: list[int], algorithm: str | None = None, *,
+                    gpus_per_node: int | None = None) -> list[CollectiveRow]:
+    """Each size's predicted time and bandwidths for ``kind`` over the first ``gpus_per_node`` GPUs (default:
+    all) of every node of ``cluster`` (see the module docstring). ``algorithm`` (``ALGORITHMS``; None: the
+    first) forces one: an all-reduce's ``auto`` takes the faster of ring and tree at each size, as
+    ``cost.all_reduce_algorithm`` does in a simulation."""
     if kind not in COLLECTIVES:
         raise MoesimError(f"kind: {kind.value!r} is not a collective; allowed: "
                           f"{', '.join(k.value for k in COLLECTIVES)}")
-    ranks = cluster.num_gpus
+    per_node = cluster.node.gpus_per_node if gpus_per_node is None else gpus_per_node
+    if not 1 <= per_node <= cluster.node.gpus_per_node:
+        raise MoesimError(f"gpus per node: {per_node}; {cluster.node.name} has 1 to {cluster.node.gpus_per_node}")
+    members = tuple(node * cluster.node.gpus_per_node + i for node in range(cluster.num_nodes) for i in range(per_node))
+    ranks = len(members)
     if ranks < 2:
         raise MoesimError(f"nodes: a collective needs at least 2 GPUs; {cluster.node.name} x "
                           f"{cluster.num_nodes} has {ranks}")
-    if algorithm is not A2AAlgorithm.LINEAR and kind is not OpKind.ALL_TO_ALL:
-        raise MoesimError(f"algorithm: {algorithm.value!r} is an all-to-all algorithm; {kind.value} runs as a ring")
+    allowed = ALGORITHMS[kind]
+    chosen = allowed[0] if algorithm is None else algorithm
+    if chosen not in allowed:
+        raise MoesimError(f"--algorithm {chosen!r}: {kind.value} runs as {', '.join(allowed)}")
+    if kind is OpKind.ALL_REDUCE:
+        cost_params = cluster.node.cost.model_copy(update={"all_reduce_algorithm": chosen})
+        cluster = cluster.model_copy(update={"node": cluster.node.model_copy(update={"cost": cost_params})})
     cost = RooflineCostModel(cluster, _any_dtype(cluster))
-    group = (tuple(range(ranks)),)
-    task = Task(id=0, op=0, stream=StreamKind.COMM, algorithm=algorithm)
+    group = (members,)
+    a2a = A2AAlgorithm.HIERARCHICAL if chosen == "2dh" else A2AAlgorithm.LINEAR
+    task = Task(id=0, op=0, stream=StreamKind.COMM, algorithm=a2a)
     factor = bus_factor(kind, ranks)
     rows = []
     for size in sizes:
@@ -119,7 +136,9 @@ def collective_rows(cluster: ClusterSpec, kind: OpKind, sizes: list[int],
                 comm=CommSpec(groups=group, bytes=float(size)))
         seconds = cost.collective_time(op, task)
         algbw = size / seconds / 1e9 if seconds > 0 else float("inf")
-        rows.append(CollectiveRow(bytes=size, time_us=seconds * 1e6, algbw_gb_s=algbw, busbw_gb_s=algbw * factor))
+        ran = cost.all_reduce_algorithm(op, task, (0,)) if kind is OpKind.ALL_REDUCE else chosen
+        rows.append(CollectiveRow(bytes=size, time_us=seconds * 1e6, algbw_gb_s=algbw, busbw_gb_s=algbw * factor,
+                                  algorithm=ran))
     return rows
 
 

@@ -157,6 +157,22 @@ def ring_latency(members: Members, traversals: int, res: ResourceMap, base_s: fl
     return worst
 
 
+def tree_latency(members: Members, res: ResourceMap, base_s: float) -> float:
+    """Alpha of a tree all-reduce, NCCL's model (src/graph/tuning.cc): ``base`` plus, up and down, a chain
+    through the group's ranks on a node (``ranks per node - 1`` intra-node steps) and a binary tree over
+    its nodes (``floor(log2 nodes)`` network steps, NCCL's ``log2i``). Groups of one rank cost nothing; the
+    slowest group sets it."""
+    worst = 0.0
+    for group in members:
+        if len(group) < 2:
+            continue
+        nodes = res.node[np.asarray(group, dtype=np.int64)]
+        per_node = int(np.max(np.unique(nodes, return_counts=True)[1]))
+        depth = len(np.unique(nodes)).bit_length() - 1
+        worst = max(worst, base_s + 2 * ((per_node - 1) * res.intra_latency_s + depth * res.inter_latency_s))
+    return worst
+
+
 def _stacks(members: Members, traffic: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
     """Groups as (ranks (k, g), matrices (k, g, g)) stacks: one stack when all groups have one size."""
     assert len(members) == len(traffic), "one traffic matrix per group"

@@ -198,11 +198,38 @@ class RooflineCostModel:
             latency = collectives.all_to_all_latency(
                 members, res, params.all_to_all_base_latency_s, params.all_to_all_peer_latency_s
             )
+        elif op.kind is OpKind.ALL_REDUCE:
+            return self._all_reduce_demands(op, task, members)[self.all_reduce_algorithm(op, task, groups)]
         else:
             traversals = _RING_TRAVERSALS[op.kind]
             volume = collectives.ring(members, op.comm.bytes * task.fraction, traversals, res)
             latency = collectives.ring_latency(members, traversals, res, params.collective_base_latency_s)
         return _demand_of(volume, latency)
+
+    def all_reduce_algorithm(self, op: Op, task: Task, groups: Sequence[int]) -> str:
+        """"ring" or "tree": what ``cost.all_reduce_algorithm`` forces, else the faster alone (NCCL's tuner
+        picks by its own time model the same way)."""
+        forced = self._params.all_reduce_algorithm
+        if forced != "auto":
+            return forced
+        assert op.comm is not None
+        demands = self._all_reduce_demands(op, task, [op.comm.groups[i] for i in groups])
+        return min(demands, key=lambda name: (demands[name].uncontended_s(self.capacities), name))
+
+    def _all_reduce_demands(self, op: Op, task: Task, members: Sequence[Sequence[int]]) -> dict[str, CollectiveDemand]:
+        """The ring's and the tree's demand (``CostParams.all_reduce_algorithm`` has the tree's model)."""
+        assert op.comm is not None
+        params, res = self._params, self._resources
+        payload = op.comm.bytes * task.fraction
+        ring = _demand_of(collectives.ring(members, payload, 2, res),
+                          collectives.ring_latency(members, 2, res, params.collective_base_latency_s))
+        n = max(len(group) for group in members)
+        if n < 2:
+            return {"ring": ring, "tree": ring}
+        # 2 x payload per rank against the ring's 2 (n - 1) / n, at the tree's share of the ring's rate
+        tree_volume = collectives.ring(members, payload * n / (n - 1) / params.tree_bandwidth_factor, 2, res)
+        tree = _demand_of(tree_volume, collectives.tree_latency(members, res, params.collective_base_latency_s))
+        return {"ring": ring, "tree": tree}
 
     @staticmethod
     def _traffic(op: Op, task: Task, groups: Sequence[int]) -> list[np.ndarray]:

@@ -158,6 +158,13 @@ class CostParams(_Spec):
     # the rings' effective bandwidth (the fabric's times its efficiency above), 1 = the same [assumption].
     all_to_all_base_latency_us: float | None = Field(default=None, ge=0)
     all_to_all_bandwidth_ratio: float = Field(default=1.0, gt=0)
+    # How an all-reduce runs: NCCL's tuner picks ring or tree per call by its own time model; "auto" picks
+    # the faster of the two here, "ring" or "tree" forces one. A tree pays 2 x (ranks per node - 1)
+    # intra-node steps and 2 x floor(log2 nodes) network steps where a ring pays 2 x (n - 1) steps, and
+    # moves 2 x its payload per rank at tree_bandwidth_factor of the ring's rate: both from NCCL's model
+    # (src/graph/tuning.cc, docs/sources.md §3); no published tree measurement checked yet.
+    all_reduce_algorithm: Literal["auto", "ring", "tree"] = "auto"
+    tree_bandwidth_factor: float = Field(default=0.92, gt=0, le=1)
     # Compute runs 1 + x times slower while a collective of the GPU runs (not while it waits). DeepEP
     # reserves 20 of 132 SMs (15%) and loses ~20% GEMM throughput (docs/sources.md §3); NCCL's default 8-16
     # channels hold 7-15% of an A100's 108 SMs, plus HBM traffic, so ~10% [assumption, to be calibrated].

@@ -10,7 +10,7 @@ from moesim.api import cluster_of
 from moesim.cli import main
 from moesim.dtypes import DType
 from moesim.errors import MoesimError
-from moesim.workload.ops import A2AAlgorithm, OpKind
+from moesim.workload.ops import OpKind
 
 GIB = 1 << 30
 
@@ -55,10 +55,32 @@ def test_all_to_all_across_nodes_is_slower_and_2dh_is_an_option():
     assert two.busbw_gb_s < one.busbw_gb_s  # EFA is narrower than NVSwitch
     two_nodes = cluster_of("p4de.24xlarge", 2)
     (linear,) = collective_rows(two_nodes, OpKind.ALL_TO_ALL, [1 << 20])
-    (hierarchical,) = collective_rows(two_nodes, OpKind.ALL_TO_ALL, [1 << 20], A2AAlgorithm.HIERARCHICAL)
+    (hierarchical,) = collective_rows(two_nodes, OpKind.ALL_TO_ALL, [1 << 20], "2dh")
     assert hierarchical.time_us > 0 and hierarchical.time_us != linear.time_us
-    with pytest.raises(MoesimError, match="^algorithm"):
-        collective_rows(cluster_of("p4de.24xlarge", 2), OpKind.ALL_REDUCE, [GIB], A2AAlgorithm.HIERARCHICAL)
+    assert (linear.algorithm, hierarchical.algorithm) == ("linear", "2dh")
+    with pytest.raises(MoesimError, match="^--algorithm '2dh': all_reduce runs as auto, ring, tree"):
+        collective_rows(two_nodes, OpKind.ALL_REDUCE, [GIB], "2dh")
+
+
+def test_an_all_reduce_takes_a_tree_for_latency_and_a_ring_for_bandwidth():
+    """NCCL's choice: a tree's 2 x (7 intra + log2(nodes) network) steps beat a ring's 2 x (n - 1) for small
+    messages on many nodes; at 1 GiB over 2 nodes the ring's bandwidth wins."""
+    cluster = cluster_of("dgx-h100", 16)
+    node, cost = cluster.node, cluster.cost
+    (tree,) = collective_rows(cluster, OpKind.ALL_REDUCE, [8])
+    (ring,) = collective_rows(cluster, OpKind.ALL_REDUCE, [8], "ring")
+    assert tree.algorithm == "tree" and ring.algorithm == "ring" and tree.time_us < ring.time_us / 5
+    steps_us = 2 * (7 * node.intra.latency_us + 4 * node.network.latency_us)  # log2(16) = 4 levels
+    assert tree.time_us == pytest.approx(cost.collective_base_latency_us + steps_us, rel=1e-3)
+    # a ring of 128 ranks over 16 nodes: 127 steps a traversal, 16 of them across a node boundary
+    assert ring.time_us == pytest.approx(cost.collective_base_latency_us + 2 * (111 * node.intra.latency_us
+                                                                              + 16 * node.network.latency_us),
+                                         rel=1e-3)
+    (large,) = collective_rows(cluster_of("dgx-h100", 2), OpKind.ALL_REDUCE, [GIB])
+    assert large.algorithm == "ring"
+    forced = cluster_of("dgx-h100", 2, {"cost.all_reduce_algorithm": "tree"})
+    (tree_large,) = collective_rows(forced, OpKind.ALL_REDUCE, [GIB], "tree")
+    assert tree_large.time_us > large.time_us
 
 
 def test_a_large_gemm_runs_near_the_efficiency_times_the_peak():
@@ -86,7 +108,7 @@ def test_collective_command_prints_a_table_and_json(capsys):
     document = json.loads(capsys.readouterr()[0])
     assert document["ranks"] == 8 and document["kind"] == "all_to_all"
     assert [row["bytes"] for row in document["rows"]] == [8, 16, 32, 64]
-    assert set(document["rows"][0]) == {"bytes", "time_us", "algbw_gb_s", "busbw_gb_s"}
+    assert set(document["rows"][0]) == {"bytes", "time_us", "algbw_gb_s", "busbw_gb_s", "algorithm"}
 
 
 def test_kernel_command_prints_a_table_and_json(capsys):
@@ -100,7 +122,7 @@ def test_kernel_command_prints_a_table_and_json(capsys):
 @pytest.mark.parametrize("argv, message", [
     (["collective", "--kind", "broadcast"], "--kind 'broadcast': allowed: all_reduce"),
     (["collective", "--bytes", "lots"], "--bytes: 'lots' is not a size"),
-    (["collective", "--algorithm", "tree"], "--algorithm 'tree': allowed: linear, 2dh"),
+    (["collective", "--kind", "all_to_all", "--algorithm", "tree"], "--algorithm 'tree': all_to_all runs as"),
     (["collective", "--set", "model.hidden=8"], "model.hidden: only hardware.* and cost.*"),
     (["collective", "--hardware", "nowhere"], "nowhere"),
     (["kernel", "--gemm", "1,2"], "--gemm '1,2': expected M,N,K"),
