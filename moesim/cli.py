@@ -88,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--calibrate", action="store_true", help="calibrate --hardware first")
     validate.add_argument("--reference", action="store_true",
                           help="the reference PyTorch model's real step, predicted from its config and its trace")
+    validate.add_argument("--published", action="store_true",
+                          help="predict every published measurement (validation/published/) and report the errors")
     validate.add_argument("--models", default="tiny-moe-a,tiny-moe-b", help="comma-separated workloads")
     validate.add_argument("--nproc", type=int, default=2)
     validate.add_argument("--warmup", type=int, default=2)
@@ -229,6 +231,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from moesim.overrides import parse_assignments
 
     _check_writable(args.traces, "--traces")
+    if args.published:
+        if args.reference or args.calibrate:
+            raise MoesimError("--published predicts published points alone: not with --reference or --calibrate")
+        from moesim.validation import published_points
+
+        checked = published_points.check(published_points.load_points())
+        print(json.dumps(published_points.to_dict(checked), indent=2) if args.json
+              else published_points.render_text(checked))
+        return 0
     if args.calibrate:  # its summary on stderr under --json, so stdout stays one JSON document
         cmd_calibrate(argparse.Namespace(name=args.hardware, base="cpu-loopback", nproc=args.nproc, out_dir=None,
                                          quick=False, json=False), out=sys.stderr if args.json else None)

@@ -29,6 +29,8 @@ def test_wheel_contains_every_preset(wheel):
     for folder, package in (("hardware_specs", "moesim/hardware_specs"), ("workloads", "moesim/workloads")):
         for preset in [*(ROOT / folder).rglob("*.yaml"), *(ROOT / folder).rglob("traced/*.json")]:
             assert f"{package}/{preset.relative_to(ROOT / folder).as_posix()}" in names
+    for points in (ROOT / "validation" / "published").glob("*.yaml"):
+        assert f"moesim/validation/published/{points.name}" in names
 
 
 def test_installed_wheel_finds_presets(wheel, tmp_path):
@@ -38,6 +40,7 @@ def test_installed_wheel_finds_presets(wheel, tmp_path):
     code = ("import moesim.hardware.presets as h, moesim.workload.presets as w; "
             f"assert h.__file__.startswith({str(target)!r}), h.__file__; "
             "w.load_workload('traced/tiny-moe-a', num_gpus=2, gpu='cpu-rank'); "
+            "import moesim.validation.published_points as p; assert len(p.load_points()) >= 40; "
             "print(len(h.list_node_presets()), len(w.list_model_presets()))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                           env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"})
