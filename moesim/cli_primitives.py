@@ -48,6 +48,7 @@ def add_commands(commands: argparse._SubParsersAction, default_hardware: str) ->
     shapes = kernel.add_mutually_exclusive_group(required=True)
     shapes.add_argument("--gemm", metavar="M,N,K", help="an M x K @ K x N matmul")
     shapes.add_argument("--attention", metavar="B,H,S,D", help="forward attention: batch, heads, sequence, head dim")
+    kernel.add_argument("--causal", action="store_true", help="with --attention: a causal (decoder) call")
     kernel.add_argument("--dtype", default="bf16", help="fp32, tf32, fp16, bf16 or fp8 (default bf16)")
     kernel.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                         help="hardware.* / cost.* override (repeatable)")
@@ -85,12 +86,14 @@ def cmd_kernel(args: argparse.Namespace) -> int:
 
     dtype = _choice(DType, args.dtype, "--dtype", tuple(DType))
     cluster = _cluster(args.hardware, 1, args.settings)
+    if args.gemm is not None and args.causal:
+        raise MoesimError("--causal: applies to --attention only")
     if args.gemm is not None:
         m, n, k = _ints(args.gemm, "--gemm", ("M", "N", "K"))
         row = gemm_row(cluster, dtype, m, n, k)
     else:
         batch, heads, seq, head_dim = _ints(args.attention, "--attention", ("B", "H", "S", "D"))
-        row = attention_row(cluster, dtype, batch, heads, seq, head_dim)
+        row = attention_row(cluster, dtype, batch, heads, seq, head_dim, causal=args.causal)
     if args.json:
         print(json.dumps({"hardware": cluster.node.name, "gpu": cluster.node.gpu.name, **row.to_json()}, indent=2))
         return 0

@@ -12,9 +12,10 @@ The table ``KERNELS`` maps (kind, phase) to a builder. It follows the FLOP / byt
 - MATMUL: ``[batch,] m x k @ k x n``. dX and dW ops carry transposed dims already; the token
   dimension is ``m`` (forward, dX) or ``k`` (dW).
 - ATTENTION: scaled_dot_product_attention on ``[b', heads, s, head_dim]`` (grouped kv heads when
-  ``kv_heads < heads``); dX: its real backward (dQ, dK, dV by autograd; costed at 2.5x the forward
-  FLOPs). A part cut along the sequence (``task.axis``) runs its share of the query rows against all
-  ``s`` keys instead.
+  ``kv_heads < heads``; ``is_causal`` where ``dims["causal"]``, a decoder's self-attention); dX: its real
+  backward (dQ, dK, dV by autograd; costed at 2.5x the forward FLOPs). A part cut along the sequence
+  (``task.axis``) runs its share of the query rows against all ``s`` keys instead, unmasked: on a CPU
+  host, whose causal kernel skips nothing (``cost.causal_attention_work`` 1), the same work.
 - LAYERNORM: layer_norm; dW: the two column sums ``sum(g * x)``, ``sum(g)`` (it reads one more
   tensor than the convention's bytes). ELEMENTWISE: an add for residual roles, else the activation
   whose FLOPs per element match (GELU 8, SwiGLU 5, ReLU 1; the nearest otherwise). SOFTMAX: softmax.
@@ -154,8 +155,8 @@ def _attention(op: Op, share: float, pool: TensorPool) -> Kernel:
     q = pool.get("attn.q", batch, heads, d["s"], d["head_dim"])
     k = pool.get("attn.k", batch, kv_heads, d["s"], d["head_dim"])
     v = pool.get("attn.v", batch, kv_heads, d["s"], d.get("v_head_dim", d["head_dim"]))
-    grouped = kv_heads != heads
-    return lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=grouped)
+    grouped, causal = kv_heads != heads, bool(d.get("causal"))
+    return lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=grouped)
 
 
 def _attention_rows(op: Op, share: float, pool: TensorPool) -> Kernel:
@@ -318,7 +319,7 @@ def _attention_backward(op: Op, share: float, pool: TensorPool) -> Kernel:
     k = pool.get("attn.k", batch, kv_heads, d["s"], d["head_dim"]).detach().requires_grad_()
     v = pool.get("attn.v", batch, kv_heads, d["s"], d.get("v_head_dim", d["head_dim"])).detach().requires_grad_()
     with torch.enable_grad():
-        out = F.scaled_dot_product_attention(q, k, v, enable_gqa=kv_heads != heads)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=bool(d.get("causal")), enable_gqa=kv_heads != heads)
     grad = pool.get("attn.grad", *out.shape)
     return lambda: torch.autograd.grad(out, (q, k, v), grad, retain_graph=True)
 

@@ -9,8 +9,9 @@ the software where the source states it, what was measured, and exactly one bloc
 - ``gemm``: ``m, n, k, dtype, tflops``; predicted by ``gemm_row`` on the point's GPU.
 - ``attention``: ``batch, heads, seq, head_dim, causal, dtype, pass`` (forward or forward_backward),
   ``tflops`` as FlashAttention's benchmarks count them (4 b h s^2 d forward, half that when causal, 3.5x the
-  forward for forward + backward). Predicted from moesim's attention op, which costs the full square whether
-  causal or not, its backward at 2.5x the forward's FLOPs (``moesim.workload.builder``).
+  forward for forward + backward). Predicted from moesim's attention op: a causal call costs
+  ``cost.causal_attention_work`` of the full square, the backward 2.5x the forward's FLOPs
+  (``moesim.workload.builder``).
 - ``end_to_end``: a published training throughput (``metric``: tokens_per_s, samples_per_s, iteration_s or
   tflops_per_gpu, ``value``) of a configuration moesim can express, given as ``preset`` + ``overrides`` +
   ``schedule`` on ``nodes`` x ``node``; predicted by simulating it.
@@ -233,7 +234,7 @@ def _gpu_override(point: Point) -> dict[str, Any]:
 
 
 def _attention_tflops(point: Point) -> float:
-    """TFLOP/s in FlashAttention's count from moesim's times: forward the full square, backward 2.5x it."""
+    """TFLOP/s in FlashAttention's count (half the square when causal) from moesim's times."""
     from moesim.analysis.primitives import attention_row
     from moesim.api import cluster_of
     from moesim.hardware import RooflineCostModel
@@ -244,10 +245,12 @@ def _attention_tflops(point: Point) -> float:
     a = point.attention
     assert a is not None
     cluster = cluster_of(point.node, 1, _gpu_override(point))
-    forward = attention_row(cluster, a.dtype, a.batch, a.heads, a.seq, a.head_dim)
+    forward = attention_row(cluster, a.dtype, a.batch, a.heads, a.seq, a.head_dim, causal=a.causal)
     seconds = forward.time_us * 1e-6
     if a.passes == "forward_backward":
         dims = {"b": a.batch, "heads": a.heads, "s": a.seq, "head_dim": a.head_dim}
+        if a.causal:
+            dims["causal"] = 1
         backward = Op(id=0, name="attention.dx", role=Role.ATTENTION, kind=OpKind.ATTENTION,
                       phase=Phase.BACKWARD_INPUT, layer=None, flops=ATTENTION_BACKWARD_FLOPS * forward.flops,
                       mem_bytes=2 * forward.bytes, dims=dims)

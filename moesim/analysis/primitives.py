@@ -9,7 +9,7 @@ is the cost model's for the collective alone on an idle cluster (``RooflineCostM
 every GPU of ``cluster`` in one group.
 
 Kernels: a GEMM ``m x k @ k x n`` (2 m n k FLOP) and a forward attention call over ``[batch, heads, seq,
-head_dim]`` (4 batch heads seq^2 head_dim FLOP, the full square: the convention of
+head_dim]`` (4 batch heads seq^2 head_dim FLOP, the full square even when causal: the convention of
 ``moesim.workload.blocks``), timed by ``RooflineCostModel.compute_time`` with no interference.
 """
 
@@ -152,16 +152,18 @@ def gemm_row(cluster: ClusterSpec, dtype: DType, m: int, n: int, k: int) -> Kern
     return _kernel_row(cluster, dtype, op, "gemm", {"m": m, "n": n, "k": k})
 
 
-def attention_row(cluster: ClusterSpec, dtype: DType, batch: int, heads: int, seq: int, head_dim: int) -> KernelRow:
-    """A forward attention call over ``[batch, heads, seq, head_dim]`` in ``dtype`` on one GPU of ``cluster``."""
+def attention_row(cluster: ClusterSpec, dtype: DType, batch: int, heads: int, seq: int, head_dim: int,
+                  causal: bool = False) -> KernelRow:
+    """A forward attention call over ``[batch, heads, seq, head_dim]`` in ``dtype`` on one GPU of ``cluster``;
+    ``causal`` costs it as ``cost.causal_attention_work`` of the full square (its FLOPs stay the square's)."""
     _positive(batch=batch, heads=heads, seq=seq, head_dim=head_dim)
     flops = 4.0 * batch * heads * seq * seq * head_dim
     mem = 4.0 * batch * heads * seq * head_dim * dtype.bytes  # q, k, v read, output written
-    dims = {"b": batch, "heads": heads, "s": seq, "head_dim": head_dim}
+    dims = {"b": batch, "heads": heads, "s": seq, "head_dim": head_dim, **({"causal": 1} if causal else {})}
     op = Op(id=0, name="attention", role=Role.ATTENTION, kind=OpKind.ATTENTION, phase=Phase.FORWARD, layer=None,
             flops=flops, mem_bytes=mem, dims=dims)
     return _kernel_row(cluster, dtype, op, "attention", {"batch": batch, "heads": heads, "seq": seq,
-                                                          "head_dim": head_dim})
+                                                          "head_dim": head_dim, "causal": int(causal)})
 
 
 def _kernel_row(cluster: ClusterSpec, dtype: DType, op: Op, kind: str, shape: dict[str, int]) -> KernelRow:

@@ -86,6 +86,8 @@ class RooflineCostModel:
         self._vector_peak = min(self._tensor_peak, vector_peak)
         self._hbm = gpu.hbm_bytes_per_s * params.hbm_efficiency
         self._launch = params.launch_overhead_s
+        default_causal = 1.0 if gpu.device == "cpu" else 0.5
+        self._causal_work = default_causal if params.causal_attention_work is None else params.causal_attention_work
         self._kind_flops = kind_table(params.kind_efficiency)
         self._kind_memory = kind_table(params.kind_memory_efficiency)
         self._cache: dict[tuple[object, ...], tuple[CommSpec, np.ndarray | None, CollectiveDemand]] = {}
@@ -134,6 +136,8 @@ class RooflineCostModel:
         mem_bytes = op.mem_bytes_on(rank) * task.fraction_on(rank)
         params = self._params
         if op.kind in _TENSOR_KINDS:
+            if op.kind is OpKind.ATTENTION and op.dims.get("causal"):
+                flops *= self._causal_work  # the masked half a causal kernel may skip
             flop_time = self._flop_time(op.kind, flops)
             if params.matmul_half_efficiency_dim and op.kind is OpKind.MATMUL:
                 flop_time *= 1.0 + params.matmul_half_efficiency_dim / matmul_shape_dim(op, task, rank)

@@ -131,6 +131,11 @@ class CostParams(_Spec):
     # Unfused attention (bmm, softmax, bmm) runs well below GEMM efficiency; fused kernels reach
     # ~50-70% on H100 [assumption]. The size term above applies to attention as well.
     attention_efficiency: float = Field(default=0.5, gt=0, le=1)
+    # The share of the full square a causal attention kernel computes. None: 0.5 on a GPU (FlashAttention
+    # skips the key tiles above the diagonal; its benchmarks count a causal call as half the FLOPs;
+    # docs/sources.md §2), 1 on a CPU rank (PyTorch's CPU kernel skips next to nothing there;
+    # docs/calibration-notes.md).
+    causal_attention_work: float | None = Field(default=None, gt=0, le=1)
     # FLOP roof of the memory-bound kinds (layernorm, elementwise, softmax, router, permute, ...);
     # they are almost always limited by HBM, so this rarely matters [assumption].
     other_compute_efficiency: float = Field(default=0.5, gt=0, le=1)

@@ -114,7 +114,8 @@ class ForwardRecipe:
         heads, dqk = model.num_heads, model.qk_head_dim
         if model.attention is AttentionKind.STANDARD:
             qkv = self.matmul(layer, Role.QKV, (x,), tokens, (heads + 2 * model.kv_heads) * dqk, hidden)
-            return self.attention(layer, Role.ATTENTION, (qkv,), model.kv_heads, self._self_attention_axes(layer))
+            axes = self._self_attention_axes(layer)
+            return self.attention(layer, Role.ATTENTION, (qkv,), model.kv_heads, axes, causal=axes is TOKENWISE)
         mla = model.mla
         assert mla is not None
         if mla.q_lora_rank is not None:
@@ -126,7 +127,8 @@ class ForwardRecipe:
         kv_latent = self.matmul(layer, Role.KV_DOWN, (x,), tokens, latent_width, hidden)
         kv = self.matmul(layer, Role.KV_UP, (kv_latent,), tokens,
                          heads * (mla.qk_nope_head_dim + mla.v_head_dim), mla.kv_lora_rank)
-        return self.attention(layer, Role.ATTENTION, (q, kv_latent, kv), heads, self._self_attention_axes(layer))
+        axes = self._self_attention_axes(layer)
+        return self.attention(layer, Role.ATTENTION, (q, kv_latent, kv), heads, axes, causal=axes is TOKENWISE)
 
     def _self_attention_axes(self, layer: int) -> frozenset[Axis]:
         """Decoder self-attention is causal (it splits along the sequence, causally); an encoder's is not."""
@@ -225,12 +227,16 @@ class ForwardRecipe:
                          expert=expert, rank_scale=rank_scale, params=((key or name, batch * k * n),))
 
     def attention(self, layer: int, role: Role, inputs: tuple[int, ...], kv_heads: int,
-                  axes: frozenset[Axis]) -> int:
+                  axes: frozenset[Axis], *, causal: bool = False) -> int:
+        """``causal`` (a decoder's self-attention) sets ``dims["causal"]``: its FLOPs stay the full square,
+        the cost model decides how much of it a causal kernel does (``cost.causal_attention_work``)."""
         model, batch, seq = self.model, self.workload.training.batch_per_gpu, self.workload.training.seq_len
         heads, dqk, dv = model.num_heads, model.qk_head_dim, model.v_head_dim
         flops = 2 * batch * seq * seq * heads * (dqk + dv)
         mem = self.tokens * (heads * dqk + kv_heads * dqk + kv_heads * dv + heads * dv) * self.bytes
         dims = {"b": batch, "heads": heads, "s": seq, "head_dim": dqk, "v_head_dim": dv, "kv_heads": kv_heads}
+        if causal:
+            dims["causal"] = 1
         return self.emit(layer, role, OpKind.ATTENTION, flops, mem, dims, inputs, inputs, axes)
 
     def layernorm(self, layer: int | None, role: Role, x: int, *, name: str | None = None) -> int:

@@ -98,6 +98,8 @@ def test_attention_counts_the_full_square():
     row = attention_row(cluster_of("p4de.24xlarge", 1), DType.FP16, 4, 16, 2048, 128)
     assert row.flops == 4 * 4 * 16 * 2048**2 * 128
     assert 0 < row.tflops < 312  # A100's dense FP16 peak
+    causal = attention_row(cluster_of("p4de.24xlarge", 1), DType.FP16, 4, 16, 2048, 128, causal=True)
+    assert causal.flops == row.flops and causal.time_us < 0.6 * row.time_us  # FlashAttention skips the masked half
 
 
 def test_collective_command_prints_a_table_and_json(capsys):

@@ -193,3 +193,23 @@ def test_attention_on_short_sequences_pays_the_sequence_term(tiny_cluster, task)
     assert model.compute_time(op(dims), task(fraction=0.5), 0) == pytest.approx(flops / 2 / 10e12 * 1.5)
     assert model.compute_time(op({**dims, "s": 512}), task(), 0) == pytest.approx(flops / 10e12 * 1.125)
     assert model.compute_time(op({}), task(), 0) == pytest.approx(flops / 10e12)
+
+
+def test_a_causal_attention_costs_its_share_of_the_square(tiny_cluster, task) -> None:
+    """FlashAttention skips the masked half (causal_attention_work 0.5, the default); a CPU kernel that skips
+    nothing is 1. The op's FLOPs stay the full square either way."""
+    flops = 4.0 * 4 * 8 * 1024**2 * 64
+
+    def op(causal: bool) -> Op:
+        dims = {"b": 4, "heads": 8, "s": 1024, "head_dim": 64, **({"causal": 1} if causal else {})}
+        return Op(id=0, name="x.attention", role=Role.ATTENTION, kind=OpKind.ATTENTION, phase=Phase.FORWARD, layer=0,
+                  flops=flops, mem_bytes=0.0, dims=dims)
+
+    exact = {"attention_efficiency": 1.0, "matmul_half_efficiency_us": 0.0, "launch_overhead_us": 0.0}
+    gpu = RooflineCostModel(tiny_cluster(**exact), DType.FP16)
+    assert gpu.compute_time(op(True), task(), 0) == pytest.approx(gpu.compute_time(op(False), task(), 0) / 2)
+    cpu = RooflineCostModel(tiny_cluster(**exact, causal_attention_work=1.0), DType.FP16)
+    assert cpu.compute_time(op(True), task(), 0) == pytest.approx(cpu.compute_time(op(False), task(), 0))
+    # unset, the work follows the device: a CPU rank's kernel skips nothing
+    cpu_rank = RooflineCostModel(load_cluster("cpu-loopback"), DType.FP32)
+    assert cpu_rank.compute_time(op(True), task(), 0) == pytest.approx(cpu_rank.compute_time(op(False), task(), 0))

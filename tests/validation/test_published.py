@@ -52,7 +52,7 @@ def test_a_gemm_point_is_predicted_by_the_cost_model(tmp_path):
     assert checked.predicted is not None and checked.error == pytest.approx(checked.predicted / 600.0 - 1)
 
 
-def test_causal_attention_counts_half_the_flops_in_the_same_time(tmp_path):
+def test_causal_attention_counts_half_the_flops_in_half_the_time(tmp_path):
     full = {**GEMM, "id": "attn-full", "category": "attention", "gemm": None,
             "attention": {"batch": 8, "heads": 16, "seq": 2048, "head_dim": 128, "causal": False, "dtype": "bf16",
                           "pass": "forward", "tflops": 300.0}}
@@ -60,7 +60,9 @@ def test_causal_attention_counts_half_the_flops_in_the_same_time(tmp_path):
     for point in (full, causal):
         del point["gemm"]
     a, b = check(load_points([write(tmp_path, [full, causal])]))
-    assert b.predicted == pytest.approx(a.predicted / 2)  # moesim costs the full square either way
+    # FlashAttention counts a causal call as half the FLOPs; moesim's GPU kernel does half the square's work,
+    # at a rate a little lower (the size term's fixed time is not halved)
+    assert 0.9 * a.predicted < b.predicted < a.predicted
 
 
 @pytest.mark.parametrize("change, message", [

@@ -116,6 +116,12 @@ def test_attention_over_whole_sequences_splits_only_along_the_batch() -> None:
     assert graph.by_name("L2.attention").axes == frozenset({Axis.BATCH, Axis.SEQUENCE})  # decoder: causal
     assert graph.by_name("L2.xattn").axes == graph.by_name("L2.xattn_kv").axes == frozenset({Axis.BATCH})
     assert Axis.SEQUENCE in graph.by_name("L2.xattn_q").axes
+    # only a decoder's self-attention is causal (its kernel may skip the masked half), forward and backward
+    causal = {op.name for op in graph.ops if op.kind is OpKind.ATTENTION and op.dims.get("causal")}
+    assert causal == {"L2.attention", "L2.attention.dx", "L3.attention", "L3.attention.dx"}
+    assert graph.by_name("L2.attention").flops == graph.by_name("L0.attention").flops  # FLOPs: the full square
+    mla = _graph("deepseek-v2-lite", 8, **{"model.num_layers": 2})
+    assert all(op.dims.get("causal") for op in mla.ops if op.kind is OpKind.ATTENTION)
 
 
 def test_all_to_all_backward_moves_the_transposed_traffic(mixtral16: OpGraph) -> None:
