@@ -36,8 +36,8 @@ def add_commands(commands: argparse._SubParsersAction, default_hardware: str) ->
                             help="per-rank buffer sizes: a range A:B doubling (default 8:1G) or a list, "
                                  "units K M G T (powers of 1024)")
     collective.add_argument("--algorithm", default=None,
-                            help="all-reduce: auto (default: the faster of ring and tree per size), ring or tree; "
-                                 "all-to-all: linear (default) or 2dh")
+                            help="all-reduce: auto (the faster of ring and tree per size; the presets' "
+                                 "cost.all_reduce_algorithm), ring or tree; all-to-all: linear (default) or 2dh")
     collective.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                             help="hardware.* / cost.* override (repeatable)")
     collective.add_argument("--json", action="store_true")
@@ -62,9 +62,10 @@ def cmd_collective(args: argparse.Namespace) -> int:
     from moesim.workload.ops import OpKind
 
     kind = _choice(OpKind, args.kind, "--kind", COLLECTIVES)
-    algorithm = args.algorithm.strip().lower() if args.algorithm is not None else ALGORITHMS[kind][0]
     sizes = parse_sizes(args.sizes)
     cluster = _cluster(args.hardware, args.nodes, args.settings)
+    configured = cluster.cost.all_reduce_algorithm if kind is OpKind.ALL_REDUCE else ALGORITHMS[kind][0]
+    algorithm = args.algorithm.strip().lower() if args.algorithm is not None else configured
     rows = collective_rows(cluster, kind, sizes, algorithm)
     if args.json:
         print(json.dumps({"hardware": cluster.node.name, "nodes": cluster.num_nodes, "ranks": cluster.num_gpus,

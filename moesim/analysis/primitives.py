@@ -105,8 +105,8 @@ def collective_rows(cluster: ClusterSpec, kind: OpKind, sizes: list[int], algori
                     gpus_per_node: int | None = None) -> list[CollectiveRow]:
     """Each size's predicted time and bandwidths for ``kind`` over the first ``gpus_per_node`` GPUs (default:
     all) of every node of ``cluster`` (see the module docstring). ``algorithm`` (``ALGORITHMS``; None: the
-    first) forces one: an all-reduce's ``auto`` takes the faster of ring and tree at each size, as
-    ``cost.all_reduce_algorithm`` does in a simulation."""
+    cluster's ``cost.all_reduce_algorithm`` for an all-reduce, linear for an all-to-all) forces one: an
+    all-reduce's ``auto`` takes the faster of ring and tree at each size, as a simulation does."""
     if kind not in COLLECTIVES:
         raise MoesimError(f"kind: {kind.value!r} is not a collective; allowed: "
                           f"{', '.join(k.value for k in COLLECTIVES)}")
@@ -119,10 +119,11 @@ def collective_rows(cluster: ClusterSpec, kind: OpKind, sizes: list[int], algori
         raise MoesimError(f"nodes: a collective needs at least 2 GPUs; {cluster.node.name} x "
                           f"{cluster.num_nodes} has {ranks}")
     allowed = ALGORITHMS[kind]
-    chosen = allowed[0] if algorithm is None else algorithm
+    configured = cluster.cost.all_reduce_algorithm if kind is OpKind.ALL_REDUCE else allowed[0]
+    chosen = configured if algorithm is None else algorithm
     if chosen not in allowed:
         raise MoesimError(f"--algorithm {chosen!r}: {kind.value} runs as {', '.join(allowed)}")
-    if kind is OpKind.ALL_REDUCE:
+    if kind is OpKind.ALL_REDUCE and chosen != configured:
         cost_params = cluster.node.cost.model_copy(update={"all_reduce_algorithm": chosen})
         cluster = cluster.model_copy(update={"node": cluster.node.model_copy(update={"cost": cost_params})})
     cost = RooflineCostModel(cluster, _any_dtype(cluster))
