@@ -44,8 +44,9 @@ from moesim.units import MS
 from moesim.workload.ops import A2AAlgorithm
 
 from . import breakdown
+from .collective_kernels import collective_kernel
 from .dist import RankContext, environment
-from .kernels import Kernel, TensorPool, collective_kernel, compute_kernel
+from .kernels import Kernel, TensorPool, compute_kernel
 
 _POLL_S = 0.2                 # how often a waiting stream checks whether another stream failed
 

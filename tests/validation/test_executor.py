@@ -15,8 +15,9 @@ from moesim.engine import simulate_plan  # noqa: E402
 from moesim.errors import DeadlockError, MoesimError  # noqa: E402
 from moesim.plan import ExecutionPlan, StreamKind, Task  # noqa: E402
 from moesim.timeline import Timeline  # noqa: E402
+from moesim.validation.collective_kernels import a2a_splits  # noqa: E402
 from moesim.validation.executor import topological_order  # noqa: E402
-from moesim.validation.kernels import KERNELS, TensorPool, a2a_splits, compute_kernel  # noqa: E402
+from moesim.validation.kernels import KERNELS, TensorPool, compute_kernel  # noqa: E402
 from moesim.validation.launch import free_port, torchrun  # noqa: E402
 from moesim.validation.run_plan import load_measured, plan_for  # noqa: E402
 from moesim.workload.ops import Axis, CommSpec, Op, OpGraph, OpKind, Phase, Role  # noqa: E402
