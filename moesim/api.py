@@ -144,8 +144,7 @@ def _cluster(hardware: str | Path, nodes: int, scoped: Mapping[str, Mapping[str,
         raise MoesimError("hardware.num_nodes: set the node count with --nodes (nodes= in Python)")
     cluster = load_cluster(hardware, nodes, scoped["hardware"], where="hardware.")
     if scoped["cost"]:
-        cost_params = apply_overrides(cluster.node.cost, scoped["cost"], where="cost.")
-        cluster = cluster.model_copy(update={"node": cluster.node.model_copy(update={"cost": cost_params})})
+        cluster = cluster.with_cost(apply_overrides(cluster.cost, scoped["cost"], where="cost."))
     return cluster
 
 
@@ -153,9 +152,8 @@ def _without_compute_interference(cluster: ClusterSpec) -> ClusterSpec:
     """The cluster for a traced workload's measured ops: what concurrent collectives took from the compute
     (a slowdown, a CPU host's stolen work) is inside the measured times already, so the cost model adds none.
     What happens between ops (hand-over, rendezvous, a collective's own slowdown) stays modelled."""
-    cost = cluster.node.cost.model_copy(update={"compute_slowdown_under_comm": 0.0, "comm_cpu_us": 0.0,
-                                                "comm_cpu_us_per_mib": 0.0})
-    return cluster.model_copy(update={"node": cluster.node.model_copy(update={"cost": cost})})
+    return cluster.with_cost(cluster.cost.model_copy(update={"compute_slowdown_under_comm": 0.0, "comm_cpu_us": 0.0,
+                                                             "comm_cpu_us_per_mib": 0.0}))
 
 
 def simulate(

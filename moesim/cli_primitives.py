@@ -57,15 +57,14 @@ def add_commands(commands: argparse._SubParsersAction, default_hardware: str) ->
 
 
 def cmd_collective(args: argparse.Namespace) -> int:
-    from moesim.analysis.primitives import ALGORITHMS, COLLECTIVES, collective_rows, parse_sizes
+    from moesim.analysis.primitives import COLLECTIVES, collective_rows, parse_sizes, resolve_algorithm
     from moesim.analysis.tables import metrics_table
     from moesim.workload.ops import OpKind
 
     kind = _choice(OpKind, args.kind, "--kind", COLLECTIVES)
     sizes = parse_sizes(args.sizes)
     cluster = _cluster(args.hardware, args.nodes, args.settings)
-    configured = cluster.cost.all_reduce_algorithm if kind is OpKind.ALL_REDUCE else ALGORITHMS[kind][0]
-    algorithm = args.algorithm.strip().lower() if args.algorithm is not None else configured
+    algorithm = resolve_algorithm(cluster, kind, args.algorithm.strip().lower() if args.algorithm else None)
     rows = collective_rows(cluster, kind, sizes, algorithm)
     if args.json:
         print(json.dumps({"hardware": cluster.node.name, "nodes": cluster.num_nodes, "ranks": cluster.num_gpus,

@@ -22,6 +22,7 @@ not see, whose errors are reported apart.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -227,10 +228,15 @@ def _predict(point: Point) -> float:
 
 def _gpu_override(point: Point) -> dict[str, Any]:
     """The point's GPU in its node preset, where the preset's differs (a GEMM on a PCIe card's sibling)."""
+    return {} if _preset_gpu(point.node) == point.gpu else {"hardware.node.gpu": point.gpu}
+
+
+@functools.cache
+def _preset_gpu(node: str) -> str:
+    """The GPU a node preset names (each preset read once per process)."""
     from moesim.hardware.presets import load_cluster
 
-    node_gpu = load_cluster(point.node, 1).node.gpu.name
-    return {} if node_gpu == point.gpu else {"hardware.node.gpu": point.gpu}
+    return load_cluster(node, 1).node.gpu.name
 
 
 def _attention_tflops(point: Point) -> float:

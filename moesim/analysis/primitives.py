@@ -101,6 +101,17 @@ ALGORITHMS = {OpKind.ALL_REDUCE: ("auto", "ring", "tree"), OpKind.ALL_TO_ALL: ("
               OpKind.ALL_GATHER: ("ring",), OpKind.REDUCE_SCATTER: ("ring",)}
 
 
+def resolve_algorithm(cluster: ClusterSpec, kind: OpKind, algorithm: str | None) -> str:
+    """``algorithm`` if ``kind`` runs as it (MoesimError otherwise); None: the cluster's
+    ``cost.all_reduce_algorithm`` for an all-reduce, the first of ``ALGORITHMS`` for the others."""
+    allowed = ALGORITHMS[kind]
+    configured = cluster.cost.all_reduce_algorithm if kind is OpKind.ALL_REDUCE else allowed[0]
+    chosen = configured if algorithm is None else algorithm
+    if chosen not in allowed:
+        raise MoesimError(f"--algorithm {chosen!r}: {kind.value} runs as {', '.join(allowed)}")
+    return chosen
+
+
 def collective_rows(cluster: ClusterSpec, kind: OpKind, sizes: list[int], algorithm: str | None = None, *,
                     gpus_per_node: int | None = None) -> list[CollectiveRow]:
     """Each size's predicted time and bandwidths for ``kind`` over the first ``gpus_per_node`` GPUs (default:
@@ -118,14 +129,9 @@ def collective_rows(cluster: ClusterSpec, kind: OpKind, sizes: list[int], algori
     if ranks < 2:
         raise MoesimError(f"nodes: a collective needs at least 2 GPUs; {cluster.node.name} x "
                           f"{cluster.num_nodes} has {ranks}")
-    allowed = ALGORITHMS[kind]
-    configured = cluster.cost.all_reduce_algorithm if kind is OpKind.ALL_REDUCE else allowed[0]
-    chosen = configured if algorithm is None else algorithm
-    if chosen not in allowed:
-        raise MoesimError(f"--algorithm {chosen!r}: {kind.value} runs as {', '.join(allowed)}")
-    if kind is OpKind.ALL_REDUCE and chosen != configured:
-        cost_params = cluster.node.cost.model_copy(update={"all_reduce_algorithm": chosen})
-        cluster = cluster.model_copy(update={"node": cluster.node.model_copy(update={"cost": cost_params})})
+    chosen = resolve_algorithm(cluster, kind, algorithm)
+    if kind is OpKind.ALL_REDUCE and chosen != cluster.cost.all_reduce_algorithm:
+        cluster = cluster.with_cost(cluster.cost.model_copy(update={"all_reduce_algorithm": chosen}))
     cost = RooflineCostModel(cluster, _any_dtype(cluster))
     group = (members,)
     a2a = A2AAlgorithm.HIERARCHICAL if chosen == "2dh" else A2AAlgorithm.LINEAR

@@ -166,9 +166,8 @@ def tree_latency(members: Members, res: ResourceMap, base_s: float) -> float:
     for group in members:
         if len(group) < 2:
             continue
-        nodes = res.node[np.asarray(group, dtype=np.int64)]
-        per_node = int(np.max(np.unique(nodes, return_counts=True)[1]))
-        depth = len(np.unique(nodes)).bit_length() - 1
+        counts = np.unique(res.node[np.asarray(group, dtype=np.int64)], return_counts=True)[1]
+        per_node, depth = int(counts.max()), len(counts).bit_length() - 1
         worst = max(worst, base_s + 2 * ((per_node - 1) * res.intra_latency_s + depth * res.inter_latency_s))
     return worst
 

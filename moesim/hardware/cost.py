@@ -203,7 +203,7 @@ class RooflineCostModel:
                 members, res, params.all_to_all_base_latency_s, params.all_to_all_peer_latency_s
             )
         elif op.kind is OpKind.ALL_REDUCE:
-            return self._all_reduce_demands(op, task, members)[self.all_reduce_algorithm(op, task, groups)]
+            return self._all_reduce(op, task, members)[1]
         else:
             traversals = _RING_TRAVERSALS[op.kind]
             volume = collectives.ring(members, op.comm.bytes * task.fraction, traversals, res)
@@ -213,15 +213,20 @@ class RooflineCostModel:
     def all_reduce_algorithm(self, op: Op, task: Task, groups: Sequence[int]) -> str:
         """"ring" or "tree": what ``cost.all_reduce_algorithm`` forces, else the faster alone (NCCL's tuner
         picks by its own time model the same way)."""
-        forced = self._params.all_reduce_algorithm
-        if forced != "auto":
-            return forced
         assert op.comm is not None
-        demands = self._all_reduce_demands(op, task, [op.comm.groups[i] for i in groups])
-        return min(demands, key=lambda name: (demands[name].uncontended_s(self.capacities), name))
+        return self._all_reduce(op, task, [op.comm.groups[i] for i in groups])[0]
+
+    def _all_reduce(self, op: Op, task: Task, members: Sequence[Sequence[int]]) -> tuple[str, CollectiveDemand]:
+        """The algorithm (``all_reduce_algorithm``) and its demand; ``CostParams.all_reduce_algorithm`` has
+        the tree's model."""
+        demands = self._all_reduce_demands(op, task, members)
+        forced = self._params.all_reduce_algorithm
+        name = forced if forced != "auto" else min(
+            demands, key=lambda n: (demands[n].uncontended_s(self.capacities), n))
+        return name, demands[name]
 
     def _all_reduce_demands(self, op: Op, task: Task, members: Sequence[Sequence[int]]) -> dict[str, CollectiveDemand]:
-        """The ring's and the tree's demand (``CostParams.all_reduce_algorithm`` has the tree's model)."""
+        """The ring's and the tree's demand."""
         assert op.comm is not None
         params, res = self._params, self._resources
         payload = op.comm.bytes * task.fraction

@@ -314,6 +314,10 @@ class ClusterSpec(_Spec):
     def cost(self) -> CostParams:
         return self.node.cost
 
+    def with_cost(self, cost: CostParams) -> ClusterSpec:
+        """This cluster with ``cost`` as its node's cost parameters."""
+        return self.model_copy(update={"node": self.node.model_copy(update={"cost": cost})})
+
     def node_of(self, rank: int) -> int:
         self._check_rank(rank)
         return rank // self.node.gpus_per_node
