@@ -90,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
                           help="the reference PyTorch model's real step, predicted from its config and its trace")
     validate.add_argument("--published", action="store_true",
                           help="predict every published measurement (validation/published/) and report the errors")
+    validate.add_argument("--fit", action="store_true", help="with --published: fit the presets' efficiencies and "
+                          "latencies to the points outside the held-out third first, and predict with the fit")
     validate.add_argument("--models", default="tiny-moe-a,tiny-moe-b", help="comma-separated workloads")
     validate.add_argument("--nproc", type=int, default=2)
     validate.add_argument("--warmup", type=int, default=2)
@@ -234,12 +236,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.published:
         if args.reference or args.calibrate:
             raise MoesimError("--published predicts published points alone: not with --reference or --calibrate")
-        from moesim.validation import published_points
+        from moesim.validation.published_fit import report
 
-        checked = published_points.check(published_points.load_points())
-        print(json.dumps(published_points.to_dict(checked), indent=2) if args.json
-              else published_points.render_text(checked))
+        print(report(refit=args.fit, as_json=args.json))
         return 0
+    if args.fit:
+        raise MoesimError("--fit fits the presets to the published points: use it with --published")
     if args.calibrate:  # its summary on stderr under --json, so stdout stays one JSON document
         cmd_calibrate(argparse.Namespace(name=args.hardware, base="cpu-loopback", nproc=args.nproc, out_dir=None,
                                          quick=False, json=False), out=sys.stderr if args.json else None)

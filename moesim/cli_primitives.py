@@ -36,8 +36,9 @@ def add_commands(commands: argparse._SubParsersAction, default_hardware: str) ->
                             help="per-rank buffer sizes: a range A:B doubling (default 8:1G) or a list, "
                                  "units K M G T (powers of 1024)")
     collective.add_argument("--algorithm", default=None,
-                            help="all-reduce: auto (the faster of ring and tree per size; the presets' "
-                                 "cost.all_reduce_algorithm), ring or tree; all-to-all: linear (default) or 2dh")
+                            help="all-reduce: auto (the fastest of ring, tree and, on NVSwitch nodes with NVLS, nvls "
+                                 "per size; the presets' cost.all_reduce_algorithm), ring, tree or nvls; "
+                                 "all-to-all: linear (default) or 2dh")
     collective.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                             help="hardware.* / cost.* override (repeatable)")
     collective.add_argument("--json", action="store_true")

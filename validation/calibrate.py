@@ -74,7 +74,9 @@ def calibrate(name: str, *, base: str = "cpu-loopback", nproc: int = 2, out_dir:
     args = [*(["--quick"] if quick else []), "--dtype", chosen.value]
     with tempfile.TemporaryDirectory(prefix="moesim-calibrate-") as scratch:
         measured = Path(scratch) / "measurements.json"
-        torchrun(MICROBENCH, ["--out", str(measured), *args], nproc, timeout_s=timeout_s)
+        # The fit models an all-reduce as a ring (moesim.calibration.comm_fit): NCCL must run it as one, not as
+        # NVLS or a tree (gloo ignores the variable).
+        torchrun(MICROBENCH, ["--out", str(measured), *args], nproc, timeout_s=timeout_s, env={"NCCL_ALGO": "Ring"})
         measurements = load_measurements(measured)
         if measurements_out is not None:
             shutil.copyfile(measured, measurements_out)

@@ -40,7 +40,7 @@ class CollectiveRow:
     time_us: float
     algbw_gb_s: float
     busbw_gb_s: float
-    algorithm: str          # ring, tree (all-reduce), linear or 2dh (all-to-all)
+    algorithm: str          # ring, tree, nvls, nvls_tree (all-reduce), linear or 2dh (all-to-all)
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -97,7 +97,7 @@ def bus_factor(kind: OpKind, ranks: int) -> float:
     return 2 * share if kind is OpKind.ALL_REDUCE else share
 
 
-ALGORITHMS = {OpKind.ALL_REDUCE: ("auto", "ring", "tree"), OpKind.ALL_TO_ALL: ("linear", "2dh"),
+ALGORITHMS = {OpKind.ALL_REDUCE: ("auto", "ring", "tree", "nvls"), OpKind.ALL_TO_ALL: ("linear", "2dh"),
               OpKind.ALL_GATHER: ("ring",), OpKind.REDUCE_SCATTER: ("ring",)}
 
 
@@ -105,6 +105,8 @@ def resolve_algorithm(cluster: ClusterSpec, kind: OpKind, algorithm: str | None)
     """``algorithm`` if ``kind`` runs as it (MoesimError otherwise); None: the cluster's
     ``cost.all_reduce_algorithm`` for an all-reduce, the first of ``ALGORITHMS`` for the others."""
     allowed = ALGORITHMS[kind]
+    if kind is OpKind.ALL_REDUCE and not cluster.node.intra.nvls:
+        allowed = tuple(name for name in allowed if name != "nvls")
     configured = cluster.cost.all_reduce_algorithm if kind is OpKind.ALL_REDUCE else allowed[0]
     chosen = configured if algorithm is None else algorithm
     if chosen not in allowed:
@@ -117,7 +119,7 @@ def collective_rows(cluster: ClusterSpec, kind: OpKind, sizes: list[int], algori
     """Each size's predicted time and bandwidths for ``kind`` over the first ``gpus_per_node`` GPUs (default:
     all) of every node of ``cluster`` (see the module docstring). ``algorithm`` (``ALGORITHMS``; None: the
     cluster's ``cost.all_reduce_algorithm`` for an all-reduce, linear for an all-to-all) forces one: an
-    all-reduce's ``auto`` takes the faster of ring and tree at each size, as a simulation does."""
+    all-reduce's ``auto`` takes the fastest of ring, tree and NVLS at each size, as a simulation does."""
     if kind not in COLLECTIVES:
         raise MoesimError(f"kind: {kind.value!r} is not a collective; allowed: "
                           f"{', '.join(k.value for k in COLLECTIVES)}")
@@ -141,9 +143,12 @@ def collective_rows(cluster: ClusterSpec, kind: OpKind, sizes: list[int], algori
     for size in sizes:
         op = Op(id=0, name=kind.value, role=Role.GRAD_SYNC, kind=kind, phase=Phase.GRAD_SYNC, layer=None,
                 comm=CommSpec(groups=group, bytes=float(size)))
-        seconds = cost.collective_time(op, task)
+        if kind is OpKind.ALL_REDUCE:
+            ran, demand = cost.all_reduce_choice(op, task, (0,))
+            seconds = demand.uncontended_s(cost.capacities)
+        else:
+            ran, seconds = chosen, cost.collective_time(op, task)
         algbw = size / seconds / 1e9 if seconds > 0 else float("inf")
-        ran = cost.all_reduce_algorithm(op, task, (0,)) if kind is OpKind.ALL_REDUCE else chosen
         rows.append(CollectiveRow(bytes=size, time_us=seconds * 1e6, algbw_gb_s=algbw, busbw_gb_s=algbw * factor,
                                   algorithm=ran))
     return rows

@@ -7,8 +7,11 @@ collective (all-reduce) takes ``collective_base_latency`` plus the fabric's per-
 per ring step, and its bottleneck volume over the per-rank bandwidth ``intra.bandwidth *
 intra_bandwidth_efficiency``; an all-to-all its own base (``all_to_all_base_latency``) plus one hop plus
 ``all_to_all_peer_latency`` per peer, and its volume over that bandwidth times
-``all_to_all_bandwidth_ratio``. The coefficients and volumes are taken from ``moesim.hardware.collectives``
-itself, so the fit and the engine cannot disagree.
+``all_to_all_bandwidth_ratio``; both bandwidth times lengthened by the base spec's small-message term
+(``collective_half_rate_kib``, kept). The coefficients and volumes are taken from
+``moesim.hardware.collectives`` itself, so the fit and the engine cannot disagree. The sweep runs its
+all-reduces as rings (``NCCL_ALGO=Ring``): NVLS and trees, where the fitted spec allows them, keep the
+base spec's factors.
 
 The reverse interference stretches only a collective's transfer, not its latency (the engine slows a
 coflow's rate while a member computes; the alpha is fixed software and wire time): with compute on every
@@ -207,15 +210,18 @@ def _row(res: ResourceMap, node: NodeSpec, sample: CollectiveSample, world_size:
     rings' base, the all-to-all's base, the per-hop and the per-peer latency."""
     members = collective_groups(sample.group_size, world_size)
     unit_hop, no_hop = replace(res, intra_latency_s=1.0), replace(res, intra_latency_s=0.0)
+    g = sample.group_size
+    # the base spec's small-message term (kept, not fitted) lengthens the bandwidth time by this factor
+    half = node.cost.half_rate_kib(across_nodes=False) * units.KIB
+    stretch = 1.0 + (half / (sample.bytes_per_rank / g)) ** node.cost.collective_rate_exponent if half else 1.0
     if sample.kind is OpKind.ALL_TO_ALL:
-        g = sample.group_size
         traffic = [np.full((g, g), sample.bytes_per_rank / g) for _ in members]
-        volume = float(np.max(collectives.linear_all_to_all(members, traffic, res)))
+        volume = stretch * float(np.max(collectives.linear_all_to_all(members, traffic, res)))
         return [0.0, volume / node.intra.bandwidth_bytes_per_s, 0.0,
                 collectives.all_to_all_latency(members, no_hop, 1.0, 0.0),
                 collectives.all_to_all_latency(members, unit_hop, 0.0, 0.0),
                 collectives.all_to_all_latency(members, no_hop, 0.0, 1.0)]
-    volume = float(np.max(collectives.ring(members, sample.bytes_per_rank, ALL_REDUCE_TRAVERSALS, res)))
+    volume = stretch * float(np.max(collectives.ring(members, sample.bytes_per_rank, ALL_REDUCE_TRAVERSALS, res)))
     return [volume / node.intra.bandwidth_bytes_per_s, 0.0,
             collectives.ring_latency(members, ALL_REDUCE_TRAVERSALS, no_hop, 1.0), 0.0,
             collectives.ring_latency(members, ALL_REDUCE_TRAVERSALS, unit_hop, 0.0), 0.0]

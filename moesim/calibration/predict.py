@@ -91,8 +91,10 @@ def _collective_op(kind: OpKind, bytes_per_rank: float, group_size: int, world_s
 
 
 def _comm_model(node: NodeSpec, world_size: int) -> RooflineCostModel:
-    """The cost model of ``world_size`` ranks of ``node`` (its first dtype: collectives do not read it)."""
-    return RooflineCostModel(cluster_for(node, world_size), next(iter(node.gpu.peak_tflops)))
+    """The cost model of ``world_size`` ranks of ``node`` (its first dtype: collectives do not read it), its
+    all-reduces rings as the calibration sweep runs them (``NCCL_ALGO=Ring``)."""
+    ring = node.model_copy(update={"cost": node.cost.model_copy(update={"all_reduce_algorithm": "ring"})})
+    return RooflineCostModel(cluster_for(ring, world_size), next(iter(node.gpu.peak_tflops)))
 
 
 def predict_compute(samples: Sequence[ComputeSample], node: NodeSpec) -> np.ndarray:

@@ -127,6 +127,40 @@ def ring(members: Members, payload: float, traversals: int, res: ResourceMap) ->
     return res.assemble(intra_out, intra_in, res.node_nic_load(node_out), res.node_nic_load(node_in))
 
 
+def tree(members: Members, payload: float, res: ResourceMap) -> np.ndarray:
+    """NCCL's double binary tree all-reduce, ``payload`` already divided by the tree's rate factor. Inside a
+    node a chain moves 2 x payload per rank (charged as a ring of ``payload * n / (n - 1)``). Between nodes
+    each of the two trees carries half the payload up and down each edge: a node interior in one tree and a
+    leaf in the other sends and receives 2 x payload, as a ring's node does, except with two nodes, where
+    each tree is one edge and a node sends and receives only its payload (nccl-tests #196: on two nodes the
+    tree's bus bandwidth exceeds the network's; docs/sources.md §3). Groups spanning nodes only in part are
+    charged as the ring."""
+    volume = np.zeros(res.num_resources)
+    for group in members:
+        n = len(group)
+        if n < 2 or payload <= 0:
+            continue
+        part = ring([group], payload * n / (n - 1), 2, res)
+        if len(np.unique(res.node[np.asarray(group, dtype=np.int64)])) == 2:
+            part[2 * res.num_ranks:] *= 0.5
+        volume += part
+    return volume
+
+
+def nvls(members: Members, payload: float, res: ResourceMap) -> np.ndarray:
+    """NVLS all-reduce inside a node (NVLink SHARP): each rank's share of every reduced chunk goes up to the
+    switch and its own reduced chunk comes back (``payload`` out, ``payload / n`` in), then it multicasts that
+    chunk (``payload / n`` out) and receives every other (``payload`` in): ``(1 + 1/n) * payload`` each way.
+    Only the intra-node part is meaningful for a group across nodes (NCCL's NVLSTree adds a tree between
+    the nodes: ``cost.py``); nothing is charged to the NICs here."""
+    r = res.num_ranks
+    out = np.zeros(r)
+    for group in members:
+        if len(group) >= 2 and payload > 0:
+            out[np.asarray(group, dtype=np.int64)] += (1 + 1 / len(group)) * payload
+    return res.assemble(out, out.copy(), np.zeros(res.num_nics), np.zeros(res.num_nics))
+
+
 def all_to_all_latency(members: Members, res: ResourceMap, base_s: float, per_peer_s: float) -> float:
     """Alpha of a flat all-to-all: ``base + hop + per_peer * (n - 1)`` for the slowest group, where
     hop is the network latency if the group spans nodes, else the intra-node latency, and the

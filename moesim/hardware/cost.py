@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from moesim import units
 from moesim.errors import MoesimError
 from moesim.hardware import collectives
 from moesim.hardware.interface import CollectiveDemand, Task
@@ -193,52 +194,89 @@ class RooflineCostModel:
                 members, res, params.all_to_all_base_latency_s, params.all_to_all_peer_latency_s
             )
             ratio = params.all_to_all_bandwidth_ratio
-            inter_stage = _demand_of(collectives.linear_all_to_all(members, second, res) / ratio, inter)
-            return replace(_demand_of(collectives.linear_all_to_all(members, first, res) / ratio, intra),
-                           then=inter_stage)
+            inter_stage = self._demand_of(collectives.linear_all_to_all(members, second, res) / ratio, inter,
+                                          self._message(second), across=True)
+            return replace(self._demand_of(collectives.linear_all_to_all(members, first, res) / ratio, intra,
+                                           self._message(first), across=False), then=inter_stage)
         if op.kind is OpKind.ALL_TO_ALL:
-            volume = collectives.linear_all_to_all(members, self._traffic(op, task, groups), res)
+            traffic = self._traffic(op, task, groups)
+            volume = collectives.linear_all_to_all(members, traffic, res)
             volume /= params.all_to_all_bandwidth_ratio
             latency = collectives.all_to_all_latency(
                 members, res, params.all_to_all_base_latency_s, params.all_to_all_peer_latency_s
             )
-        elif op.kind is OpKind.ALL_REDUCE:
+            return self._demand_of(volume, latency, self._message(traffic), self._across(members))
+        if op.kind is OpKind.ALL_REDUCE:
             return self._all_reduce(op, task, members)[1]
-        else:
-            traversals = _RING_TRAVERSALS[op.kind]
-            volume = collectives.ring(members, op.comm.bytes * task.fraction, traversals, res)
-            latency = collectives.ring_latency(members, traversals, res, params.collective_base_latency_s)
-        return _demand_of(volume, latency)
+        traversals = _RING_TRAVERSALS[op.kind]
+        payload = op.comm.bytes * task.fraction
+        volume = collectives.ring(members, payload, traversals, res)
+        latency = collectives.ring_latency(members, traversals, res, params.collective_base_latency_s)
+        return self._demand_of(volume, latency, payload / max(len(group) for group in members), self._across(members))
 
     def all_reduce_algorithm(self, op: Op, task: Task, groups: Sequence[int]) -> str:
-        """"ring" or "tree": what ``cost.all_reduce_algorithm`` forces, else the faster alone (NCCL's tuner
-        picks by its own time model the same way)."""
+        """"ring", "tree" or "nvls": what ``cost.all_reduce_algorithm`` forces, else the fastest alone (NCCL's
+        tuner picks by its own time model the same way)."""
+        return self.all_reduce_choice(op, task, groups)[0]
+
+    def all_reduce_choice(self, op: Op, task: Task, groups: Sequence[int]) -> tuple[str, CollectiveDemand]:
+        """The algorithm ``all_reduce_algorithm`` names and its demand, priced once."""
         assert op.comm is not None
-        return self._all_reduce(op, task, [op.comm.groups[i] for i in groups])[0]
+        return self._all_reduce(op, task, [op.comm.groups[i] for i in groups])
 
     def _all_reduce(self, op: Op, task: Task, members: Sequence[Sequence[int]]) -> tuple[str, CollectiveDemand]:
         """The algorithm (``all_reduce_algorithm``) and its demand; ``CostParams.all_reduce_algorithm`` has
         the tree's model."""
         demands = self._all_reduce_demands(op, task, members)
-        forced = self._params.all_reduce_algorithm
-        name = forced if forced != "auto" else min(
+        forced: str = self._params.all_reduce_algorithm
+        if forced == "nvls" and "nvls_tree" in demands:
+            forced = "nvls_tree"
+        name = forced if forced in demands else min(
             demands, key=lambda n: (demands[n].uncontended_s(self.capacities), n))
         return name, demands[name]
 
     def _all_reduce_demands(self, op: Op, task: Task, members: Sequence[Sequence[int]]) -> dict[str, CollectiveDemand]:
-        """The ring's and the tree's demand."""
+        """The ring's and the tree's demand, and NVLS's where the fabric has it and each group is on one node."""
         assert op.comm is not None
         params, res = self._params, self._resources
         payload = op.comm.bytes * task.fraction
-        ring = _demand_of(collectives.ring(members, payload, 2, res),
-                          collectives.ring_latency(members, 2, res, params.collective_base_latency_s))
         n = max(len(group) for group in members)
+        message, across = payload / n, self._across(members)
+        ring = self._demand_of(collectives.ring(members, payload, 2, res),
+                               collectives.ring_latency(members, 2, res, params.collective_base_latency_s), message,
+                               across)
         if n < 2:
             return {"ring": ring, "tree": ring}
-        # 2 x payload per rank against the ring's 2 (n - 1) / n, at the tree's share of the ring's rate
-        tree_volume = collectives.ring(members, payload * n / (n - 1) / params.tree_bandwidth_factor, 2, res)
-        tree = _demand_of(tree_volume, collectives.tree_latency(members, res, params.collective_base_latency_s))
-        return {"ring": ring, "tree": tree}
+        tree_volume = collectives.tree(members, payload / params.tree_bandwidth_factor, res)
+        tree_latency = collectives.tree_latency(members, res, params.collective_base_latency_s)
+        tree = self._demand_of(tree_volume, tree_latency, message, across)
+        if not self._cluster.node.intra.nvls:
+            return {"ring": ring, "tree": tree}
+        nvls_volume = collectives.nvls(members, payload / params.nvls_bandwidth_factor, res)
+        if not across:
+            return {"ring": ring, "tree": tree,
+                    "nvls": self._demand_of(nvls_volume, params.collective_base_latency_s + 2 * res.intra_latency_s,
+                                            message, across)}
+        nvls_volume[2 * res.num_ranks:] = tree_volume[2 * res.num_ranks:]  # NVLSTree: the tree between nodes
+        return {"ring": ring, "tree": tree, "nvls_tree": self._demand_of(nvls_volume, tree_latency, message, across)}
+
+    def _across(self, members: Sequence[Sequence[int]]) -> bool:
+        """Whether a group spans nodes."""
+        node = self._resources.node
+        return any(len(group) > 1 and bool(np.any(node[list(group)] != node[group[0]])) for group in members)
+
+    def _message(self, traffic: Sequence[np.ndarray]) -> float:
+        """An all-to-all's mean message where the small-message term needs it (0 otherwise: not computed)."""
+        return _mean_message(traffic) if self._params.collective_half_rate_kib else 0.0
+
+    def _demand_of(self, volume: np.ndarray, latency_s: float, message: float, across: bool) -> CollectiveDemand:
+        """A one-stage demand from a per-resource volume vector (only the resources it loads), the volume
+        stretched by the small-message term (``CostParams.collective_half_rate_kib``, or its network one for a
+        collective ``across`` nodes) for ``message`` bytes."""
+        used = np.flatnonzero(volume > 0)
+        half = self._params.half_rate_kib(across) * units.KIB
+        stretch = 1.0 + (half / message) ** self._params.collective_rate_exponent if half > 0 and message > 0 else 1.0
+        return CollectiveDemand(latency_s=latency_s, resources=used.astype(np.int64), volume=volume[used] * stretch)
 
     @staticmethod
     def _traffic(op: Op, task: Task, groups: Sequence[int]) -> list[np.ndarray]:
@@ -287,7 +325,8 @@ def matmul_shape_dim(op: Op, task: Task, rank: int) -> float:
     return 3.0 / sum(1.0 / max(1.0, size) for size in sizes)
 
 
-def _demand_of(volume: np.ndarray, latency_s: float) -> CollectiveDemand:
-    """A one-stage demand from a per-resource volume vector (only the resources it loads)."""
-    used = np.flatnonzero(volume > 0)
-    return CollectiveDemand(latency_s=latency_s, resources=used.astype(np.int64), volume=volume[used])
+def _mean_message(traffic: Sequence[np.ndarray]) -> float:
+    """The mean message of an all-to-all: its bytes between distinct members over the pairs that send any."""
+    sent = [matrix * ~np.eye(matrix.shape[0], dtype=bool) for matrix in traffic]
+    pairs = sum(int(np.count_nonzero(m)) for m in sent)
+    return sum(float(m.sum()) for m in sent) / pairs if pairs else 0.0

@@ -75,6 +75,15 @@ class IntraNodeFabric(_Spec):
     topology: FabricTopology
     bandwidth_gb_per_s: float = Field(gt=0)
     latency_us: float = Field(ge=0)
+    # The switches reduce and multicast (NVLink SHARP, third-generation NVSwitch: Hopper and later), so NCCL
+    # can run an all-reduce as NVLS inside the node (docs/sources.md §3).
+    nvls: bool = False
+
+    @model_validator(mode="after")
+    def _nvls_on_a_switch(self) -> IntraNodeFabric:
+        if self.nvls and self.topology is not FabricTopology.NVSWITCH:
+            raise ValueError(f"nvls: needs topology nvswitch, this fabric is {self.topology.value}")
+        return self
 
     @property
     def bandwidth_bytes_per_s(self) -> float:
@@ -168,8 +177,26 @@ class CostParams(_Spec):
     # intra-node steps and 2 x floor(log2 nodes) network steps where a ring pays 2 x (n - 1) steps, and
     # moves 2 x its payload per rank at tree_bandwidth_factor of the ring's rate: both from NCCL's model
     # (src/graph/tuning.cc, docs/sources.md §3); no published tree measurement checked yet.
-    all_reduce_algorithm: Literal["auto", "ring", "tree"] = "auto"
+    # NVLS (a node whose fabric has ``nvls``): each rank sends its payload to the switch, which reduces it,
+    # and gets the sum back by multicast: (1 + 1/n) x payload each way per rank where a ring moves
+    # 2 (n - 1) / n, at nvls_bandwidth_factor of the ring's rate, after the base latency and one intra-node
+    # hop each way. A group across nodes runs NCCL's NVLSTree: NVLS inside each node, the tree's network
+    # part and latency between them. "nvls" forces the one that applies. The factor is fitted to published
+    # NVLS runs (docs/sources.md §7).
+    all_reduce_algorithm: Literal["auto", "ring", "tree", "nvls"] = "auto"
     tree_bandwidth_factor: float = Field(default=0.92, gt=0, le=1)
+    nvls_bandwidth_factor: float = Field(default=1.0, gt=0, le=1)
+    # Small messages move below the fabric's rate (NCCL pipelines each message in chunks over its channels;
+    # a transfer too small to fill them leaves the links idle between steps). A collective whose message is
+    # m bytes (per peer for an all-to-all, a rank's share of the buffer, buffer / ranks, for the others)
+    # moves its bytes 1 + (m_half / m) ** exponent times slower: it reaches half the rate at m = m_half
+    # (charged as that much more volume, so collectives sharing a link share the loss). m_half in KiB,
+    # 0 = off (the CPU presets; gloo's alpha-beta fit covers it there). A collective across nodes has its
+    # own m_half (network_half_rate_kib; None = the same): its chunks go through the NICs' proxies and
+    # queues, not NVLink. Fitted to published nccl-tests runs on the GPU presets (docs/sources.md §7).
+    collective_half_rate_kib: float = Field(default=0.0, ge=0)
+    network_half_rate_kib: float | None = Field(default=None, ge=0)
+    collective_rate_exponent: float = Field(default=1.0, gt=0, le=4)
     # Compute runs 1 + x times slower while a collective of the GPU runs (not while it waits). DeepEP
     # reserves 20 of 132 SMs (15%) and loses ~20% GEMM throughput (docs/sources.md §3); NCCL's default 8-16
     # channels hold 7-15% of an A100's 108 SMs, plus HBM traffic, so ~10% [assumption, to be calibrated].
@@ -235,6 +262,11 @@ class CostParams(_Spec):
                 raise ValueError(f"{kind}: efficiency must be in (0, 1], got {efficiency}")
         return value
 
+    def half_rate_kib(self, across_nodes: bool) -> float:
+        """The small-message term's m_half for a collective within a node or across nodes."""
+        own = self.network_half_rate_kib
+        return own if across_nodes and own is not None else self.collective_half_rate_kib
+
     @property
     def launch_overhead_s(self) -> float:
         return units.us(self.launch_overhead_us)
@@ -296,6 +328,9 @@ class NodeSpec(_Spec):
     def _topology_fits(self) -> NodeSpec:
         if self.intra.topology is FabricTopology.HYBRID_CUBE_MESH and self.gpus_per_node != 8:
             raise ValueError(f"hybrid_cube_mesh wires exactly 8 GPUs, gpus_per_node is {self.gpus_per_node}")
+        if self.cost.all_reduce_algorithm == "nvls" and not self.intra.nvls:
+            raise ValueError(f"cost.all_reduce_algorithm: nvls needs a fabric with intra.nvls: true; {self.name}'s "
+                             "has none (allowed: auto, ring, tree)")
         return self
 
 

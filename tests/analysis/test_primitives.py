@@ -36,8 +36,8 @@ def test_bus_factors_are_nccl_tests():
 
 def test_bus_bandwidth_is_the_links_whatever_the_ring_collective():
     """busbw normalises away how many times a collective crosses each link: on one NVSwitch node all three
-    ring collectives reach the same bus bandwidth at 1 GiB, and algbw = size / time."""
-    cluster = cluster_of("dgx-h100", 1)
+    ring collectives reach the same bus bandwidth at 1 GiB, and algbw = size / time (an A100 node: no NVLS)."""
+    cluster = cluster_of("dgx-a100", 1)
     at_1g = {}
     for kind in (OpKind.ALL_REDUCE, OpKind.ALL_GATHER, OpKind.REDUCE_SCATTER):
         rows = collective_rows(cluster, kind, parse_sizes("1M:1G"))
@@ -64,8 +64,11 @@ def test_all_to_all_across_nodes_is_slower_and_2dh_is_an_option():
 
 def test_an_all_reduce_takes_a_tree_for_latency_and_a_ring_for_bandwidth():
     """NCCL's choice: a tree's 2 x (7 intra + log2(nodes) network) steps beat a ring's 2 x (n - 1) for small
-    messages on many nodes; at 1 GiB over 2 nodes the ring's bandwidth wins."""
-    cluster = cluster_of("dgx-h100", 16)
+    messages on many nodes; at 1 GiB over 4 nodes the ring's bandwidth wins, over 2 the tree's halved network
+    bytes do (A100 nodes: no NVLS; no
+    small-message term, so the alphas are exact)."""
+    plain = {"cost.collective_half_rate_kib": 0, "cost.network_half_rate_kib": 0}
+    cluster = cluster_of("dgx-a100", 16, plain)
     node, cost = cluster.node, cluster.cost
     (tree,) = collective_rows(cluster, OpKind.ALL_REDUCE, [8])
     (ring,) = collective_rows(cluster, OpKind.ALL_REDUCE, [8], "ring")
@@ -76,9 +79,11 @@ def test_an_all_reduce_takes_a_tree_for_latency_and_a_ring_for_bandwidth():
     assert ring.time_us == pytest.approx(cost.collective_base_latency_us + 2 * (111 * node.intra.latency_us
                                                                               + 16 * node.network.latency_us),
                                          rel=1e-3)
-    (large,) = collective_rows(cluster_of("dgx-h100", 2), OpKind.ALL_REDUCE, [GIB])
+    (two_nodes,) = collective_rows(cluster_of("dgx-a100", 2), OpKind.ALL_REDUCE, [GIB])
+    assert two_nodes.algorithm == "tree"  # each tree one edge: half a ring's bytes through the NICs
+    (large,) = collective_rows(cluster_of("dgx-a100", 4), OpKind.ALL_REDUCE, [GIB])
     assert large.algorithm == "ring"
-    forced = cluster_of("dgx-h100", 2, {"cost.all_reduce_algorithm": "tree"})
+    forced = cluster_of("dgx-a100", 4, {"cost.all_reduce_algorithm": "tree"})
     (tree_large,) = collective_rows(forced, OpKind.ALL_REDUCE, [GIB])  # the cluster's setting holds
     assert tree_large.algorithm == "tree" and tree_large.time_us > large.time_us
 
@@ -135,3 +140,15 @@ def test_bad_input_is_one_line_and_exit_2(capsys, argv, message):
     assert main(argv) == 2
     out, err = capsys.readouterr()
     assert out == "" and len(err.strip().splitlines()) == 1 and message in err
+
+
+def test_2dh_gains_where_per_peer_messages_are_small():
+    """Tutel's case for 2DH: across 8 nodes a flat all-to-all of 4 MiB per rank sends 64 KiB to each of 63
+    peers, far below the network's half-rate message; 2DH's stage between nodes sends 8x larger messages and
+    wins. Without the small-message term its extra intra-node pass only costs."""
+    for term, faster in ((None, "2dh"), ({"cost.collective_half_rate_kib": 0, "cost.network_half_rate_kib": 0},
+                                         "linear")):
+        cluster = cluster_of("p4de.24xlarge", 8, term)
+        (linear,) = collective_rows(cluster, OpKind.ALL_TO_ALL, [4 << 20])
+        (staged,) = collective_rows(cluster, OpKind.ALL_TO_ALL, [4 << 20], "2dh")
+        assert min((linear, staged), key=lambda row: row.time_us).algorithm == faster

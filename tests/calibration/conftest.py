@@ -105,9 +105,11 @@ def _op(kind: OpKind, flops: float = 0.0, mem_bytes: float = 0.0, comm: CommSpec
 
 def _synthesize(node: NodeSpec, *, world: int, dtype: DType, shapes: dict, noise: float = 0.0, seed: int = 0,
                group_sizes: tuple[int, ...] | None = None, ranks_per_host: int | None = None) -> Measurements:
-    """Measurements of ``node`` as the cost model predicts them, optionally noisy."""
+    """Measurements of ``node`` as the cost model predicts them, optionally noisy; all-reduces run as rings, as
+    ``moesim calibrate`` runs them (NCCL_ALGO=Ring)."""
     rng = np.random.default_rng(seed)
-    model = RooflineCostModel(ClusterSpec(node=node, num_nodes=max(1, world // node.gpus_per_node)), dtype)
+    swept = node.model_copy(update={"cost": node.cost.model_copy(update={"all_reduce_algorithm": "ring"})})
+    model = RooflineCostModel(ClusterSpec(node=swept, num_nodes=max(1, world // node.gpus_per_node)), dtype)
     compute_task, comm_task = Task(id=0, op=0, stream=StreamKind.COMPUTE), Task(id=0, op=0, stream=StreamKind.COMM)
     b = dtype.bytes
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from moesim.errors import MoesimError
 from moesim.hardware import DType, RooflineCostModel, load_cluster
 from moesim.hardware.interface import CollectiveDemand
 from moesim.workload.ops import OpKind
@@ -13,6 +14,7 @@ GB = 1e9
 US = 1e-6
 MB = 1e6
 ALL4 = ((0, 1, 2, 3),)
+NO_SMALL_MESSAGE_TERM = {"node.cost.collective_half_rate_kib": 0, "node.cost.network_half_rate_kib": 0}
 
 
 def loads(model: RooflineCostModel, demand: CollectiveDemand) -> dict[str, float]:
@@ -69,7 +71,7 @@ def test_p3dn_all_to_all_funnels_every_gpu_through_the_single_nic(comm_op, task)
 
 
 def test_p4de_all_to_all_uses_each_gpus_nic_share(comm_op, task) -> None:
-    model = RooflineCostModel(load_cluster("p4de.24xlarge", 2), DType.FP32)
+    model = RooflineCostModel(load_cluster("p4de.24xlarge", 2, NO_SMALL_MESSAGE_TERM), DType.FP32)
     op = comm_op(OpKind.ALL_TO_ALL, (tuple(range(16)),), 0, traffic=np.full((1, 16, 16), MB))
     got = loads(model, model.collective_demand(op, task(), [0]))
     assert all(got[f"node{n}.nic{k}.out"] == pytest.approx(2 * 8 * MB) for n in range(2) for k in range(4))
@@ -102,7 +104,7 @@ def test_cube_mesh_relays_pairs_without_a_direct_link(comm_op, task) -> None:
 
 
 def test_ring_all_reduce_across_two_nodes(tiny_cluster, comm_op, task) -> None:
-    model = RooflineCostModel(tiny_cluster(), DType.FP32)
+    model = RooflineCostModel(tiny_cluster(all_reduce_algorithm="ring"), DType.FP32)
     got = loads(model, model.collective_demand(comm_op(OpKind.ALL_REDUCE, ALL4, 8 * MB), task(), [0]))
     v = 2 * 3 / 4 * 8 * MB  # each rank sends 2(n-1)/n S to its successor: 0->1, 1->2, 2->3, 3->0
     expected = {"rank0.intra_out": v, "rank1.intra_in": v, "rank2.intra_out": v, "rank3.intra_in": v}
@@ -110,97 +112,55 @@ def test_ring_all_reduce_across_two_nodes(tiny_cluster, comm_op, task) -> None:
     assert got == pytest.approx(expected)
 
 
-def test_ring_volumes_inside_one_node(comm_op, task) -> None:
-    model = RooflineCostModel(load_cluster("p4de.24xlarge"), DType.FP32)
-    ranks = (tuple(range(8)),)
-    for kind, factor in (
-        (OpKind.ALL_REDUCE, 2 * 7 / 8),
-        (OpKind.ALL_GATHER, 7 / 8),
-        (OpKind.REDUCE_SCATTER, 7 / 8),
-    ):
-        demand = model.collective_demand(comm_op(kind, ranks, 16 * MB), task(fraction=0.5), [0])
-        assert len(demand.resources) == 16  # every GPU's egress and ingress, no NIC
-        assert demand.volume == pytest.approx(factor * 8 * MB)
+def test_a_tree_over_two_nodes_sends_each_node_its_payload_once(tiny_cluster, comm_op, task) -> None:
+    """Each of NCCL's two trees is one edge between two nodes: a node sends half the payload up one and half
+    down the other, payload each way, where a ring's node sends 2 (n - 1) / n of it; on three nodes a node
+    interior in one tree moves twice its payload, as much as the ring's (tree factor 1 here)."""
+    model = RooflineCostModel(tiny_cluster(all_reduce_algorithm="tree", tree_bandwidth_factor=1.0), DType.FP32)
+    got = loads(model, model.collective_demand(comm_op(OpKind.ALL_REDUCE, ALL4, 8 * MB), task(), [0]))
+    nics = {name: volume for name, volume in got.items() if ".nic" in name}
+    assert nics == pytest.approx({f"node{n}.nic{k}.{d}": 8 * MB / 2 for n in range(2) for k in range(2)
+                                  for d in ("out", "in")})
+    assert model.all_reduce_algorithm(comm_op(OpKind.ALL_REDUCE, ALL4, 8 * MB), task(), [0]) == "tree"
+    three = RooflineCostModel(tiny_cluster(3, all_reduce_algorithm="tree", tree_bandwidth_factor=1.0), DType.FP32)
+    got = loads(three, three.collective_demand(comm_op(OpKind.ALL_REDUCE, (tuple(range(6)),), 6 * MB), task(), [0]))
+    assert got["node0.nic0.out"] == pytest.approx(2 * 6 * MB / 2)  # 2 x payload over the node's 2 NICs
 
 
-def test_sibling_groups_form_one_coflow_on_shared_nics(tiny_cluster, comm_op, task) -> None:
-    model = RooflineCostModel(tiny_cluster(), DType.FP32)
-    op = comm_op(OpKind.ALL_REDUCE, ((0, 2), (1, 3)), 4 * MB)  # two 2-rank rings, both crossing nodes
-    both = loads(model, model.collective_demand(op, task(), [0, 1]))
-    one = loads(model, model.collective_demand(op, task(), [0]))
-    # each ring sends S both ways; a node's 2 NICs share its rings' bytes evenly
-    assert both == pytest.approx(
-        {f"node{n}.nic{k}.{d}": 4 * MB for n in range(2) for k in range(2) for d in ("out", "in")}
-    )
-    assert one["node0.nic1.out"] == pytest.approx(2 * MB)
+def test_nvls_moves_one_and_an_eighth_payload_each_way(comm_op, task) -> None:
+    """NVLink SHARP: up to the switch and back, (1 + 1/n) x payload per rank each way; a group across nodes
+    runs NCCL's NVLSTree (NVLS in the nodes, the tree's bytes through the NICs); none on a node without NVLS."""
+    cluster = load_cluster("hgx-h200")
+    cluster = cluster.with_cost(cluster.cost.model_copy(update={"all_reduce_algorithm": "nvls",
+                                                                "nvls_bandwidth_factor": 0.5,
+                                                                "collective_half_rate_kib": 0.0}))
+    model = RooflineCostModel(cluster, DType.BF16)
+    op = comm_op(OpKind.ALL_REDUCE, (tuple(range(8)),), 8 * MB)
+    got = loads(model, model.collective_demand(op, task(), [0]))
+    assert got == pytest.approx({f"rank{r}.intra_{d}": 9 / 8 * 8 * MB / 0.5 for r in range(8) for d in ("out", "in")})
+    assert model.all_reduce_algorithm(op, task(), [0]) == "nvls"
+    two = RooflineCostModel(load_cluster("hgx-h200", 2).with_cost(cluster.cost), DType.BF16)
+    across = comm_op(OpKind.ALL_REDUCE, (tuple(range(16)),), 8 * MB)
+    assert two.all_reduce_algorithm(across, task(), [0]) == "nvls_tree"
+    got = loads(two, two.collective_demand(across, task(), [0]))
+    tree_factor = cluster.cost.tree_bandwidth_factor
+    assert got["rank3.intra_out"] == pytest.approx(17 / 16 * 8 * MB / 0.5)
+    assert got["node0.nic0.out"] == pytest.approx(8 * MB / tree_factor / 8)  # two nodes: payload over 8 NICs
+    with pytest.raises(MoesimError, match="nvls needs a fabric with intra.nvls: true"):
+        load_cluster("p4de.24xlarge", 1, {"node.cost.all_reduce_algorithm": "nvls"})
 
 
-def test_latencies_follow_the_alpha_terms(tiny_cluster, comm_op, task) -> None:
-    # intra hop 2 us, network hop 10 us (tiny cluster); base 8 us, 0.5 us per extra all-to-all peer
-    model = RooflineCostModel(
-        tiny_cluster(collective_base_latency_us=8, all_to_all_peer_latency_us=0.5), DType.FP32
-    )
-    a2a = model.collective_demand(comm_op(OpKind.ALL_TO_ALL, ALL4, 4 * MB), task(), [0])
-    assert a2a.latency_s == pytest.approx((8 + 10 + 3 * 0.5) * US)
-    local_a2a = model.collective_demand(comm_op(OpKind.ALL_TO_ALL, ((0, 1), (2, 3)), 4 * MB), task(), [0, 1])
-    assert local_a2a.latency_s == pytest.approx((8 + 2 + 0.5) * US)
-    # 4 ranks, 2 nodes: per traversal 3 steps, 2 of them crossing nodes
-    ring = model.collective_demand(comm_op(OpKind.ALL_REDUCE, ALL4, 4 * MB), task(), [0])
-    assert ring.latency_s == pytest.approx((8 + 2 * (1 * 2 + 2 * 10)) * US)
-    gather = model.collective_demand(comm_op(OpKind.ALL_GATHER, ((0, 1),), 4 * MB), task(), [0])
-    assert gather.latency_s == pytest.approx((8 + 2) * US)
-
-
-def test_the_all_to_all_has_its_own_base_latency_and_bandwidth(tiny_cluster, comm_op, task) -> None:
-    """Its own base (3 us, not the rings' 8) and half the rings' rate: the same 1 MB per pair takes twice
-    as long on the NICs (10 GB/s each), while the all-reduce beside it is untouched."""
-    own = RooflineCostModel(tiny_cluster(collective_base_latency_us=8, all_to_all_peer_latency_us=0.5,
-                                         all_to_all_base_latency_us=3, all_to_all_bandwidth_ratio=0.5), DType.FP32)
-    shared = RooflineCostModel(tiny_cluster(collective_base_latency_us=8, all_to_all_peer_latency_us=0.5), DType.FP32)
-    a2a = comm_op(OpKind.ALL_TO_ALL, ALL4, 4 * MB, traffic=np.full((1, 4, 4), MB))
-    assert own.collective_demand(a2a, task(), [0]).latency_s == pytest.approx((3 + 10 + 3 * 0.5) * US)
-    assert own.collective_time(a2a, task()) == pytest.approx((3 + 10 + 1.5) * US + 2 * 2 * MB / (10 * GB))
-    assert shared.collective_time(a2a, task()) == pytest.approx((8 + 10 + 1.5) * US + 2 * MB / (10 * GB))
-    ring = comm_op(OpKind.ALL_REDUCE, ALL4, 4 * MB)
-    assert own.collective_time(ring, task()) == shared.collective_time(ring, task())
-
-
-def test_a_collectives_work_on_the_cores_is_a_fixed_part_and_a_part_per_mib(tiny_cluster, comm_op, task) -> None:
-    """250 us + 400 us per MiB of the per-rank payload, of this task's share; none by default (a GPU)."""
-    a2a = comm_op(OpKind.ALL_TO_ALL, ALL4, 2 * 2**20)
-    model = RooflineCostModel(tiny_cluster(comm_cpu_us=250, comm_cpu_us_per_mib=400), DType.FP32)
-    assert model.host.collective_cpu(a2a, task()) == pytest.approx((250 + 800) * US)
-    assert model.host.collective_cpu(a2a, task(fraction=0.5)) == pytest.approx((250 + 400) * US)
-    assert RooflineCostModel(tiny_cluster(), DType.FP32).host.collective_cpu(a2a, task()) == 0.0
-
-
-def test_groups_of_one_rank_cost_nothing(tiny_cluster, comm_op, task) -> None:
-    model = RooflineCostModel(tiny_cluster(collective_base_latency_us=8), DType.FP32)
-    for kind in (OpKind.ALL_TO_ALL, OpKind.ALL_REDUCE):
-        demand = model.collective_demand(comm_op(kind, ((0,), (1,)), 4 * MB), task(), [0, 1])
-        assert demand.latency_s == 0.0
-        assert demand.resources.size == 0 and demand.volume.size == 0
-
-
-def test_collective_time_alone_is_latency_plus_bottleneck(tiny_cluster, comm_op, task) -> None:
-    model = RooflineCostModel(tiny_cluster(), DType.FP32)  # NIC 10 GB/s, intra 100 GB/s, latency 10 us
-    op = comm_op(OpKind.ALL_TO_ALL, ALL4, 4 * MB, traffic=np.full((1, 4, 4), MB))
-    assert model.collective_time(op, task()) == pytest.approx(10 * US + 2 * MB / (10 * GB))
-
-
-def test_demands_are_cached_per_op_fraction_and_groups(tiny_cluster, comm_op, task) -> None:
-    model = RooflineCostModel(tiny_cluster(), DType.FP32)
-    op = comm_op(OpKind.ALL_REDUCE, ALL4, 4 * MB)
-    first = model.collective_demand(op, task(), [0])
-    assert model.collective_demand(op, task(), [0]) is first
-    assert model.collective_demand(op, task(fraction=0.5), [0]) is not first
-
-
-def test_a_256_rank_all_to_all_demand_conserves_bytes(comm_op, task) -> None:
-    model = RooflineCostModel(load_cluster("p4de.24xlarge", 32), DType.FP32)
-    ranks = tuple(range(256))
-    traffic = np.random.default_rng(0).random((1, 256, 256)) * MB
-    op = comm_op(OpKind.ALL_TO_ALL, (ranks,), 0, traffic=traffic)
-    demand = model.collective_demand(op, task(fraction=1.0 / 5), [0])
-    sent = (traffic.sum() - np.trace(traffic[0])) / 5
-    assert demand.volume.sum() == pytest.approx(2 * sent)  # every byte leaves one resource and enters another
+def test_small_messages_move_slower_by_the_half_rate_term(tiny_cluster, comm_op, task) -> None:
+    """A message of m bytes moves 1 + (m_half / m) ** exponent times slower: at m = m_half the collective runs
+    at half the rate; off (0) by default; a collective across nodes takes the network's m_half."""
+    op = comm_op(OpKind.ALL_TO_ALL, (ALL4[0],), 4 * MB)  # uniform: 1 MB per member pair, across 2 nodes
+    plain = RooflineCostModel(tiny_cluster(), DType.FP32)
+    base = plain.collective_demand(op, task(), [0])
+    for half_kib, exponent in ((MB / 1024, 1.0), (4 * MB / 1024, 0.5)):
+        for settings in ({"collective_half_rate_kib": half_kib},
+                         {"collective_half_rate_kib": 1.0, "network_half_rate_kib": half_kib}):
+            model = RooflineCostModel(tiny_cluster(collective_rate_exponent=exponent, **settings), DType.FP32)
+            demand = model.collective_demand(op, task(), [0])
+            stretch = 1 + (half_kib * 1024 / MB) ** exponent
+            assert demand.latency_s == base.latency_s
+            assert demand.volume == pytest.approx(base.volume * stretch)
