@@ -238,17 +238,12 @@ def predict_many(points: Sequence[Point], overrides: Mapping[str, Mapping[str, A
 def predict(point: Point, overrides: Mapping[str, Mapping[str, Any]] | None = None) -> float:
     """moesim's value for ``point`` in its unit, its node preset changed by ``overrides[point.node]``
     (``cost.*`` and ``hardware.*`` keys); MoesimError where moesim cannot express it."""
-    from moesim.analysis.primitives import collective_rows, gemm_row
-    from moesim.workload.ops import OpKind
+    from moesim.analysis.primitives import gemm_row
 
     if point.node.startswith("other"):
         raise MoesimError("no moesim preset for this hardware")
     if point.collective is not None:
-        block = point.collective
-        cluster = _cluster(point.node, point.nodes, _settings(point, overrides))
-        (row,) = collective_rows(cluster, OpKind(block.kind), [block.bytes], block.algorithm,
-                                 gpus_per_node=point.gpus // point.nodes)
-        return row.busbw_gb_s
+        return predict_many([point], overrides)[0]
     if point.gemm is not None:
         g = point.gemm
         return gemm_row(_cluster(point.node, 1, _settings(point, overrides)), g.dtype, g.m, g.n, g.k).tflops

@@ -215,8 +215,8 @@ class RooflineCostModel:
         return self._demand_of(volume, latency, payload / max(len(group) for group in members), self._across(members))
 
     def all_reduce_algorithm(self, op: Op, task: Task, groups: Sequence[int]) -> str:
-        """"ring", "tree" or "nvls": what ``cost.all_reduce_algorithm`` forces, else the fastest alone (NCCL's
-        tuner picks by its own time model the same way)."""
+        """"ring", "tree", "nvls" or "nvls_tree": what ``cost.all_reduce_algorithm`` forces, else the fastest
+        alone (NCCL's tuner picks by its own time model the same way)."""
         return self.all_reduce_choice(op, task, groups)[0]
 
     def all_reduce_choice(self, op: Op, task: Task, groups: Sequence[int]) -> tuple[str, CollectiveDemand]:
@@ -236,7 +236,8 @@ class RooflineCostModel:
         return name, demands[name]
 
     def _all_reduce_demands(self, op: Op, task: Task, members: Sequence[Sequence[int]]) -> dict[str, CollectiveDemand]:
-        """The ring's and the tree's demand, and NVLS's where the fabric has it and each group is on one node."""
+        """The ring's and the tree's demand and, where the fabric has NVLS, NVLS's (each group on one node) or
+        NVLSTree's (a group across nodes)."""
         assert op.comm is not None
         params, res = self._params, self._resources
         payload = op.comm.bytes * task.fraction
@@ -267,7 +268,8 @@ class RooflineCostModel:
 
     def _message(self, traffic: Sequence[np.ndarray]) -> float:
         """An all-to-all's mean message where the small-message term needs it (0 otherwise: not computed)."""
-        return _mean_message(traffic) if self._params.collective_half_rate_kib else 0.0
+        params = self._params
+        return _mean_message(traffic) if params.half_rate_kib(False) or params.half_rate_kib(True) else 0.0
 
     def _demand_of(self, volume: np.ndarray, latency_s: float, message: float, across: bool) -> CollectiveDemand:
         """A one-stage demand from a per-resource volume vector (only the resources it loads), the volume
@@ -275,7 +277,8 @@ class RooflineCostModel:
         collective ``across`` nodes) for ``message`` bytes."""
         used = np.flatnonzero(volume > 0)
         half = self._params.half_rate_kib(across) * units.KIB
-        stretch = 1.0 + (half / message) ** self._params.collective_rate_exponent if half > 0 and message > 0 else 1.0
+        exponent = self._params.collective_rate_exponent
+        stretch = 1.0 + (half / message) ** exponent if half > 0 and message > 0 else 1.0
         return CollectiveDemand(latency_s=latency_s, resources=used.astype(np.int64), volume=volume[used] * stretch)
 
     @staticmethod
