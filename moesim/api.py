@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from moesim.analysis.chrome_trace import write_chrome_trace
 from moesim.analysis.metrics import Metrics, compute_metrics
+from moesim.analysis.throughput import Throughput, throughput
 from moesim.engine import simulate_plan
 from moesim.errors import MoesimError
 from moesim.hardware.cost import RooflineCostModel
@@ -69,6 +70,12 @@ class SimulationResult:
         return self.plan.decisions
 
     @property
+    def throughput(self) -> Throughput:
+        """Tokens/s, TFLOP/s per GPU, MFU, GPU-hours and dollars per million tokens, and training time/cost."""
+        scn = self.scenario
+        return throughput(self.metrics, scn.workload.tokens_per_gpu, scn.cluster, scn.cost.dtype)
+
+    @property
     def knobs(self) -> dict[str, object]:
         """The decisions as JSON-ready data (``--json``'s ``knobs``)."""
         return self.plan.decisions.to_json()
@@ -87,6 +94,7 @@ class SimulationResult:
             "hardware": self.scenario.hardware,
             "nodes": self.scenario.nodes,
             **self.metrics.to_dict(),
+            **self.throughput.to_dict(),
             "ep_size": facts.ep_size,
             "knobs": self.knobs,
         }

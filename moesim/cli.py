@@ -14,9 +14,6 @@ from moesim.errors import DeadlockError, MoesimError
 from moesim.files import write_atomically
 
 if TYPE_CHECKING:  # the commands import what they use when they run: `moesim --help` stays quick
-    from moesim.analysis.comparison import ComparisonRow
-    from moesim.analysis.metrics import Metrics
-    from moesim.api import SimulationResult
     from moesim.workload.ops import OpGraph
 
 EXIT_BAD_INPUT = 2
@@ -122,6 +119,9 @@ def _scenario_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                      help="override, e.g. training.batch_per_gpu=8, cost.compute_slowdown_under_comm=0")
     sub.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    sub.add_argument("--train-tokens", type=_token_count, metavar="N",
+                     help="also say how long and, where the node has a price, how much training N tokens takes "
+                          "(e.g. 1e12)")
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -152,6 +152,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from moesim.api import run_schedule, scenario
+    from moesim.cli_tables import print_run, result_json
     from moesim.overrides import parse_assignments
 
     layers = _layer_range(args.layers)
@@ -164,15 +165,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.plot:
         write_atomically(args.plot, lambda path: result.plot_timeline(layers=layers, path=path))
     if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
+        print(json.dumps(result_json(result, args.train_tokens), indent=2))
     else:
-        _print_run(result)
+        print_run(result, args.train_tokens)
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from moesim.analysis.gantt import plot_timelines
     from moesim.api import compare
+    from moesim.cli_tables import comparison, print_compare, result_json
     from moesim.overrides import parse_assignments
 
     layers = _layer_range(args.layers)
@@ -184,10 +186,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         shown = layers if layers is not None else _one_moe_block(results[0].scenario.graph)
         write_atomically(args.plot, lambda path: plot_timelines(timelines, layers=shown, path=path))
     if args.json:
-        print(json.dumps([{**r.to_dict(), **row.to_dict()} for r, row in zip(results, _comparison(results),
-                                                                             strict=True)], indent=2))
+        print(json.dumps([result_json(r, args.train_tokens, row) for r, row in zip(results, comparison(results),
+                                                                                   strict=True)], indent=2))
     else:
-        _print_compare(results)
+        print_compare(results, args.train_tokens)
     return 0
 
 
@@ -278,91 +280,20 @@ def _validation(module: str) -> ModuleType:
         raise
 
 
-def _print_run(result: SimulationResult) -> None:
-    from moesim.analysis.tables import metrics_table
-
-    print(_headline(result))
-    print(metrics_table([_row(result.schedule, result.metrics, result.knob_summary)], _RUN_COLUMNS))
-    for table in result.decisions.tables():
-        if not table.rows:
-            print(f"\n{table.title}: none")
-            continue
-        print(f"\n{table.title}")
-        print(metrics_table(table.rows, table.columns))
-
-
-def _print_compare(results: list[SimulationResult]) -> None:
-    from moesim.analysis.tables import metrics_table
-
-    print(_headline(results[0]))
-    rows = [{**_row(r.schedule, r.metrics, r.knobs), **_ratios(r)} for r in _comparison(results)]
-    print(metrics_table(rows, _COMPARE_COLUMNS))
-
-
-def _comparison(results: list[SimulationResult]) -> list[ComparisonRow]:
-    from moesim.analysis.comparison import compare_metrics
-
-    return compare_metrics([(r.schedule, r.metrics, r.knob_summary) for r in results])
-
-
-def _headline(result: SimulationResult) -> str:
-    facts = result.scenario.graph.require_facts("moesim's tables")
-    return (f"{result.scenario.model} on {result.scenario.nodes} x {result.scenario.hardware} "
-            f"({result.metrics.num_gpus} GPUs, EP={facts.ep_size}, "
-            f"{facts.tokens_per_gpu} tokens/GPU)")
-
-
-_RUN_COLUMNS = [
-    ("schedule", "schedule"),
-    ("iteration_ms", "iteration ms"),
-    ("compute_ms", "compute ms"),
-    ("a2a_ms", "all-to-all ms"),
-    ("a2a_share", "a2a share"),
-    ("exposed_ms", "exposed comm ms"),
-    ("exposed_share", "exposed share"),
-    ("overlap", "overlap"),
-    ("knobs", "knobs"),
-]
-
-_COMPARE_COLUMNS = [
-    ("schedule", "schedule"),
-    ("iteration_ms", "iteration ms"),
-    ("speedup", "vs sequential"),
-    ("compute_ms", "compute ms"),
-    ("a2a_ms", "all-to-all ms"),
-    ("exposed_ms", "exposed comm ms"),
-    ("exposed_vs_tutel", "exposed vs tutel"),
-    ("overlap", "overlap"),
-    ("knobs", "knobs"),
-]
-
-
-def _row(schedule: str, m: Metrics, knobs: str) -> dict[str, object]:
-    return {
-        "schedule": schedule,
-        "iteration_ms": f"{m.iteration_time_s * 1e3:.2f}",
-        "compute_ms": f"{m.compute_busy_s * 1e3:.2f}",
-        "a2a_ms": f"{m.a2a_time_s * 1e3:.2f}",
-        "a2a_share": f"{m.a2a_share:.1%}",
-        "exposed_ms": f"{m.exposed_comm_s * 1e3:.2f}",
-        "exposed_share": f"{m.exposed_comm_share:.1%}",
-        "overlap": f"{m.overlap_ratio:.1%}",
-        "knobs": knobs,
-    }
-
-
-def _ratios(row: ComparisonRow) -> dict[str, object]:
-    speedup, reduction = row.speedup_vs_sequential, row.exposed_comm_reduction_vs_tutel
-    return {
-        "speedup": f"{speedup:.2f}x" if speedup is not None else "-",
-        "exposed_vs_tutel": f"{0.0 - reduction:+.1%}" if reduction is not None else "-",
-    }
-
-
 def _one_moe_block(graph: OpGraph) -> tuple[int, int]:
     """The middle MoE block: where a comparison of overlap is easiest to see."""
     middle = graph.moe_layers[len(graph.moe_layers) // 2]
     return middle, middle
+
+
+def _token_count(text: str) -> float:
+    try:
+        tokens = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of tokens; e.g. 1e12") from None
+    if not 1 <= tokens < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: a finite number of tokens >= 1")
+    return tokens
 
 
 def _layer_range(text: str | None) -> tuple[int, int] | None:

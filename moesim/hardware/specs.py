@@ -323,6 +323,9 @@ class NodeSpec(_Spec):
     intra: IntraNodeFabric
     network: NetworkSpec
     cost: CostParams = CostParams()
+    # What one node costs an hour, in US dollars (on-demand where a cloud sells it; docs/sources.md §3);
+    # None = unknown, and results carry no cost.
+    price_per_hour: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _topology_fits(self) -> NodeSpec:
