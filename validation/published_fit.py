@@ -66,6 +66,8 @@ def _several_nodes_of(nodes: tuple[str, ...]) -> Callable[[Point], bool]:
 _EFFICIENCY = (0.05, 1.0)
 NVSWITCH_NODES = A100_NODES + HOPPER_NODES + ("hgx-b200",)
 GROUPS: tuple[Group, ...] = (
+    Group("V100 matmul", ("p3dn.24xlarge",), "gemm", (Knob("cost.matmul_efficiency", *_EFFICIENCY),),
+          _gpu_in("V100")),
     Group("A100 matmul", A100_NODES, "gemm", (Knob("cost.matmul_efficiency", *_EFFICIENCY),), _gpu_in("A100")),
     Group("Hopper matmul", HOPPER_NODES, "gemm", (Knob("cost.matmul_efficiency", *_EFFICIENCY),),
           _gpu_in("H100", "H200")),
