@@ -10,7 +10,7 @@ the fit gives the same values before and after the presets take them). Groups ru
 the values fitted before it (a node's intra-node fabric before its network). ``moesim validate --published
 --fit`` runs the fit, shows each value beside the preset's and predicts every point with the fitted values;
 the presets in ``hardware_specs/nodes/`` carry them, marked ``fitted:`` with their group (docs/sources.md §7
-lists each group's points). A fit of the bundled points takes about 40 s.
+lists each group's points). A fit of the bundled points takes under a minute.
 """
 
 from __future__ import annotations
