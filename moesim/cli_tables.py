@@ -69,12 +69,12 @@ def training(result: SimulationResult, tokens: float) -> dict[str, object]:
 
 
 def training_line(result: SimulationResult, tokens: float) -> str:
-    done = training(result, tokens)
-    usd = done["usd"]
-    cost = f"${usd:,.0f}" if isinstance(usd, float) else "no price for this node (hardware.node.price_per_hour)"
-    days = float(done["seconds"]) / 86400  # type: ignore[arg-type]
+    rate = result.throughput
+    usd = rate.train_usd(tokens)
+    cost = "no price for this node (hardware.node.price_per_hour)" if usd is None else f"${usd:,.0f}"
+    days = rate.train_seconds(tokens) / 86400
     return (f"{result.schedule}: {tokens:.3g} tokens in {days:,.2f} days on {result.metrics.num_gpus} GPUs, "
-            f"{float(done['gpu_hours']):,.0f} GPU-hours, {cost}")  # type: ignore[arg-type]
+            f"{rate.train_gpu_hours(tokens):,.0f} GPU-hours, {cost}")
 
 
 _RUN_COLUMNS = [

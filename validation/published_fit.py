@@ -23,7 +23,8 @@ from typing import Any
 
 from moesim.errors import MoesimError
 from moesim.validation import published_points
-from moesim.validation.published_points import Category, Point, predict, predict_many
+from moesim.validation.published_points import Category, Point
+from moesim.validation.published_predict import predict, predict_many
 
 Overrides = dict[str, dict[str, Any]]   # node preset -> override key -> value
 

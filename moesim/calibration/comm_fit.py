@@ -212,8 +212,7 @@ def _row(res: ResourceMap, node: NodeSpec, sample: CollectiveSample, world_size:
     unit_hop, no_hop = replace(res, intra_latency_s=1.0), replace(res, intra_latency_s=0.0)
     g = sample.group_size
     # the base spec's small-message term (kept, not fitted) lengthens the bandwidth time by this factor
-    half = node.cost.half_rate_kib(across_nodes=False) * units.KIB
-    stretch = 1.0 + (half / (sample.bytes_per_rank / g)) ** node.cost.collective_rate_exponent if half else 1.0
+    stretch = node.cost.message_stretch(sample.bytes_per_rank / g, across_nodes=False)
     if sample.kind is OpKind.ALL_TO_ALL:
         traffic = [np.full((g, g), sample.bytes_per_rank / g) for _ in members]
         volume = stretch * float(np.max(collectives.linear_all_to_all(members, traffic, res)))

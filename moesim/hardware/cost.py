@@ -15,7 +15,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from moesim import units
 from moesim.errors import MoesimError
 from moesim.hardware import collectives
 from moesim.hardware.interface import CollectiveDemand, Task
@@ -276,9 +275,7 @@ class RooflineCostModel:
         stretched by the small-message term (``CostParams.collective_half_rate_kib``, or its network one for a
         collective ``across`` nodes) for ``message`` bytes."""
         used = np.flatnonzero(volume > 0)
-        half = self._params.half_rate_kib(across) * units.KIB
-        exponent = self._params.collective_rate_exponent
-        stretch = 1.0 + (half / message) ** exponent if half > 0 and message > 0 else 1.0
+        stretch = self._params.message_stretch(message, across)
         return CollectiveDemand(latency_s=latency_s, resources=used.astype(np.int64), volume=volume[used] * stretch)
 
     @staticmethod

@@ -267,6 +267,14 @@ class CostParams(_Spec):
         own = self.network_half_rate_kib
         return own if across_nodes and own is not None else self.collective_half_rate_kib
 
+    def message_stretch(self, message_bytes: float, across_nodes: bool) -> float:
+        """How many times slower a collective whose message is ``message_bytes`` moves its bytes:
+        ``1 + (m_half / m) ** exponent``; 1 with the term off or no message."""
+        half = self.half_rate_kib(across_nodes) * units.KIB
+        if half <= 0 or message_bytes <= 0:
+            return 1.0
+        return 1.0 + (half / message_bytes) ** self.collective_rate_exponent
+
     @property
     def launch_overhead_s(self) -> float:
         return units.us(self.launch_overhead_us)

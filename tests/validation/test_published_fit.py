@@ -5,7 +5,8 @@ import pytest
 
 from moesim.cli import main
 from moesim.validation.published_fit import Group, Knob, fit, render_text
-from moesim.validation.published_points import Point, predict
+from moesim.validation.published_points import Point
+from moesim.validation.published_predict import predict
 
 SOURCE = {"url": "https://example.org/table", "title": "a table", "quote": "row 3"}
 
